@@ -1,0 +1,41 @@
+# Two commands on a fresh clone (README): `make run` (the main job) and `make test` (lint + the whole test suite).
+# Both create .venv on first use from pyproject.toml, pinned by constraints.txt (torch 2.13.0: the CPU wheel this
+# machine kind provides; any other torch pulls GBs of CUDA).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup run test lint format lock clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
+	bash scripts/setup-system.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/mnv2 summary --model mobilenetv2_100 --resolution 224
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts
+
+test: lint
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --durations=15
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
+
+# Re-pin constraints.txt after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | grep -v '^mnv2' > constraints.txt
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,29 @@
+"""mnv2: MobileNetV2 (Sandler et al., CVPR 2018, arXiv:1801.04381) as practical software."""
+
+from mnv2.errors import ConfigError, Mnv2Error
+from mnv2.models import (
+    FeatureInfo,
+    MobileNetV2,
+    MobileNetV2Config,
+    MobileNetV2Features,
+    create_model,
+    list_models,
+    mobilenet_v2,
+    model_info,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "FeatureInfo",
+    "Mnv2Error",
+    "MobileNetV2",
+    "MobileNetV2Config",
+    "MobileNetV2Features",
+    "__version__",
+    "create_model",
+    "list_models",
+    "mobilenet_v2",
+    "model_info",
+]

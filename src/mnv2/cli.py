@@ -1,0 +1,99 @@
+"""The ``mnv2`` command line: ``mnv2 <verb>``. Each verb parses its arguments and calls the library.
+
+User errors (bad arguments, files, data) are printed as one line without a traceback, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mnv2.errors import Mnv2Error
+
+
+def _add_arch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="registered name (see `mnv2 models`); default mobilenetv2_100")
+    p.add_argument("--width", type=float, default=None, help="width multiplier (any value > 0); overrides --model")
+    p.add_argument("--resolution", type=int, default=None, help="input size in pixels (>= 32; default 224)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (1001 for TF-slim/Keras)")
+    p.add_argument("--padding", default=None, help="torch (symmetric) or tf (TF SAME)")
+    p.add_argument("--output-stride", type=int, default=None, help="32 (default), 16 or 8 (dilated, §6.3)")
+
+
+def _build_from_args(args: argparse.Namespace):
+    from mnv2.models import create_model, mobilenet_v2, model_info
+
+    overrides = {"num_classes": args.num_classes, "padding": args.padding, "output_stride": args.output_stride}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.width is not None:
+        return mobilenet_v2(width_mult=args.width, **overrides), args.resolution or 224
+    name = args.model or "mobilenetv2_100"
+    return create_model(name, **overrides), args.resolution or model_info(name).default_resolution
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mnv2.models import list_models, model_info
+
+    infos = [model_info(n) for n in list_models()]
+    if args.json:
+        print(json.dumps([dataclasses.asdict(i) for i in infos]))
+        return 0
+    print(f"{'name':<18} {'width':>6}  resolutions with published checkpoints")
+    for i in infos:
+        print(f"{i.name:<18} {i.width_mult:>6}  {', '.join(map(str, i.resolutions))}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from mnv2.models.mobilenetv2 import check_resolution
+    from mnv2.profile import summarize
+
+    if args.resolution is not None:
+        check_resolution(args.resolution)
+    model, resolution = _build_from_args(args)
+    summary = summarize(model, resolution)
+    if args.json:
+        print(json.dumps({"config": model.config.to_dict(), **summary.to_dict()}))
+    else:
+        print(summary.format_table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mnv2 import __version__
+
+    parser = argparse.ArgumentParser(prog="mnv2", description="MobileNetV2 (arXiv:1801.04381) as practical software.")
+    parser.add_argument("--version", action="version", version=f"mnv2 {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
+
+    p = sub.add_parser("models", help="list registered models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("summary", help="per-layer params, multiply-adds and activations")
+    _add_arch_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Mnv2Error as e:
+        print(f"mnv2: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `mnv2 summary | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("mnv2: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
