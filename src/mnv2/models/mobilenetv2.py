@@ -36,6 +36,7 @@ STEM_CHANNELS = 32  # Table 2, first row: conv2d 3x3, 32 filters, stride 2
 HEAD_CHANNELS = 1280  # Table 2: conv2d 1x1 to 1280 before the pool
 MIN_INPUT_SIZE = 32  # five stride-2 stages: below 32 px the last feature map would be smaller than 1x1
 OUTPUT_STRIDES = (8, 16, 32)
+OUTPUTS = ("logits", "softmax")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class MobileNetV2Config:
         output_stride: 32 as published; 16 or 8 trade the last strides for dilation (§6.3, DeepLabv3).
         round_nearest: channel divisor.
         stem_stride: 2 as published; 1 keeps more resolution for small inputs (e.g. 28-32 px images).
+        output: ``"logits"`` (default) or ``"softmax"`` (probabilities; e.g. an imported Keras head that ends in
+            softmax, so the model reproduces its source's outputs).
     """
 
     width_mult: float = 1.0
@@ -65,6 +68,7 @@ class MobileNetV2Config:
     output_stride: int = 32
     round_nearest: int = 8
     stem_stride: int = 2
+    output: str = "logits"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.width_mult, (int, float)) and math.isfinite(self.width_mult) and self.width_mult > 0):
@@ -86,6 +90,8 @@ class MobileNetV2Config:
             raise ConfigError(f"round_nearest must be an integer >= 1, got {self.round_nearest!r}")
         if self.stem_stride not in (1, 2):
             raise ConfigError(f"stem_stride must be 1 or 2, got {self.stem_stride!r}")
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"output must be one of {OUTPUTS}, got {self.output!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> MobileNetV2Config:
@@ -325,7 +331,8 @@ class MobileNetV2(nn.Module):
         x = torch.flatten(self.pool(x), 1)
         if pre_logits:
             return x
-        return self.classifier(self.dropout(x))
+        x = self.classifier(self.dropout(x))
+        return x.softmax(dim=-1) if self.config.output == "softmax" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

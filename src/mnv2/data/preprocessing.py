@@ -1,0 +1,67 @@
+"""How images are turned into model input. Travels with every checkpoint and set of imported weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from mnv2.errors import ConfigError
+
+# torchvision / timm ImageNet statistics, on pixels scaled to [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# TF-slim "inception" preprocessing and Keras preprocess_input(mode="tf"): x / 127.5 - 1, i.e. [-1, 1].
+# On [0, 1] pixels that is (x - 0.5) / 0.5.
+TF_MEAN = (0.5, 0.5, 0.5)
+TF_STD = (0.5, 0.5, 0.5)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Eval preprocessing: resize the short side to ``input_size / crop_pct``, centre-crop ``input_size``,
+    scale to [0, 1], normalise by ``mean`` / ``std`` (per channel, RGB order).
+
+    Attributes:
+        input_size: square crop fed to the model.
+        crop_pct: crop fraction (torchvision 224/256 = 0.875; 1.0 for no crop).
+        interpolation: resize filter.
+        mean, std: per-channel normalisation of [0, 1] pixels.
+        grayscale: the source images are single-channel (expanded to 3 channels before normalising).
+    """
+
+    input_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    grayscale: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input_size, int) or self.input_size < 1:
+            raise ConfigError(f"input_size must be a positive integer, got {self.input_size!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise ConfigError(f"mean {self.mean!r} and std {self.std!r} must have equal lengths and std > 0")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @property
+    def resize_size(self) -> int:
+        """Short-side size before the centre crop."""
+        return math.floor(self.input_size / self.crop_pct + 1e-6)  # timm: floor(img_size / crop_pct)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown preprocessing field(s): {', '.join(unknown)}")
+        return cls(**values)
