@@ -9,7 +9,8 @@ separate environment (not the project .venv):
 The model is the standard transfer-learning shape: ``tf_keras.applications.MobileNetV2(include_top=False)`` nested
 as a sub-model, then GlobalAveragePooling2D, Dropout and a Dense softmax head. BatchNorm moving statistics are
 randomised and the model is trained for a few steps, so BN statistics and weights are non-trivial. Reference inputs
-(sizes that stay even down to stride 32, [-1, 1] as Keras' preprocess_input) and the Keras outputs are saved as a plain .npz.
+(sizes that stay even down to stride 32, in [-1, 1] as Keras' preprocess_input) and the Keras outputs are saved as a
+plain .npz.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tf_keras
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "keras2"
 ALPHA, CLASSES = 0.35, 5
@@ -30,7 +31,8 @@ ALPHA, CLASSES = 0.35, 5
 def build() -> tf_keras.Model:
     # input_shape=None: any resolution, as transfer-learning code often builds it. Keras then pads stride-2 depthwise
     # convs (0, 1) whatever the size (correct_pad with an unknown shape), which is TF SAME only while every
-    # stride-2 input is even, so the references use such sizes (96, 64x128); odd sizes are tested with fixed-shape Keras 3 models.
+    # stride-2 input is even, so the references use such sizes (96, 64x128); odd sizes are tested with fixed-shape
+    # Keras 3 models.
     base = tf_keras.applications.MobileNetV2(input_shape=(None, None, 3), alpha=ALPHA, include_top=False, weights=None)
     inputs = tf_keras.Input((None, None, 3))
     x = base(inputs)
@@ -53,7 +55,7 @@ def main() -> None:
     model(rng.uniform(-1, 1, (16, 64, 64, 3)).astype("float32"), training=True)
     for layer in bns:
         layer.momentum = 0.999
-        gamma, beta, mean, var = layer.get_weights()
+        gamma, _beta, mean, var = layer.get_weights()
         n = gamma.shape[0]
         mean = mean + rng.normal(0, 0.1, n) * np.sqrt(var)
         var = var * rng.uniform(0.7, 1.4, n) + 0.05  # a floor: near-zero variances would amplify rounding noise
@@ -72,7 +74,11 @@ def main() -> None:
         refs[f"input_{h}x{w}"] = inp
         refs[f"probs_{h}x{w}"] = model.predict(inp, verbose=0)
     np.savez(OUT / "reference.npz", **refs)
-    meta = {"generator": "scripts/make_keras2_fixture.py", "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__}
+    meta = {
+        "generator": "scripts/make_keras2_fixture.py",
+        "tensorflow": tf.__version__,
+        "tf_keras": tf_keras.__version__,
+    }
     meta.update({"alpha": ALPHA, "classes": CLASSES, "activation": "softmax"})
     (OUT / "manifest.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(meta, {k: v.shape for k, v in refs.items()})

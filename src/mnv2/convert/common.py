@@ -91,7 +91,9 @@ class Remapped:
     unused: dict[str, tuple[int, ...]] = field(default_factory=dict)  # source tensors that fit nowhere
 
 
-def remap(tensors: dict[str, torch.Tensor], layout: SourceLayout, *, ignore: Callable[[str], bool] = None) -> Remapped:
+def remap(
+    tensors: dict[str, torch.Tensor], layout: SourceLayout, *, ignore: Callable[[str], bool] | None = None
+) -> Remapped:
     """Rename ``tensors`` from the source's keys to mnv2's, applying the layout's kernel permutations."""
     out = Remapped({}, {})
     used: set[str] = set()

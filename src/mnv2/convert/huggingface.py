@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from mnv2.convert.common import (
-    ConvertError,
     Converted,
+    ConvertError,
     SourceLayout,
     build_model,
     imagenet_class_names,

@@ -34,8 +34,8 @@ import torch
 from mnv2.convert.common import (
     HDF5_MAGIC,
     ZIP_MAGIC,
-    ConvertError,
     Converted,
+    ConvertError,
     SourceLayout,
     build_model,
     imagenet_class_names,
@@ -62,7 +62,9 @@ KERAS_PREPROCESSING = Preprocessing(224, 0.875, "bilinear", TF_MEAN, TF_STD)
 KERAS_APP_FILE = re.compile(r"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_([0-9.]+)_(\d+)(_no_top)?\.h5$")
 KERAS_APP_MODEL = re.compile(r"mobilenetv2_([0-9.]+)_(\d+|None)$")  # the application model's name
 # The application's body: every layer whose name matches belongs to MobileNetV2 itself, not to a user's head.
-BODY_LAYER = re.compile(r"^(input_\w*|Conv1|bn_Conv1|Conv1_(pad|relu)|expanded_conv_\w+|block_\d+_\w+|Conv_1|Conv_1_bn|out_relu)$")
+BODY_LAYER = re.compile(
+    r"^(input_\w*|Conv1|bn_Conv1|Conv1_(pad|relu)|expanded_conv_\w+|block_\d+_\w+|Conv_1|Conv_1_bn|out_relu)$"
+)
 # Layers that do nothing at inference (Keras disables them outside training).
 INFERENCE_NOOPS = {
     "InputLayer",
@@ -91,7 +93,7 @@ def conv_name(spec: BlockSpec | None, part: str) -> tuple[str, str]:
         return "Conv1/kernel", "bn_Conv1"
     if part == "head":
         return "Conv_1/kernel", "Conv_1_bn"
-    p = f"{_prefix(spec)}_{ {'expand': 'expand', 'dw': 'depthwise', 'project': 'project'}[part]}"
+    p = f"{_prefix(spec)}_{ {'expand': 'expand', 'dw': 'depthwise', 'project': 'project'}[part] }"
     return f"{p}/kernel", f"{p}_BN"
 
 
@@ -137,9 +139,11 @@ VAR_NAMES = {
     "Conv2D": lambda c: ["kernel", "bias"][: 1 + bool(c.get("use_bias", True))],
     "DepthwiseConv2D": lambda c: ["kernel", "bias"][: 1 + bool(c.get("use_bias", True))],
     "Dense": lambda c: ["kernel", "bias"][: 1 + bool(c.get("use_bias", True))],
-    "BatchNormalization": lambda c: (["gamma"] if c.get("scale", True) else [])
-    + (["beta"] if c.get("center", True) else [])
-    + ["moving_mean", "moving_variance"],
+    "BatchNormalization": lambda c: (
+        (["gamma"] if c.get("scale", True) else [])
+        + (["beta"] if c.get("center", True) else [])
+        + ["moving_mean", "moving_variance"]
+    ),
 }
 
 
@@ -192,7 +196,7 @@ def read_keras_file(path: Path) -> tuple[dict[str, np.ndarray], dict | None, dic
             with h5py.File(path, "r") as f:
                 info = {k: _decode(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
                 config = json.loads(_decode(f.attrs["model_config"])) if "model_config" in f.attrs else None
-                group = f["model_weights"] if "model_weights" in f else f
+                group = f.get("model_weights", f)
                 if "layer_names" not in group.attrs:
                     raise ConvertError(f"{str(path)!r} is an HDF5 file but not a Keras model or weights file")
                 info.setdefault("keras_version", _decode(group.attrs.get("keras_version", "")))
@@ -338,7 +342,9 @@ def convert_keras(path: str | Path, *, output: str | None = None) -> Converted:
     )
     model = build_model(remapped, config_, str(path))
     mean, std = TF_MEAN, TF_STD
-    if head["rescale"]:  # Rescaling(s, o) on 0..255 pixels == normalising [0, 1] pixels by mean -o/(255 s), std 1/(255 s)
+    if head[
+        "rescale"
+    ]:  # Rescaling(s, o) on 0..255 pixels == normalising [0, 1] pixels by mean -o/(255 s), std 1/(255 s)
         s, o = head["rescale"]
         std = tuple(1 / (255 * s) for _ in TF_STD)
         mean = tuple(-o / (255 * s) for _ in TF_MEAN)
