@@ -118,5 +118,5 @@ def test_variants_outside_table_2_are_reported(tmp_path):
     with pytest.raises(ConvertError, match=r"finegrained_output=False .*\(640, 160, 1, 1\)"):
         convert(tmp_path / "b")
     weights = tmp_path / "b" / "model.safetensors"
-    with pytest.raises(ConvertError, match="convert the directory with its config.json"):
+    with pytest.raises(ConvertError, match=r"convert the directory with its config\.json"):
         convert(weights)

@@ -207,7 +207,7 @@ def test_unsupported_keras_models_are_refused_by_name(keras, tmp_path):
         convert(tmp_path / "max.keras")
     data = (tmp_path / "max.keras").read_bytes()
     (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ConvertError, match="truncated|damaged"):
+    with pytest.raises(ConvertError, match=r"truncated|damaged"):
         convert(tmp_path / "cut.keras")
     data = (tmp_path / "lambda.h5").read_bytes()
     (tmp_path / "cut.h5").write_bytes(data[: len(data) // 3])

@@ -50,7 +50,7 @@ def test_foreign_files_are_reported(tmp_path, capsys):
         convert(junk)
     other = tmp_path / "resnet.safetensors"
     save_file({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 64)}, str(other))
-    with pytest.raises(ConvertError, match="match no known MobileNetV2 format.*conv1.weight"):
+    with pytest.raises(ConvertError, match=r"match no known MobileNetV2 format.*conv1\.weight"):
         convert(other)
     with pytest.raises(ConvertError, match="does not exist"):
         convert(tmp_path / "missing.h5")

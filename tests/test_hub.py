@@ -68,7 +68,7 @@ def test_checksum_mismatch_and_truncated_downloads_are_errors(entry, http_server
     with pytest.raises(ConvertError, match="cut short"):
         mnv2.create_model("mobilenetv2_035", weights="test_timm", cache_dir=tmp_path, mirror=base, progress=False)
     assert not list((tmp_path / "downloads").rglob("*.pth"))
-    with pytest.raises(ConvertError, match="download of .* failed"):
+    with pytest.raises(ConvertError, match=r"download of .* failed"):
         mnv2.create_model("mobilenetv2_140", weights="ra_in1k", cache_dir=tmp_path, mirror=base, progress=False)
 
 
@@ -88,7 +88,7 @@ def test_registry_lists_every_published_set():
     assert {"mobilenetv2_100.tv_in1k", "mobilenetv2_100.tv2_in1k", "mobilenetv2_100.ra_in1k"} <= set(names)
     assert len([n for n in names if ".hf_in1k_" in n]) == 4
     assert hub.get_pretrained("mobilenetv2_100.tv2_in1k").metrics["top1"] == 72.154
-    with pytest.raises(ConfigError, match="tags for mobilenetv2_050: .*lamb_in1k"):
+    with pytest.raises(ConfigError, match=r"tags for mobilenetv2_050: .*lamb_in1k"):
         mnv2.create_model("mobilenetv2_050", weights="nope")
     with pytest.raises(ConfigError, match="architecture is fixed"):
         mnv2.create_model("mobilenetv2_050", weights="lamb_in1k", padding="tf")

@@ -181,7 +181,7 @@ def _read_keras_v3(weights_h5, config: dict) -> dict[str, np.ndarray]:
                 out.update({f"{name}/{k}": a for k, a in zip(kinds, arrays)})
             visit(child)
 
-    visit(weights_h5["layers"] if "layers" in weights_h5 else weights_h5)  # not "optimizer": its state is no weight
+    visit(weights_h5.get("layers", weights_h5))  # not "optimizer": its state is no weight
     return out
 
 
