@@ -74,3 +74,16 @@ def test_tensors_that_do_not_fit_are_named_with_their_shapes(tmp_path):
     torch.save(wrong, tmp_path / "wrong.pth")
     with pytest.raises(ConvertError, match=r"blocks\.3\.1\.conv_dw\.weight \(120, 1, 5, 5\)"):
         convert(tmp_path / "wrong.pth")
+
+
+def test_cli_convert_writes_a_checkpoint(tmp_path, capsys):
+    from mnv2.cli import main
+
+    out = tmp_path / "tv.safetensors"
+    assert main(["convert", str(FIXTURES / "tv_w025_c10.pth"), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["framework"] == "torchvision" and summary["width_mult"] == 0.25 and summary["num_classes"] == 10
+    model = mnv2.load_checkpoint(out)
+    assert model.meta.source["file"] == "tv_w025_c10.pth" and model.meta.class_names is None
+    assert main(["models", "--pretrained"]) == 0
+    assert "mobilenetv2_100.tv_in1k" in capsys.readouterr().out

@@ -56,11 +56,13 @@ def _print_pretrained(as_json: bool) -> int:
     if as_json:
         print(json.dumps(entries))
         return 0
-    print(f"{'name':<42} {'framework':<12} {'res':>4} {'classes':>7} {'top1':>7}  integrity")
+    # "top1" is the publisher's own figure; "slim" the TF-slim checkpoint of the same width/resolution (Keras).
+    print(f"{'name':<40} {'framework':<12} {'res':>4} {'classes':>7} {'top1':>7} {'slim':>5}  sha256")
     for e in entries:
-        top1 = e["metrics"].get("top1", e["metrics"].get("tf_slim_top1"))
+        m = e["metrics"]
+        top1, slim = m.get("top1", "-"), m.get("tf_slim_top1", "-")
         print(
-            f"{e['name']:<42} {e['framework']:<12} {e['resolution']:>4} {e['num_classes']:>7} {top1:>7}  "
+            f"{e['name']:<40} {e['framework']:<12} {e['resolution']:>4} {e['num_classes']:>7} {top1:>7} {slim:>5}  "
             f"{e['sha256'][-1]}"
         )
     return 0

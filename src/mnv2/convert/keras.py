@@ -187,7 +187,10 @@ def _read_keras_v3(weights_h5, config: dict) -> dict[str, np.ndarray]:
 
 def read_keras_file(path: Path) -> tuple[dict[str, np.ndarray], dict | None, dict[str, str]]:
     """Return ``(arrays by "layer/kind", model config or None, file info)``."""
-    import h5py
+    try:
+        import h5py
+    except ImportError as e:
+        raise ConvertError("reading Keras files needs h5py: pip install 'mnv2[interop]'") from e
 
     magic = read_magic(path)
     info: dict[str, str] = {}
