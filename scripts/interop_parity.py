@@ -16,15 +16,15 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import h5py  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import MobileNetV2Config, MobileNetV2ForImageClassification  # noqa: E402
+import h5py
+import keras
+import numpy as np
+import torch
+from keras.src.legacy.saving import legacy_h5_format
+from safetensors.torch import load_file
+from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
 
-from mnv2.convert import convert  # noqa: E402
+from mnv2.convert import convert
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"
