@@ -120,3 +120,17 @@ def test_variants_outside_table_2_are_reported(tmp_path):
     weights = tmp_path / "b" / "model.safetensors"
     with pytest.raises(ConvertError, match=r"convert the directory with its config\.json"):
         convert(weights)
+
+
+def test_pytorch_model_bin_directories_load_through_weights_only(tmp_path):
+    """Older hub repos ship pytorch_model.bin (a pickle): read with torch.load(weights_only=True)."""
+    hf = MobileNetV2ForImageClassification(HFConfig(depth_multiplier=0.35, num_labels=1001, tf_padding=True))
+    calibrate(hf, 64)
+    hf.config.save_pretrained(tmp_path)
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    model = convert(tmp_path)
+    assert model.meta.source["weights_file"] == "pytorch_model.bin"
+    assert model.meta.class_names[0] == "background" and len(model.meta.class_names) == 1001  # TF-slim's 1001
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max().item() <= LOGIT_ATOL

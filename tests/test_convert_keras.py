@@ -103,6 +103,12 @@ def test_application_weight_file_with_top(keras, app_035_96):
     assert meta.class_names[0] == "tench" and len(meta.class_names) == 1000 and meta.source["output"] == "softmax"
     x = np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)).astype("float32")
     assert np.abs(mnv2_out(converted, x) - keras_out(keras, model, x)).max() <= PROB_ATOL
+    # The same model saved whole (.keras, the application's inline head) and as Keras 3 weights (.weights.h5).
+    model.save(path.with_name("app.keras"))
+    model.save_weights(path.with_name("app.weights.h5"))
+    for other in ("app.keras", "app.weights.h5"):
+        again = convert(path.with_name(other))
+        assert again.config == c and np.abs(mnv2_out(again, x) - keras_out(keras, model, x)).max() <= PROB_ATOL
     logits = convert(path, output="logits")
     assert logits.config.output == "logits"
     np.testing.assert_allclose(torch.from_numpy(mnv2_out(logits, x)).softmax(-1).numpy(), mnv2_out(converted, x))
@@ -180,6 +186,7 @@ def test_dynamic_shape_sequential_linear_head(keras, tmp_path):
     model.save(tmp_path / "seq.keras")
     converted = convert(tmp_path / "seq.keras")
     assert converted.config.output == "logits" and converted.meta.preprocessing.input_size == 224
+    assert "unknown input size" in converted.meta.source["padding_note"]
     x = rng.uniform(-1, 1, (2, 64, 128, 3)).astype("float32")  # every stride-2 input even: see README
     assert np.abs(mnv2_out(converted, x) - keras_out(keras, model, x)).max() <= LOGIT_ATOL
 

@@ -181,7 +181,8 @@ def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
 # --- Download, verify, convert, cache ---------------------------------------------------------------------------
 
 
-def cache_dir(override: str | Path | None = None) -> Path:
+def cache_root(override: str | Path | None = None) -> Path:
+    """The cache directory: ``override``, else ``$MNV2_CACHE_DIR``, else ``~/.cache/mnv2``."""
     return Path(override or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mnv2")
 
 
@@ -253,7 +254,7 @@ def load_pretrained(
     progress: bool = True,
 ) -> nn.Module:
     """Download, verify and convert ``entry`` once (cached), and return the eval-mode model with ``.meta``."""
-    root = cache_dir(cache)
+    root = cache_root(cache)
     directory = root / "downloads" / entry.framework / entry.name
     paths, status = [], set()
     for file in entry.files:

@@ -6,7 +6,9 @@ to find the head (so Keras itself is not needed, and a ``Lambda`` layer is refus
 Sources handled:
 
 * keras-applications weight files ``mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}[_no_top].h5``
-  (Keras 2 ``save_weights`` layout: one group per layer, ``weight_names`` attributes).
+  (Keras 2 ``save_weights`` layout: one group per layer, ``weight_names`` attributes), and Keras 3
+  ``save_weights`` files (``.weights.h5``). Weights files say nothing about the head: a Dense head is assumed to
+  end in softmax, as ``keras.applications`` builds it (``output="logits"`` overrides).
 * Whole models saved with ``model.save("x.h5")`` (Keras 2 and 3: the same layout under ``model_weights`` plus a
   ``model_config`` JSON) and ``model.save("x.keras")`` (Keras 3: a zip of ``config.json`` and
   ``model.weights.h5`` whose ``layers/<...>/vars/<i>`` groups carry the layer name as an attribute).
@@ -159,8 +161,12 @@ def _layer_name(layer: dict) -> str:
     return layer.get("name") or layer.get("config", {}).get("name", "")
 
 
-def _read_keras_v3(weights_h5, config: dict) -> dict[str, np.ndarray]:
-    classes = {_layer_name(la): la for la in _iter_layers(config)}
+# Without a model config (a Keras 3 ``.weights.h5``), variables are named by their count, in build order.
+VAR_NAMES_BY_COUNT = {1: ["kernel"], 2: ["kernel", "bias"], 4: ["gamma", "beta", "moving_mean", "moving_variance"]}
+
+
+def _read_keras_v3(weights_h5, config: dict | None) -> dict[str, np.ndarray]:
+    classes = {_layer_name(la): la for la in _iter_layers(config)} if config else None
     out: dict[str, np.ndarray] = {}
 
     def visit(g) -> None:
@@ -170,12 +176,15 @@ def _read_keras_v3(weights_h5, config: dict) -> dict[str, np.ndarray]:
                 continue
             if "vars" in child and len(child["vars"]):
                 name = _decode(child["vars"].attrs.get("name", key))
-                layer = classes.get(name)
-                if layer is None or layer.get("class_name") not in VAR_NAMES:
+                arrays = [np.asarray(child["vars"][str(i)]) for i in range(len(child["vars"]))]
+                layer = classes.get(name) if classes is not None else None
+                if classes is None and len(arrays) in VAR_NAMES_BY_COUNT:
+                    kinds = VAR_NAMES_BY_COUNT[len(arrays)]
+                elif layer is None or layer.get("class_name") not in VAR_NAMES:
                     cls = layer.get("class_name") if layer else "unknown"
                     raise ConvertError(f"layer {name!r} ({cls}) has weights mnv2 does not know how to place")
-                kinds = VAR_NAMES[layer["class_name"]](layer.get("config", {}))
-                arrays = [np.asarray(child["vars"][str(i)]) for i in range(len(child["vars"]))]
+                else:
+                    kinds = VAR_NAMES[layer["class_name"]](layer.get("config", {}))
                 if len(arrays) != len(kinds):
                     raise ConvertError(f"layer {name!r} holds {len(arrays)} variables; expected {kinds}")
                 out.update({f"{name}/{k}": a for k, a in zip(kinds, arrays)})
@@ -199,6 +208,8 @@ def read_keras_file(path: Path) -> tuple[dict[str, np.ndarray], dict | None, dic
             with h5py.File(path, "r") as f:
                 info = {k: _decode(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
                 config = json.loads(_decode(f.attrs["model_config"])) if "model_config" in f.attrs else None
+                if "layers" in f and "layer_names" not in f.attrs:  # Keras 3 save_weights (.weights.h5)
+                    return _read_keras_v3(f, None), None, info
                 group = f.get("model_weights", f)
                 if "layer_names" not in group.attrs:
                     raise ConvertError(f"{str(path)!r} is an HDF5 file but not a Keras model or weights file")
@@ -313,8 +324,9 @@ def convert_keras(path: str | Path, *, output: str | None = None) -> Converted:
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     alpha = size = None
     m = KERAS_APP_FILE.search(path.name)
-    if config is None:  # a keras-applications weights file: the application model's head
-        dense = "predictions" if "predictions/kernel" in tensors else None
+    if config is None:  # a weights file: assume the application model's head (Dense "predictions", softmax)
+        kernels2d = [k[: -len("/kernel")] for k, v in tensors.items() if k.endswith("/kernel") and v.dim() == 2]
+        dense = "predictions" if "predictions" in kernels2d else kernels2d[0] if len(kernels2d) == 1 else None
         head = {"dense": dense, "activation": "softmax" if dense else None, "dropout": None, "pooled": bool(dense)}
         head.update({"bn_eps": BN_EPS_TF, "bn_decay": 0.999, "rescale": None, "input_size": None})
         if m:
@@ -364,6 +376,11 @@ def convert_keras(path: str | Path, *, output: str | None = None) -> Converted:
         "head_activation": head["activation"],
         "output": out,
     }
+    if config is not None and head["input_size"] is None:
+        source["padding_note"] = (
+            "built with an unknown input size: Keras then pads stride-2 depthwise convs (0, 1) at every size, TF SAME "
+            "only while each stride-2 input is even (e.g. 96, 128, 224); mnv2 uses TF SAME at every size"
+        )
     if config_.num_classes == 0:
         source["note"] = "no classifier: use model.forward_features for the Keras model's feature map"
     return Converted(model, make_meta(config_, pre, source, imagenet_class_names(config_.num_classes)))
