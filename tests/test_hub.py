@@ -54,6 +54,13 @@ def test_download_verify_convert_once_and_reuse(entry, http_server, tmp_path, ca
     again = mnv2.create_model("mobilenetv2_035", weights="test_timm", cache_dir=tmp_path, mirror=base, num_classes=4)
     assert len(files.requests) == 1 and converted.stat().st_mtime_ns == stamp  # no download, no re-conversion
     assert again(x).shape == (1, 4)  # a fresh classifier for fine-tuning
+    torch.testing.assert_close(again.forward_features(x), model.forward_features(x), rtol=0, atol=0)
+    backbone = mnv2.create_model(
+        "mobilenetv2_035", weights="test_timm", cache_dir=tmp_path, mirror=base, features_only=True, output_stride=16
+    )
+    feats = backbone(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == [t.num_chs for t in backbone.feature_info] and feats[-1].shape[-1] == 4
+    assert len(files.requests) == 1
 
 
 def test_checksum_mismatch_and_truncated_downloads_are_errors(entry, http_server, tmp_path):
@@ -90,5 +97,5 @@ def test_registry_lists_every_published_set():
     assert hub.get_pretrained("mobilenetv2_100.tv2_in1k").metrics["top1"] == 72.154
     with pytest.raises(ConfigError, match=r"tags for mobilenetv2_050: .*lamb_in1k"):
         mnv2.create_model("mobilenetv2_050", weights="nope")
-    with pytest.raises(ConfigError, match="architecture is fixed"):
+    with pytest.raises(ConfigError, match=r"architecture is fixed; cannot override \['padding'\]"):
         mnv2.create_model("mobilenetv2_050", weights="lamb_in1k", padding="tf")

@@ -32,10 +32,13 @@ from mnv2.convert.common import ConvertError, sha256_file
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mnv2.errors import ConfigError
 from mnv2.models import registry
+from mnv2.models.mobilenetv2 import MobileNetV2
 
 CACHE_ENV = "MNV2_CACHE_DIR"
 MIRROR_ENV = "MNV2_WEIGHTS_MIRROR"
 DOWNLOAD_TIMEOUT_S = 60
+# Options that change no weight's shape, so they combine with published weights.
+SHAPE_PRESERVING = {"output_stride", "dropout", "output"}
 
 
 @dataclass(frozen=True)
@@ -302,25 +305,42 @@ def create_model(
 ) -> nn.Module:
     """:func:`mnv2.models.create_model`, plus ``weights=TAG`` for published weights (see :func:`list_pretrained`).
 
-    With weights, the architecture comes from them; ``num_classes`` may still be changed (a fresh classifier for
-    fine-tuning), other overrides are refused.
+    With weights, the architecture comes from them. Options that keep every weight's shape still apply:
+    ``num_classes`` (a fresh classifier for fine-tuning), ``output_stride`` (dilation, §6.3), ``dropout``,
+    ``output``, and ``features_only`` / ``out_indices`` (a backbone); others (width, padding, ...) are refused.
 
     Example:
         >>> model = mnv2.create_model("mobilenetv2_100", weights="tv_in1k")  # doctest: +SKIP
+        >>> backbone = mnv2.create_model("mobilenetv2_100", weights="tv_in1k", features_only=True)  # doctest: +SKIP
     """
     if weights is None:
         return registry.create_model(name, num_classes=num_classes, **overrides)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if overrides:
-        raise ConfigError(f"with weights={weights!r} the architecture is fixed; cannot override {sorted(overrides)}")
+    features_only = overrides.pop("features_only", False)
+    out_indices = overrides.pop("out_indices", None)
+    refused = sorted(set(overrides) - SHAPE_PRESERVING)
+    if refused:
+        raise ConfigError(f"with weights={weights!r} the architecture is fixed; cannot override {refused}")
     model = load_pretrained(get_pretrained(name, weights), cache=cache_dir, mirror=mirror, progress=progress)
+    meta, state = model.meta, model.state_dict()
     if num_classes is not None and num_classes != model.config.num_classes:
-        config = dataclasses.replace(model.config, num_classes=num_classes)
-        model.config = config
-        model.meta.model_config = config
-        model.meta.class_names = None
-        model.classifier = nn.Linear(model.num_features, num_classes) if num_classes else nn.Identity()
-    return model
+        overrides["num_classes"] = num_classes
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        meta.class_names = None
+    if not overrides and not features_only:
+        return model
+    config = dataclasses.replace(model.config, **overrides)
+    meta.model_config = config
+    if features_only:
+        new = registry.mobilenet_v2(features_only=True, out_indices=out_indices, **config.to_dict())
+        own = new.state_dict()
+        new.load_state_dict({k: v for k, v in state.items() if k in own})
+    else:
+        new = MobileNetV2(config)
+        missing, _ = new.load_state_dict(state, strict=False)
+        assert all(k.startswith("classifier.") for k in missing)  # only a re-sized classifier starts fresh
+    new.meta = meta
+    return new.eval()
 
 
 def describe(entry: PretrainedWeights) -> dict[str, Any]:
