@@ -8,7 +8,6 @@ per-layer table is typed by hand: the block list comes from Table 2 via ``block_
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import pickle
 import zipfile
@@ -91,9 +90,7 @@ class Remapped:
     unused: dict[str, tuple[int, ...]] = field(default_factory=dict)  # source tensors that fit nowhere
 
 
-def remap(
-    tensors: dict[str, torch.Tensor], layout: SourceLayout, *, ignore: Callable[[str], bool] | None = None
-) -> Remapped:
+def remap(tensors: dict[str, torch.Tensor], layout: SourceLayout) -> Remapped:
     """Rename ``tensors`` from the source's keys to mnv2's, applying the layout's kernel permutations."""
     out = Remapped({}, {})
     used: set[str] = set()
@@ -122,8 +119,7 @@ def remap(
     if layout.classifier and layout.classifier[0] in tensors:
         take(layout.classifier[0], "classifier.weight", layout.dense_perm)
         take(layout.classifier[1], "classifier.bias")
-    ignore = ignore or (lambda k: False)
-    out.unused = {k: tuple(np.shape(v)) for k, v in tensors.items() if k not in used and not ignore(k)}
+    out.unused = {k: tuple(np.shape(v)) for k, v in tensors.items() if k not in used}
     return out
 
 
@@ -316,7 +312,3 @@ def make_meta(
         source=source,
         metrics=dict(metrics or {}),
     )
-
-
-def replace_config(config: MobileNetV2Config, **changes: Any) -> MobileNetV2Config:
-    return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
