@@ -31,6 +31,8 @@ PUBLISHED_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 # Then every multiple of 0.05 and 0.01 up to 3.0: any width whose rounded channel plan matches builds the same model.
 CANDIDATE_WIDTHS = PUBLISHED_WIDTHS + tuple(i / 20 for i in range(1, 61)) + tuple(i / 100 for i in range(5, 301))
 
+# ILSVRC-2012 class names in the standard index order (copied from torchvision's _IMAGENET_CATEGORIES; the same order
+# as Keras' imagenet_class_index.json and TF-slim's labels after its background class).
 IMAGENET_CLASSES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
 BACKGROUND_CLASS = "background"  # TF-slim checkpoints: 1001 outputs, index 0 = background (paper.md §5)
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")  # mnv2 / PyTorch BatchNorm2d tensor names
