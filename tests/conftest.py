@@ -1,5 +1,8 @@
 import os
 
+# Keras 3 picks its backend once, at first import: the tests use PyTorch's (no TensorFlow here).
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
 import pytest
 import torch
 
