@@ -22,15 +22,18 @@ oneDNN scratch included, with its size); on CUDA ``torch.cuda.max_memory_allocat
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
+from mnv2.memory_efficient import SPLITS_FULL, check_splits, slice_width
 from mnv2.models.mobilenetv2 import MobileNetV2
 from mnv2.profile import summarize
-from mnv2.streaming import SPLITS_FULL, check_splits, slice_width
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 TABLE3_BYTES = BYTES_PER_ELEMENT["fp16"]  # Table 3: "16-bit floats"
@@ -48,6 +51,7 @@ class MemoryRow:
     dense_peak: int  # elements, dense eager graph with ideal liveness
     streamed_peak: int | None  # elements, §5.1; None when fused into the next row (the stem)
     note: str = ""
+    after_input: bool = True  # the op does not read the image (an eager caller still holds it)
 
 
 @dataclass
@@ -67,9 +71,18 @@ class MemoryReport:
     def streamed_max(self) -> int:
         return self.batch * max(r.streamed_peak for r in self.rows if r.streamed_peak is not None)
 
-    def bound_bytes(self, dtype: str = "fp32") -> int:
+    @property
+    def streamed_max_held_input(self) -> int:
+        """The streamed maximum when the caller keeps the input alive through the forward (any eager API does:
+        the argument is referenced until the call returns), where §5.1's graph frees it after the first op."""
+        image = _numel(self.input_shape)
+        return self.batch * max(
+            r.streamed_peak + (image if r.after_input else 0) for r in self.rows if r.streamed_peak is not None
+        )
+
+    def bound_bytes(self, dtype: str = "fp32", held_input: bool = False) -> int:
         """The §5.1 bound for this split count: the streamed whole-network maximum, in bytes."""
-        return self.streamed_max * BYTES_PER_ELEMENT[dtype]
+        return (self.streamed_max_held_input if held_input else self.streamed_max) * BYTES_PER_ELEMENT[dtype]
 
     def table3(self) -> list[dict]:
         """Table 3's MobileNetV2 column: per spatial size, the largest tensor streaming materialises (fp16)."""
@@ -88,6 +101,7 @@ class MemoryReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["dense_max"], d["streamed_max"] = self.dense_max, self.streamed_max
+        d["streamed_max_held_input"] = self.streamed_max_held_input
         d["bytes"] = {k: {"dense": self.dense_max * b, "streamed": self.streamed_max * b}
                       for k, b in BYTES_PER_ELEMENT.items()}  # fmt: skip
         d["table3"] = self.table3()
@@ -118,7 +132,8 @@ class MemoryReport:
         lines.append("-" * len(head))
         lines.append(
             f"max (batch {self.batch}): dense {self.dense_max:,} elements, streamed {self.streamed_max:,} elements "
-            f"({self.dense_max / self.streamed_max:.2f}x less)"
+            f"({self.dense_max / self.streamed_max:.2f}x less); "
+            f"{self.streamed_max_held_input:,} with the caller's input held through the forward"
         )
         for k, b in BYTES_PER_ELEMENT.items():
             lines.append(f"  {k}: dense {self.dense_max * b:,} B, streamed (§5.1 bound) {self.streamed_max * b:,} B")
@@ -156,6 +171,7 @@ def memory_report(
         MemoryRow(
             "stem", image, stem, 0, 0, _numel(image) + _numel(stem),
             None if fuse_stem else _numel(image) + _numel(stem), "fused into blocks.0.0" if fuse_stem else "",
+            after_input=False,
         )
     )  # fmt: skip
     prev = stem
@@ -174,7 +190,7 @@ def memory_report(
         else:  # no expansion: slices are views of the block input
             inner_slice = 0
         streamed = _numel(op_in) + _numel(out) + inner_slice + c * _numel(d[1:])
-        report.rows.append(MemoryRow(name, op_in, out, n, c, dense, streamed))
+        report.rows.append(MemoryRow(name, op_in, out, n, c, dense, streamed, after_input=op_in is not image))
         prev = out
     head = shape["head"]
     pooled = (head[0],)
@@ -205,12 +221,32 @@ class PeakMeasurement:
     per_label: dict[str, int] = field(default_factory=dict)  # peak while inside each record_function label
 
 
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (kineto prints "USDT ... profiler_start/stop" lines from C++ on every run)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cpu_peak(fn: Callable[[], object], labels: tuple[str, ...]) -> PeakMeasurement:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_native_stderr():
+        prof.__enter__()
+    try:
         fn()
+    finally:
+        with _quiet_native_stderr():
+            prof.__exit__(None, None, None)
     # The profiler's event tree (the API torch.profiler._memory_profiler builds on) holds each CPU allocation and
     # free with its size; the running sum in time order is the allocator's level above the start.
     events: list[tuple[int, int, str | None]] = []
