@@ -77,6 +77,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError("choose what to benchmark: --memory (activation memory and latency of §5.1 streaming)")
     from mnv2 import memory_bench
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     widths = (args.width,) if args.width is not None else memory_bench.DEFAULT_WIDTHS
     splits = tuple(args.splits) if args.splits else memory_bench.DEFAULT_SPLITS
     rows = []
@@ -126,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=None, help="split counts (default: 1 2 4 6 full)")
     p.add_argument("--repeats", type=int, default=7, help="interleaved latency repeats (medians)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (peak from torch.cuda.max_memory_allocated)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="one JSON object for the best split count")
     p.add_argument("--plot", default=None, help="also write the per-layer memory plot (PNG) for the last width")
     p.set_defaults(func=cmd_bench)

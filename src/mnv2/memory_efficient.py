@@ -19,18 +19,28 @@ Beyond the blocks:
 What bounds peak memory in PyTorch, and what this module does about it:
 
 * no autograd: forwards run under :func:`torch.inference_mode`;
-* 1x1 convs are matrix products (``torch.mm`` / ``matmul`` on NCHW views), and the projection accumulates in place
-  into one preallocated output (``addmm_`` / ``baddbmm_``): no output-sized temporary per slice, and no oneDNN
-  reorder copy of the block input per slice;
-* BatchNorm is folded for inference into per-channel ``scale``/``shift`` *vectors* (computed at each forward from
-  the running statistics, so never stale) and applied in place on the activations; no weight tensor is copied or
-  rescaled (a folded copy of the head's 1280x320 weight alone would be larger than the activations it saves);
-  ReLU6 is an in-place clamp;
+* everything runs channels-last (NHWC; the input is converted once unless it already is): a 1x1 conv is then a
+  (pixels x channels) matrix product (``torch.mm``) with no copy, and oneDNN's depthwise and stem convolutions
+  take and return NHWC without reorder copies — in NCHW, oneDNN copies each depthwise input and output into its
+  blocked layout, which measured as 2-3x the slice;
+* the projection accumulates in place into one preallocated output (``addmm_``, ``beta=0`` on the first slice):
+  no output-sized temporary per slice;
+* BatchNorm is folded for inference into per-channel ``scale``/``shift`` *vectors*, computed at each forward from
+  the running statistics (never stale). For the 1x1 convs they are applied in place on the activations, so no
+  1x1 weight is copied or rescaled (a folded copy of the head's 1280x320 weight alone is larger than most
+  activations it saves); for the depthwise and the stem, whose weights per slice are 9 (27) values per channel,
+  the scale is folded into a temporary copy of the slice's weights and the shift becomes the conv bias, which
+  saves two passes over each slice. ReLU6 is an in-place clamp;
 * temporaries are dropped as soon as the next op has consumed them (``del``);
+* a one-channel slice (``splits="full"``) runs its depthwise as 9 strided in-place multiply-adds: oneDNN treats a
+  1-channel grouped conv as an ordinary conv and allocates a 9x im2col buffer;
 * TF "SAME" padding (``padding="tf"``) is applied by the layers' own :meth:`~mnv2.layers.ConvNormAct.pad`: once to
-  the (3-channel) image for the stem, and to each expansion slice before its stride-2 depthwise (a slice-sized
+  the (3-channel) image for the stem, and to each expansion slice before a stride-2 depthwise (a slice-sized
   copy; padding the narrow block input instead would cost a copy of the whole input, the largest live tensor of
-  those blocks, and would need the border re-zeroed after BN+ReLU6 since ReLU6(shift) is not zero).
+  those blocks, and the border would need re-zeroing after BN+ReLU6 since ReLU6(shift) is not zero).
+
+What remains above the §5.1 bound is the caller's input: an eager call holds its argument until it returns, where
+§5.1's graph frees the image after the first op (``MemoryReport.streamed_max_held_input`` accounts for it).
 
 Weights are the wrapped model's own parameters (the wrapper holds the model; nothing is copied). The result
 equals the dense eval-mode model up to float summation order (≤ 1e-5 absolute in fp32, ``tests/test_streaming.py``).
@@ -102,15 +112,6 @@ def _from_rows(rows: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
     return rows.view(n, h, w, rows.shape[1]).permute(0, 3, 1, 2)
 
 
-def _bn_act_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, act: bool) -> torch.Tensor:
-    """Folded BN (+ ReLU6) in place on a channels-last tensor; ``scale``/``shift`` hold its channels."""
-    rows = _rows(y)
-    rows.mul_(scale).add_(shift)
-    if act:
-        rows.clamp_(0.0, RELU6_MAX)
-    return y
-
-
 def _depthwise_single(
     y: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]
 ) -> torch.Tensor:
@@ -164,19 +165,27 @@ class _Inner:
         self.weight = conv.weight.view(conv.out_channels, -1) if self.pointwise else conv.weight
         self.scale, self.shift = fold_bn(layer.bn)
         self.act = not isinstance(layer.act, nn.Identity)
-        # TF SAME: pad the layer's input once (the 3-channel image for the stem), not once per slice.
-        self.xp = x if self.pointwise else layer.pad(x)
+        if self.pointwise:
+            self.x_rows = _rows(x)
+        else:  # TF SAME: pad the layer's input once (the 3-channel image for the stem), not once per slice
+            self.xp = layer.pad(x)
 
     def slice(self, sl: slice) -> torch.Tensor:
         if self.layer is None:
             return self.x[:, sl]
         if self.pointwise:  # a 1x1 conv is a matrix product over pixels: (N*H*W, k) @ (k, c)
+            rows = torch.mm(self.x_rows, self.weight[sl].t())
+            rows.mul_(self.scale[sl]).add_(self.shift[sl])  # BN on the activations: no copy of a weight slice
+            if self.act:
+                rows.clamp_(0.0, RELU6_MAX)
             n, _, h, w = self.x.shape
-            y = _from_rows(torch.mm(_rows(self.x), self.weight[sl].t()), n, h, w)
-        else:  # the stem: channels-last input gives a channels-last output, without oneDNN reorder copies
-            conv = self.layer.conv
-            y = F.conv2d(self.xp, self.weight[sl], None, conv.stride, conv.padding, conv.dilation)
-        return _bn_act_(y, self.scale[sl], self.shift[sl], self.act)
+            return _from_rows(rows, n, h, w)
+        # the stem: its BN folds into the slice's weights (c x in_chans x 3 x 3, smaller than its output by far);
+        # a channels-last input gives a channels-last output, without oneDNN reorder copies
+        conv = self.layer.conv
+        weight = self.weight[sl] * self.scale[sl].view(-1, 1, 1, 1)
+        y = F.conv2d(self.xp, weight, self.shift[sl], conv.stride, conv.padding, conv.dilation)
+        return y.clamp_(0.0, RELU6_MAX) if self.act else y
 
     def materialise(self) -> torch.Tensor:
         return self.slice(slice(None))
@@ -216,14 +225,15 @@ def streamed_block(
     out = out_rows = None
     for sl in channel_slices(n, splits):
         y = dw.pad(inner.slice(sl))  # B_i, then TF SAME padding of this slice only when the layer needs it
-        # N: a channels-last depthwise runs in oneDNN's native layout (no reorder copies of the slice)
+        # N: BN folded into the slice's depthwise weights (c x 3 x 3) and bias; a channels-last depthwise runs in
+        # oneDNN's native layout (no reorder copies of the slice)
+        weight = dw_w[sl] * dw_scale[sl].view(-1, 1, 1, 1)
         if y.shape[1] == 1:
-            z = _depthwise_single(y, dw_w[sl], dw.conv.stride, dw.conv.padding, dw.conv.dilation)
+            z = _depthwise_single(y, weight, dw.conv.stride, dw.conv.padding, dw.conv.dilation).add_(dw_shift[sl])
         else:
-            z = F.conv2d(y, dw_w[sl], None, dw.conv.stride, dw.conv.padding, dw.conv.dilation, y.shape[1])
+            z = F.conv2d(y, weight, dw_shift[sl], dw.conv.stride, dw.conv.padding, dw.conv.dilation, y.shape[1])
         del y  # the expansion slice is dead once depthwised
-        _bn_act_(z, dw_scale[sl], dw_shift[sl], True)
-        z_rows = _rows(z)
+        z_rows = _rows(z).clamp_(0.0, RELU6_MAX)
         if out is None:
             out_rows = z.new_empty(z_rows.shape[0], proj_w.shape[0])
             out = _from_rows(out_rows, z.shape[0], z.shape[2], z.shape[3])
