@@ -147,6 +147,10 @@ def test_cli_summary_memory_json(capsys):
     assert d["splits"] == 4 and d["dense_max"] == 1_505_280
     assert d["bytes"]["fp16"]["dense"] == 2 * d["dense_max"] and d["bytes"]["int8"]["streamed"] == d["streamed_max"]
     assert [r["name"] for r in d["rows"]][:2] == ["stem", "blocks.0.0"] and len(d["rows"]) == 20
+    assert main(["summary", "--memory"]) == 0
+    table = capsys.readouterr().out
+    assert "112x112:    16 channels,    401 kB" in table and "blocks.16" not in table
+    assert main(["summary", "--memory", "--splits", "0"]) == 2
 
 
 def test_cli_bench_memory_json(capsys):
