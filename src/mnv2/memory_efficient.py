@@ -49,7 +49,6 @@ equals the dense eval-mode model up to float summation order (≤ 1e-5 absolute 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -80,12 +79,6 @@ def slice_width(channels: int, splits: int | str) -> int:
     if splits == SPLITS_FULL:
         return 1
     return math.ceil(channels / min(int(splits), channels))
-
-
-def channel_slices(channels: int, splits: int | str) -> Iterator[slice]:
-    width = slice_width(channels, splits)
-    for start in range(0, channels, width):
-        yield slice(start, min(start + width, channels))
 
 
 def fold_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,33 +142,42 @@ def _is_pointwise(conv: nn.Conv2d) -> bool:
 
 
 class _Inner:
-    """The layer that produces a block's inner tensor (B in §5.1), sliced along its output channels.
+    """The layer that produces a block's inner tensor (B in §5.1), cut into slices of ``width`` output channels.
 
     Either the block's 1x1 expansion, the stem (fused into the t = 1 first block), or nothing (the inner tensor
-    is the block input itself, already in memory: slices are views).
+    is the block input itself, already in memory: slices are views). Per-slice views of the weights and BN
+    vectors are made once per layer (``split``), not per slice: with narrow layers, op dispatch is the cost.
     """
 
-    def __init__(self, layer: ConvNormAct | None, x: torch.Tensor) -> None:
+    def __init__(self, layer: ConvNormAct | None, x: torch.Tensor, width: int) -> None:
         self.layer = layer
         self.x = x
         if layer is None:
+            self.parts = x.split(width, dim=1)
             return
         conv = layer.conv
         self.pointwise = _is_pointwise(conv)
-        self.weight = conv.weight.view(conv.out_channels, -1) if self.pointwise else conv.weight
-        self.scale, self.shift = fold_bn(layer.bn)
+        scale, shift = fold_bn(layer.bn)
+        self.shift = shift.split(width)
         self.act = not isinstance(layer.act, nn.Identity)
         if self.pointwise:
             self.x_rows = _rows(x)
+            self.weight_t = conv.weight.view(conv.out_channels, -1).t().split(width, dim=1)  # (k, c) views
+            self.scale = scale.split(width)
         else:  # TF SAME: pad the layer's input once (the 3-channel image for the stem), not once per slice
             self.xp = layer.pad(x)
+            self.weight = conv.weight.split(width)
+            self.scale = scale.view(-1, 1, 1, 1).split(width)
 
-    def slice(self, sl: slice) -> torch.Tensor:
+    def __len__(self) -> int:
+        return len(self.parts) if self.layer is None else len(self.shift)
+
+    def slice(self, i: int) -> torch.Tensor:
         if self.layer is None:
-            return self.x[:, sl]
+            return self.parts[i]
         if self.pointwise:  # a 1x1 conv is a matrix product over pixels: (N*H*W, k) @ (k, c)
-            rows = torch.mm(self.x_rows, self.weight[sl].t())
-            rows.mul_(self.scale[sl]).add_(self.shift[sl])  # BN on the activations: no copy of a weight slice
+            rows = torch.mm(self.x_rows, self.weight_t[i])
+            rows.mul_(self.scale[i]).add_(self.shift[i])  # BN on the activations: no copy of a weight slice
             if self.act:
                 rows.clamp_(0.0, RELU6_MAX)
             n, _, h, w = self.x.shape
@@ -183,17 +185,13 @@ class _Inner:
         # the stem: its BN folds into the slice's weights (c x in_chans x 3 x 3, smaller than its output by far);
         # a channels-last input gives a channels-last output, without oneDNN reorder copies
         conv = self.layer.conv
-        weight = self.weight[sl] * self.scale[sl].view(-1, 1, 1, 1)
-        y = F.conv2d(self.xp, weight, self.shift[sl], conv.stride, conv.padding, conv.dilation)
+        y = F.conv2d(self.xp, self.weight[i] * self.scale[i], self.shift[i], conv.stride, conv.padding, conv.dilation)
         return y.clamp_(0.0, RELU6_MAX) if self.act else y
-
-    def materialise(self) -> torch.Tensor:
-        return self.slice(slice(None))
 
 
 def conv_bn_act(layer: ConvNormAct, x: torch.Tensor) -> torch.Tensor:
     """A ConvNormAct evaluated whole, with BN folded and applied in place (for tensors that must exist whole)."""
-    return _Inner(layer, x).materialise()
+    return _Inner(layer, x, layer.conv.out_channels).slice(0)
 
 
 def streamed_block(
@@ -212,35 +210,38 @@ def streamed_block(
     block has no expansion. With ``tap_expansion`` the expansion is materialised (a tapped tensor exists whole by
     definition) and the depthwise and projection still run slice by slice over views of it.
     """
-    inner = _Inner(inner_layer, x)
+    n = dw.conv.in_channels
+    width = slice_width(n, splits)
     expansion = None
     if tap_expansion:
-        expansion = inner.materialise() if inner_layer is not None else x
-        inner = _Inner(None, expansion)
-    n = dw.conv.in_channels
-    dw_w = dw.conv.weight
+        expansion = conv_bn_act(inner_layer, x) if inner_layer is not None else x
+        inner = _Inner(None, expansion, width)
+    else:
+        inner = _Inner(inner_layer, x, width)
+    conv = dw.conv
     dw_scale, dw_shift = fold_bn(dw.bn)
-    proj_w = project.conv.weight.view(project.conv.out_channels, n)
+    dw_w, dw_scale, dw_shift = conv.weight.split(width), dw_scale.view(-1, 1, 1, 1).split(width), dw_shift.split(width)
+    proj_t = project.conv.weight.view(project.conv.out_channels, n).t().split(width)  # (c, k') views
     proj_scale, proj_shift = fold_bn(project.bn)
     out = out_rows = None
-    for sl in channel_slices(n, splits):
-        y = dw.pad(inner.slice(sl))  # B_i, then TF SAME padding of this slice only when the layer needs it
+    for i in range(len(inner)):
+        y = dw.pad(inner.slice(i))  # B_i, then TF SAME padding of this slice only when the layer needs it
         # N: BN folded into the slice's depthwise weights (c x 3 x 3) and bias; a channels-last depthwise runs in
         # oneDNN's native layout (no reorder copies of the slice)
-        weight = dw_w[sl] * dw_scale[sl].view(-1, 1, 1, 1)
+        weight = dw_w[i] * dw_scale[i]
         if y.shape[1] == 1:
-            z = _depthwise_single(y, weight, dw.conv.stride, dw.conv.padding, dw.conv.dilation).add_(dw_shift[sl])
+            z = _depthwise_single(y, weight, conv.stride, conv.padding, conv.dilation).add_(dw_shift[i])
         else:
-            z = F.conv2d(y, weight, dw_shift[sl], dw.conv.stride, dw.conv.padding, dw.conv.dilation, y.shape[1])
+            z = F.conv2d(y, weight, dw_shift[i], conv.stride, conv.padding, conv.dilation, y.shape[1])
         del y  # the expansion slice is dead once depthwised
         z_rows = _rows(z).clamp_(0.0, RELU6_MAX)
         if out is None:
-            out_rows = z.new_empty(z_rows.shape[0], proj_w.shape[0])
+            out_rows = z.new_empty(z_rows.shape[0], project.conv.out_channels)
             out = _from_rows(out_rows, z.shape[0], z.shape[2], z.shape[3])
             # A_1: beta = 0 ignores the uninitialised output (torch.addmm docs)
-            out_rows.addmm_(z_rows, proj_w[:, sl].t(), beta=0.0)
+            out_rows.addmm_(z_rows, proj_t[i], beta=0.0)
         else:
-            out_rows.addmm_(z_rows, proj_w[:, sl].t())  # A_i, accumulated in place
+            out_rows.addmm_(z_rows, proj_t[i])  # A_i, accumulated in place
         del z, z_rows
     out_rows.mul_(proj_scale).add_(proj_shift)  # linear bottleneck: BN, no activation (§3.2)
     if residual:
@@ -250,12 +251,13 @@ def streamed_block(
 
 def streamed_head_pool(head: ConvNormAct, x: torch.Tensor, splits: int | str) -> torch.Tensor:
     """Final 1x1 conv + ReLU6 + global average pool, one slice of output channels at a time: (N, C) features."""
-    inner = _Inner(head, x)
     n = x.shape[0]
     pooled = x.new_empty(n, head.conv.out_channels)
-    for sl in channel_slices(head.conv.out_channels, splits):
-        y = inner.slice(sl)
-        pooled[:, sl] = _rows(y).view(n, -1, y.shape[1]).mean(dim=1)
+    width = slice_width(head.conv.out_channels, splits)
+    inner = _Inner(head, x, width)
+    for i, part in enumerate(pooled.split(width, dim=1)):
+        y = inner.slice(i)
+        part.copy_(_rows(y).view(n, -1, y.shape[1]).mean(dim=1))
         del y
     return pooled
 
