@@ -127,7 +127,8 @@ def run_width(
         times["dense_cl"].append(_time(model, x_cl, device))
         for s in splits_list:
             times[s].append(_time(wrapped[s], x_cl, device))
-    best_dense = [min(a, b) for a, b in zip(times["dense"], times["dense_cl"])]
+    # the faster dense layout by median (a per-repeat min of two noisy timings would be biased low)
+    best_dense = min(times["dense"], times["dense_cl"], key=statistics.median)
     rows = []
     for s in splits_list:
         ratios = [t / d for t, d in zip(times[s], best_dense)]
