@@ -26,11 +26,12 @@ What bounds peak memory in PyTorch, and what this module does about it:
 * the projection accumulates in place into one preallocated output (``addmm_``, ``beta=0`` on the first slice):
   no output-sized temporary per slice;
 * BatchNorm is folded for inference into per-channel ``scale``/``shift`` *vectors*, computed at each forward from
-  the running statistics (never stale). For the 1x1 convs they are applied in place on the activations, so no
-  1x1 weight is copied or rescaled (a folded copy of the head's 1280x320 weight alone is larger than most
-  activations it saves); for the depthwise and the stem, whose weights per slice are 9 (27) values per channel,
-  the scale is folded into a temporary copy of the slice's weights and the shift becomes the conv bias, which
-  saves two passes over each slice. ReLU6 is an in-place clamp;
+  the running statistics (never stale); no whole weight tensor is ever copied. Per slice, the scale goes into a
+  temporary copy of the slice's weights (the shift becomes the bias) wherever that copy is tiny next to the
+  slice's activations — the depthwise and the stem (9 or 27 values per channel), and the 1x1 expansions of the
+  high-resolution blocks (pixels >= 16 x input channels) — which saves two passes over each slice. Elsewhere it
+  is applied in place on the activations: a folded copy of the head's 1280x320 weight alone would be larger
+  than most activations streaming saves. ReLU6 is an in-place clamp;
 * temporaries are dropped as soon as the next op has consumed them (``del``);
 * a one-channel slice (``splits="full"``) runs its depthwise as 9 strided in-place multiply-adds: oneDNN treats a
   1-channel grouped conv as an ordinary conv and allocates a 9x im2col buffer;
@@ -61,6 +62,9 @@ from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Features, check_inpu
 
 SPLITS_FULL = "full"  # one inner channel per slice: "Using n = t we end up having to keep only a single channel" (§5.1)
 RELU6_MAX = 6.0
+# A 1x1 layer's BN is folded into a per-slice weight copy only when its activations per slice are at least this many
+# times larger than that copy (pixels >= 16 x input channels); see _Inner.
+FOLD_WEIGHTS_RATIO = 16
 
 
 def check_splits(splits: int | str) -> int | str:
@@ -164,6 +168,11 @@ class _Inner:
             self.x_rows = _rows(x)
             self.weight_t = conv.weight.view(conv.out_channels, -1).t().split(width, dim=1)  # (k, c) views
             self.scale = scale.split(width)
+            # Fold BN into a temporary copy of the slice's weights (k x c) only where that copy is tiny next to the
+            # slice's activations (pixels x c): in the early, high-resolution blocks, where the two passes over the
+            # activations it saves cost most. Elsewhere (e.g. the head: 320 x c weights for 49 pixels) BN stays on
+            # the activations, so no weight copy ever outweighs the memory the slicing saves.
+            self.fold = conv.in_channels * FOLD_WEIGHTS_RATIO <= self.x_rows.shape[0]
         else:  # TF SAME: pad the layer's input once (the 3-channel image for the stem), not once per slice
             self.xp = layer.pad(x)
             self.weight = conv.weight.split(width)
@@ -176,8 +185,11 @@ class _Inner:
         if self.layer is None:
             return self.parts[i]
         if self.pointwise:  # a 1x1 conv is a matrix product over pixels: (N*H*W, k) @ (k, c)
-            rows = torch.mm(self.x_rows, self.weight_t[i])
-            rows.mul_(self.scale[i]).add_(self.shift[i])  # BN on the activations: no copy of a weight slice
+            if self.fold:
+                rows = torch.addmm(self.shift[i], self.x_rows, self.weight_t[i] * self.scale[i])
+            else:
+                rows = torch.mm(self.x_rows, self.weight_t[i])
+                rows.mul_(self.scale[i]).add_(self.shift[i])  # BN on the activations: no copy of a weight slice
             if self.act:
                 rows.clamp_(0.0, RELU6_MAX)
             n, _, h, w = self.x.shape
