@@ -20,11 +20,11 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_engines_match_torch_and_are_cached(tiny_checkpoint):
-    assert set(installed_engines()) == {"onnxruntime", "openvino", "torch"}
+    assert set(installed_engines()) == {"onnxruntime", "openvino", "litert", "torch"}
     x, _ = batches(40, seed=8, batch=40)[0]
     with torch.inference_mode():
         want = load_checkpoint(tiny_checkpoint)(torch.from_numpy(x)).numpy()
-    for name in ("torch", "onnxruntime", "openvino"):
+    for name in ("torch", "onnxruntime", "openvino", "litert"):
         eng = load_engine(tiny_checkpoint, engine=name, threads=1)
         assert eng.name == name and eng.precision == "fp32"
         assert np.abs(eng(x) - want).max() <= 1e-4, name

@@ -80,7 +80,8 @@ def build_candidates(
     """Every engine and peer that can run here, each with a factory ``batch -> run``."""
     from mnv2.checkpoint import CheckpointMeta
     from mnv2.data.preprocessing import Preprocessing
-    from mnv2.export.engines import OpenVinoEngine, OrtEngine, TorchEngine, installed_engines
+    from mnv2.export.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, installed_engines
+    from mnv2.export.fold import fold_batchnorm
     from mnv2.export.onnx_export import ExportOptions, export_onnx, ort_session
     from mnv2.models import create_model
 
@@ -115,6 +116,16 @@ def build_candidates(
                 "bf16 compute: not fp32-accurate",
             )
         )
+    if "litert" in installed:
+
+        def litert():
+            from mnv2.export.formats import export_other
+
+            tfl = workdir / "mnv2-fp32-b1.tflite"
+            export_other("tflite", fold_batchnorm(model), tfl, ExportOptions(dynamic_batch=False), meta=meta)
+            return LiteRtEngine(tfl, threads)
+
+        out.append(Candidate("mnv2 litert", False, "fp32", once(litert), "XNNPACK, BN folded"))
     out.append(Candidate("mnv2 torch", False, "fp32", once(lambda: TorchEngine(model, "<bench>", threads))))
     if int8 and "onnxruntime" in installed:
         from mnv2.export.quantize import quantize_onnx_static

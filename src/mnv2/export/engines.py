@@ -6,9 +6,13 @@
 Engines (all fp32-accurate unless the precision says otherwise):
 
 - ``onnxruntime``: the checkpoint exported once (BN folded, verified) and cached on disk; ORT CPU session with
-  full graph optimizations (NCHWc layout on AVX-512), ``threads`` intra-op threads, no inter-op pool.
+  full graph optimizations (NCHWc layout on AVX-512), ``threads`` intra-op threads, no inter-op pool, and no
+  thread spinning (idle workers sleep instead of busy-waiting: 1.5-2.7x faster on a shared 2-core machine).
 - ``openvino``: the same ONNX compiled by OpenVINO's CPU plugin (oneDNN; int8 via VNNI, bf16 via AVX512-BF16 or
-  AMX). ``precision="bf16"`` is *not* fp32-accurate and is reported separately.
+  AMX), with the LATENCY hint for batch 1 and the THROUGHPUT hint (several streams) for larger batches.
+  ``precision="bf16"`` is *not* fp32-accurate and is reported separately.
+- ``litert``: the checkpoint converted once to TFLite (litert-torch, parity-checked) and run by the LiteRT
+  interpreter with XNNPACK, resized to each batch size; the same kernels as the TFLite peer.
 - ``torch``: fallback needing nothing else: BN folded into the convs, channels_last, ``inference_mode``.
 
 INT8: pass an INT8 ONNX file from ``mnv2 quantize`` (``onnxruntime`` or ``openvino`` run its QDQ graph).
@@ -25,6 +29,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,14 +37,15 @@ from torch import nn
 
 from mnv2.errors import ConfigError
 
-ENGINES = ("onnxruntime", "openvino", "torch")
+ENGINES = ("onnxruntime", "openvino", "litert", "torch")
 PRECISIONS = ("fp32", "bf16", "int8")
-# Measured order for fp32 on this project's machine kind (BENCHMARKS.md, Deployment): OpenVINO's latency hint
-# beat ONNX Runtime at batch 1 and at batch 32; torch eager (even BN-folded) is 2-4x slower than both.
-FP32_PREFERENCE = ("openvino", "onnxruntime", "torch")
+# Measured order on this project's machine kind (BENCHMARKS.md, Deployment): fp32, ONNX Runtime without spinning
+# was fastest at batch 1 and OpenVINO's throughput mode at batch 32 (close); torch eager, even BN-folded, is 3-10x
+# slower than both. INT8: OpenVINO's VNNI kernels beat ONNX Runtime's on the same QDQ file.
+FP32_PREFERENCE = ("onnxruntime", "openvino", "torch")
 INT8_PREFERENCE = ("openvino", "onnxruntime")
 CACHE_SIZE = 8
-_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch"}
+_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert", "torch": "torch"}
 
 
 def installed_engines() -> list[str]:
@@ -48,7 +54,9 @@ def installed_engines() -> list[str]:
     for name in ENGINES:
         if importlib.util.find_spec(_PACKAGES[name]) is None:
             continue
-        if name != "torch" and importlib.util.find_spec("onnx") is None:
+        if name in ("onnxruntime", "openvino") and importlib.util.find_spec("onnx") is None:
+            continue
+        if name == "litert" and importlib.util.find_spec("litert_torch") is None:
             continue
         out.append(name)
     return out
@@ -119,33 +127,61 @@ class OrtEngine(Engine):
         from mnv2.export.onnx_export import ort_session
 
         super().__init__("onnxruntime", precision, str(onnx_path), threads)
-        self.session = ort_session(onnx_path, threads)
+        self.session = ort_session(onnx_path, threads, spin=False)
         self.input = self.session.get_inputs()[0].name
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: x})[0]
 
 
-class OpenVinoEngine(Engine):
-    def __init__(self, onnx_path: Path, precision: str, threads: int | None, hint: str = "LATENCY") -> None:
-        import openvino as ov
+class LiteRtEngine(Engine):
+    def __init__(self, tflite_path: Path, threads: int | None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
 
-        super().__init__("openvino", precision, str(onnx_path), threads)
-        config = {
-            "PERFORMANCE_HINT": hint,
-            # f32 keeps fp32 accuracy; OpenVINO would otherwise pick bf16 on AMX/AVX512-BF16 CPUs by itself.
-            # An INT8 (QDQ) model keeps f32 for its non-quantized ops.
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-        }
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        super().__init__("litert", "fp32", str(tflite_path), threads)
+        self.interp = Interpreter(str(tflite_path), num_threads=threads or os.cpu_count() or 1)
+        self.interp.allocate_tensors()
+        self.input = self.interp.get_input_details()[0]["index"]
+        self.output = self.interp.get_output_details()[0]["index"]
+        self.batch = 1
         self.lock = threading.Lock()
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        with self.lock:  # one infer request: serialise callers (a server makes one engine per worker)
-            return self.request.infer({0: x})[0].copy()
+        with self.lock:
+            if len(x) != self.batch:  # XNNPACK re-plans for the new shape; the graph has no fixed batch
+                self.interp.resize_tensor_input(self.input, list(x.shape))
+                self.interp.allocate_tensors()
+                self.batch = len(x)
+            self.interp.set_tensor(self.input, x)
+            self.interp.invoke()
+            return self.interp.get_tensor(self.output).copy()
+
+
+class OpenVinoEngine(Engine):
+    def __init__(self, onnx_path: Path, precision: str, threads: int | None) -> None:
+        import openvino as ov
+
+        super().__init__("openvino", precision, str(onnx_path), threads)
+        self.core = ov.Core()
+        self.requests: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def _request(self, hint: str):
+        if hint not in self.requests:
+            config = {
+                "PERFORMANCE_HINT": hint,
+                # f32 keeps fp32 accuracy; OpenVINO would otherwise pick bf16 on AMX/AVX512-BF16 CPUs by itself.
+                # An INT8 (QDQ) model keeps f32 for its non-quantized ops.
+                "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            }
+            if self.threads:
+                config["INFERENCE_NUM_THREADS"] = self.threads
+            self.requests[hint] = self.core.compile_model(self.source, "CPU", config).create_infer_request()
+        return self.requests[hint]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self.lock:  # one infer request per hint: serialise callers (a server makes one engine per worker)
+            return self._request("LATENCY" if len(x) == 1 else "THROUGHPUT").infer({0: x})[0].copy()
 
 
 _CACHE: OrderedDict[tuple, Engine] = OrderedDict()
@@ -167,6 +203,18 @@ def _onnx_for_checkpoint(path: Path) -> Path:
         export_onnx(
             path, out, ExportOptions(fold_bn=True, dynamic_batch=True), extra_metadata={"checkpoint_sha256": digest}
         )
+    return out
+
+
+def _tflite_for_checkpoint(path: Path) -> Path:
+    """Convert a checkpoint once to TFLite (batch 1, parity-checked) and reuse the file afterwards."""
+    from mnv2.checkpoint import load_checkpoint
+    from mnv2.export.formats import export_other
+    from mnv2.export.onnx_export import ExportOptions, file_sha256
+
+    out = cache_dir() / f"{file_sha256(path)[:24]}-fp32-b1.tflite"
+    if not out.is_file():
+        export_other("tflite", load_checkpoint(path), out, ExportOptions(dynamic_batch=False))
     return out
 
 
@@ -212,8 +260,8 @@ def load_engine(
     name = pick_engine(precision) if engine == "auto" else engine
     if name not in installed_engines():
         raise ConfigError(f"engine {name!r} is not installed here (installed: {', '.join(installed_engines())})")
-    if name == "torch" and (is_onnx or precision != "fp32"):
-        raise ConfigError("engine 'torch' runs fp32 checkpoints (.safetensors), not ONNX files or int8/bf16")
+    if name in ("torch", "litert") and (is_onnx or precision != "fp32"):
+        raise ConfigError(f"engine {name!r} runs fp32 checkpoints (.safetensors), not ONNX files or int8/bf16")
     if name == "onnxruntime" and precision == "bf16":
         raise ConfigError("precision 'bf16' is only offered by engine 'openvino'")
     stat = path.stat()
@@ -226,6 +274,8 @@ def load_engine(
         from mnv2.checkpoint import load_checkpoint
 
         made: Engine = TorchEngine(load_checkpoint(path), str(path), threads)
+    elif name == "litert":
+        made = LiteRtEngine(_tflite_for_checkpoint(path), threads)
     else:
         onnx_path = path if is_onnx else _onnx_for_checkpoint(path)
         made = (

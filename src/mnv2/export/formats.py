@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from mnv2.checkpoint import atomic_write
+from mnv2.checkpoint import CheckpointMeta, atomic_write
 from mnv2.errors import ConfigError
 from mnv2.export.onnx_export import (
     BakedPreprocessing,
@@ -99,7 +99,9 @@ def _executorch(module: nn.Module, example, out: Path) -> tuple[bytes, object]:
 CONVERTERS = {"tflite": _tflite, "executorch": _executorch}
 
 
-def export_other(fmt: str, model: nn.Module, out: str | Path, options: ExportOptions) -> ExportReport:
+def export_other(
+    fmt: str, model: nn.Module, out: str | Path, options: ExportOptions, meta: CheckpointMeta | None = None
+) -> ExportReport:
     """Export ``model`` to ``fmt`` (``tflite`` or ``executorch``) at batch 1, verify parity, write ``out``.
 
     The model's metadata (preprocessing, class names, ...) is written beside it as ``<out>.json``: neither format
@@ -108,9 +110,7 @@ def export_other(fmt: str, model: nn.Module, out: str | Path, options: ExportOpt
     import json
 
     t0 = time.perf_counter()
-    if options.dynamic_batch or options.dynamic_size:
-        raise ConfigError(f"format {fmt!r} is exported with static shapes (batch 1): use --static-batch")
-    meta = _meta_for(model, None)
+    meta = _meta_for(model, meta)
     size = check_options(model, meta, options, fmt)
     spec = _io(meta.model_config, meta, options, size)
     reference = (

@@ -150,7 +150,9 @@ def check_options(model: nn.Module, meta: CheckpointMeta, options: ExportOptions
     if options.dynamic_size and options.bake_preprocessing:
         raise ConfigError("dynamic_size with bake_preprocessing is not supported: baked input is input_size pixels")
     if fmt != "onnx" and (options.dynamic_size or options.dynamic_batch):
-        raise ConfigError(f"format {fmt!r} is exported with static shapes (batch 1); pass dynamic_batch=False")
+        raise ConfigError(
+            f"format {fmt!r} is exported with static shapes (batch 1): pass --static-batch (dynamic_batch=False)"
+        )
     if not options.parity_atol > 0:
         raise ConfigError(f"parity_atol must be > 0, got {options.parity_atol!r}")
     return size
@@ -261,8 +263,12 @@ def to_onnx_model(module: nn.Module, example: torch.Tensor, io: dict[str, Any], 
     return program.model_proto
 
 
-def ort_session(path_or_bytes, threads: int | None = None, optimize: bool = True):
-    """An ONNX Runtime CPU session; ``threads`` sets intra-op threads (default: ORT's, = physical cores)."""
+def ort_session(path_or_bytes, threads: int | None = None, optimize: bool = True, spin: bool = True):
+    """An ONNX Runtime CPU session; ``threads`` sets intra-op threads (default: ORT's, = physical cores).
+
+    ``spin=False`` stops idle worker threads from busy-waiting between ops: on a machine whose cores are shared
+    with other work, spinning threads steal the time the working ones need (BENCHMARKS.md, Deployment).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -270,6 +276,8 @@ def ort_session(path_or_bytes, threads: int | None = None, optimize: bool = True
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
