@@ -43,21 +43,54 @@ def prep(x: np.ndarray) -> np.ndarray:
     return ((x - MEAN) / STD)[:, None]
 
 
+def quantize_checkpoint(path: Path, xtr, ytr, xte, yte, out: Path) -> None:
+    """Quantize an existing checkpoint, preprocessing the images as its metadata says (PIL resize + crop)."""
+    from PIL import Image
+
+    from mnv2.checkpoint import load_checkpoint
+    from mnv2.export.data import normalize
+
+    model = load_checkpoint(path)
+    pre, chans = model.meta.preprocessing, model.config.in_chans
+    resample = {"nearest": 0, "bilinear": 2, "bicubic": 3}[pre.interpolation]
+
+    def load(x: np.ndarray) -> np.ndarray:
+        r, c = pre.resize_size, pre.input_size
+        imgs = [np.asarray(Image.fromarray(im).resize((r, r), resample)) for im in x]
+        o = (r - c) // 2
+        return normalize(np.stack(imgs)[:, o : o + c, o : o + c], pre, chans)
+
+    rng = np.random.default_rng(0)
+    cal = rng.choice(len(xtr), 1024, replace=False)
+    calib = [(load(xtr[cal[i : i + 128]]), ytr[cal[i : i + 128]].astype(np.int64)) for i in range(0, 1024, 128)]
+    test = [(load(xte[i : i + 500]), yte[i : i + 500].astype(np.int64)) for i in range(0, len(xte), 500)]
+    t0 = time.time()
+    report = quantize(model, out / "fmnist-int8.onnx", calib, test)
+    print(report.format())
+    res = {"checkpoint": str(path), "checkpoint_metrics": model.meta.metrics, "seconds": time.time() - t0}
+    (out / "int8_report.json").write_text(json.dumps({**res, **report.to_dict()}, indent=1, default=str))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--out", default="runs/fmnist-int8")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--stem-stride", type=int, default=1)
+    ap.add_argument("--checkpoint", default=None, help="quantize this Fashion-MNIST checkpoint instead of training")
     args = ap.parse_args()
     d, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     xtr, ytr = read_idx(d / "train-images-idx3-ubyte.gz"), read_idx(d / "train-labels-idx1-ubyte.gz")
     xte, yte = read_idx(d / "t10k-images-idx3-ubyte.gz"), read_idx(d / "t10k-labels-idx1-ubyte.gz")
+    if args.checkpoint:
+        quantize_checkpoint(Path(args.checkpoint), xtr, ytr, xte, yte, out)
+        return
     xtr_f, xte_f = torch.from_numpy(prep(xtr)), prep(xte)
     ytr_t = torch.from_numpy(ytr.astype(np.int64))
     torch.manual_seed(0)
-    model = mobilenet_v2(width_mult=args.width, num_classes=10, in_chans=1, stem_stride=1, dropout=0.1)
+    model = mobilenet_v2(width_mult=args.width, num_classes=10, in_chans=1, stem_stride=args.stem_stride, dropout=0.1)
     bs, steps = 128, args.epochs * (len(xtr) // 128)
     opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=steps, pct_start=0.15)

@@ -59,14 +59,18 @@ class Candidate:
     note: str = ""
 
 
-def _time_calls(run, x: np.ndarray, iters: int, warmup: int) -> list[float]:
+def _time_calls(run, x: np.ndarray, iters: int, warmup: int, budget_s: float = 4.0) -> list[float]:
+    """Per-call times (ms): ``iters`` calls, or fewer (at least 2) once ``budget_s`` is spent (slow peers)."""
     for _ in range(warmup):
         run(x)
-    out = []
+    out: list[float] = []
+    start = time.perf_counter()
     for _ in range(iters):
         t = time.perf_counter()
         run(x)
         out.append((time.perf_counter() - t) * 1e3)
+        if len(out) >= 2 and time.perf_counter() - start > budget_s:
+            break
     return out
 
 
@@ -222,6 +226,7 @@ def run_bench(
     int8: bool = True,
     only: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    budget_s: float = 4.0,
 ) -> list[BenchRecord]:
     """Measure every candidate at batch 1 and ``batch``, interleaved over ``rounds``; return the records."""
     if rounds < 1 or batch < 1 or iters_1 < 1 or iters_n < 1 or threads < 1:
@@ -244,7 +249,9 @@ def run_bench(
                         progress(f"round {r + 1}/{rounds}: {c.name} {c.precision} batch {b}")
                     run = c.make(b)
                     n, w = (iters_1, 3) if b == 1 else (iters_n, 1)
-                    lat.setdefault(key, {}).setdefault(b, []).append(_time_calls(run, inputs[b], n, w))
+                    if r > 0 and statistics.median(lat[key][b][0]) > 1000 * budget_s / 2:
+                        w = 0  # a peer taking seconds per call is warm after round 1
+                    lat.setdefault(key, {}).setdefault(b, []).append(_time_calls(run, inputs[b], n, w, budget_s))
     return summarize(cands, lat, batch, rounds)
 
 
