@@ -1,7 +1,8 @@
 """Inference speed: mnv2's engines against the peers that install here, measured interleaved in one run.
 
-Each round times every engine once (batch-1 latency: median/p90 of ``iters_1`` calls after warm-up; batch-N
-throughput: ``iters_n`` calls), so machine-wide noise (the CI/dev machine is shared) hits all engines alike.
+Each round times every engine with calls interleaved one by one (batch-1 latency: median/p90 of ``iters_1``
+calls after warm-up; batch-N throughput: ``iters_n`` calls), so machine-wide noise (the CI/dev machine is shared)
+hits all engines alike.
 Figures are medians over rounds; ratios against the fastest peer are taken *within* each round, then the median.
 
 Peers (``peer=True``): ONNX Runtime on a plain ``torch.onnx.export`` with a default session, TFLite (LiteRT
@@ -59,19 +60,30 @@ class Candidate:
     note: str = ""
 
 
-def _time_calls(run, x: np.ndarray, iters: int, warmup: int, budget_s: float = 4.0) -> list[float]:
-    """Per-call times (ms): ``iters`` calls, or fewer (at least 2) once ``budget_s`` is spent (slow peers)."""
-    for _ in range(warmup):
-        run(x)
-    out: list[float] = []
-    start = time.perf_counter()
-    for _ in range(iters):
-        t = time.perf_counter()
-        run(x)
-        out.append((time.perf_counter() - t) * 1e3)
-        if len(out) >= 2 and time.perf_counter() - start > budget_s:
-            break
-    return out
+def _interleaved(runs: dict, x: np.ndarray, iters: int, warmup: int, slow_ms: float) -> dict:
+    """Per-call times (ms) of every engine, calls interleaved one by one (A, B, C, A, B, C, ...).
+
+    On a shared machine, load changes within seconds; interleaving single calls gives every engine the same
+    conditions, so within-round ratios stay meaningful even when absolute times move. An engine slower than
+    ``slow_ms`` per call (torch/HF eager) is timed only 3 times per round, spread over the loop.
+    """
+    for run in runs.values():
+        for _ in range(warmup):
+            run(x)
+    times: dict = {k: [] for k in runs}
+    slow: set = set()
+    spots = {0, iters // 2, iters - 1}
+    for i in range(iters):
+        for key, run in runs.items():
+            if key in slow and i not in spots:
+                continue
+            t = time.perf_counter()
+            run(x)
+            dt = (time.perf_counter() - t) * 1e3
+            times[key].append(dt)
+            if dt > slow_ms:
+                slow.add(key)
+    return times
 
 
 def _quiet():
@@ -226,7 +238,7 @@ def run_bench(
     int8: bool = True,
     only: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
-    budget_s: float = 4.0,
+    slow_ms: float = 200.0,
 ) -> list[BenchRecord]:
     """Measure every candidate at batch 1 and ``batch``, interleaved over ``rounds``; return the records."""
     if rounds < 1 or batch < 1 or iters_1 < 1 or iters_n < 1 or threads < 1:
@@ -242,16 +254,14 @@ def run_bench(
         # lat[(name, precision)][b] = per-round list of per-call times (ms)
         lat: dict[tuple[str, str], dict[int, list[list[float]]]] = {}
         for r in range(rounds):
-            for c in cands:
-                key = (c.name, c.precision)
-                for b in (1, batch):
-                    if progress:
-                        progress(f"round {r + 1}/{rounds}: {c.name} {c.precision} batch {b}")
-                    run = c.make(b)
-                    n, w = (iters_1, 3) if b == 1 else (iters_n, 1)
-                    if r > 0 and statistics.median(lat[key][b][0]) > 1000 * budget_s / 2:
-                        w = 0  # a peer taking seconds per call is warm after round 1
-                    lat.setdefault(key, {}).setdefault(b, []).append(_time_calls(run, inputs[b], n, w, budget_s))
+            for b in (1, batch):
+                if progress:
+                    progress(f"round {r + 1}/{rounds}: batch {b}, {len(cands)} engines")
+                runs = {(c.name, c.precision): c.make(b) for c in cands}
+                n = iters_1 if b == 1 else iters_n
+                times = _interleaved(runs, inputs[b], n, warmup=3 if b == 1 else 1, slow_ms=slow_ms * b)
+                for key, ts in times.items():
+                    lat.setdefault(key, {}).setdefault(b, []).append(ts)
     return summarize(cands, lat, batch, rounds)
 
 
