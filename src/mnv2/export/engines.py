@@ -39,10 +39,11 @@ from mnv2.errors import ConfigError
 
 ENGINES = ("onnxruntime", "openvino", "litert", "torch")
 PRECISIONS = ("fp32", "bf16", "int8")
-# Measured order on this project's machine kind (BENCHMARKS.md, Deployment): fp32, ONNX Runtime without spinning
-# was fastest at batch 1 and OpenVINO's throughput mode at batch 32 (close); torch eager, even BN-folded, is 3-10x
-# slower than both. INT8: OpenVINO's VNNI kernels beat ONNX Runtime's on the same QDQ file.
-FP32_PREFERENCE = ("onnxruntime", "openvino", "torch")
+# Measured order on this project's machine kind (BENCHMARKS.md, Deployment, interleaved `mnv2 bench`): fp32,
+# LiteRT/XNNPACK was fastest at batch 32 (1.9x ONNX Runtime) and on par at batch 1, then ONNX Runtime without
+# spinning, then OpenVINO; torch eager, even BN-folded, is far behind. INT8: OpenVINO's VNNI kernels ran the same
+# QDQ file 1.7x faster than ONNX Runtime at batch 32 (equal at batch 1).
+FP32_PREFERENCE = ("litert", "onnxruntime", "openvino", "torch")
 INT8_PREFERENCE = ("openvino", "onnxruntime")
 CACHE_SIZE = 8
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert", "torch": "torch"}
