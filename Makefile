@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
 	bash scripts/setup-system.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -e ".[dev,deploy,formats,peers]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -1,10 +1,14 @@
 import os
+import sys
+from pathlib import Path
 
 # Keras 3 picks its backend once, at first import: the tests use PyTorch's (no TensorFlow here).
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/deploy_data.py
 
 # Two CPU cores: under pytest-xdist each worker gets one thread, so workers do not fight over cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -56,3 +60,24 @@ def http_server():
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A MobileNetV2 0.35 trained on the synthetic 8-class task (tests/deploy_data.py), shared by xdist workers.
+
+    Trained once per test run: the first worker takes a file lock and trains, the other waits and reuses it.
+    """
+    import fcntl
+
+    from deploy_data import train_tiny
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "tiny-synthetic.safetensors"
+    with open(root / "tiny-synthetic.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            train_tiny(path)
+    return path

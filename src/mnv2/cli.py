@@ -119,11 +119,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from mnv2.errors import ConfigError
-
-    if not args.memory:
-        raise ConfigError("choose what to benchmark: --memory (activation memory and latency of §5.1 streaming)")
+def _bench_memory(args: argparse.Namespace) -> int:
     from mnv2 import memory_bench
 
     if args.threads is not None:
@@ -135,7 +131,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = []
     for width in widths:
         rows += memory_bench.run_width(
-            width, args.resolution or 224, splits, args.batch, args.repeats, args.device, progress=not args.json
+            width, args.resolution or 224, splits, args.batch or 1, args.repeats, args.device, progress=not args.json
         )
     if args.json:
         best = memory_bench.best_split(rows)
@@ -151,6 +147,76 @@ def cmd_bench(args: argparse.Namespace) -> int:
         memory_bench.plot_memory_per_layer(widths[-1], args.resolution or 224, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mnv2.export import ExportOptions, export
+
+    options = ExportOptions(
+        bake_preprocessing=args.bake_preprocessing,
+        dynamic_batch=not args.static_batch,
+        dynamic_size=args.dynamic_size,
+        input_size=args.input_size,
+        fold_bn=not args.no_fold_bn,
+    )
+    report = export(args.checkpoint, args.out, args.format, options)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        shape = "x".join(str(d) for d in report.input_shape)
+        print(
+            f"wrote {report.path} ({report.format}): {report.input_name} {report.input_dtype}[{shape}] -> "
+            f"{report.output_name}; parity vs torch max |diff| {report.parity_max_abs:.2e} at batch "
+            f"{', '.join(map(str, report.parity_batches))} ({report.seconds:.1f} s)"
+        )
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from mnv2.checkpoint import load_checkpoint
+    from mnv2.export.data import load_dataset
+    from mnv2.export.quantize import quantize
+
+    model = load_checkpoint(args.checkpoint)
+    pre, chans = model.meta.preprocessing, model.config.in_chans
+    calib = load_dataset(args.calibration, pre, chans, limit=args.max_calibration)
+    held_out = load_dataset(args.eval, pre, chans, limit=args.max_eval) if args.eval else None
+    report = quantize(
+        model, args.out, calib, held_out, method=args.method, num_calibration=args.num_calibration,
+        per_channel=not args.per_tensor,
+    )  # fmt: skip
+    print(json.dumps(report.to_dict()) if args.json else report.format())
+    return 0
+
+
+def _bench_speed(args: argparse.Namespace) -> int:
+    from mnv2.errors import ConfigError
+    from mnv2.export.bench import format_table, run_bench
+
+    memory_only = [f"--{k}" for k in ("width", "splits", "plot") if getattr(args, k) is not None]
+    if memory_only:
+        raise ConfigError(
+            f"{', '.join(memory_only)} only apply to `mnv2 bench --memory` (the speed bench takes --model)"
+        )
+
+    def progress(msg: str) -> None:
+        if not args.json:
+            print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+    records = run_bench(
+        model_name=args.model, resolution=args.resolution or 224, batch=args.batch or 32, rounds=args.rounds,
+        threads=args.threads or 2, iters_1=args.iters, peers=not args.no_peers, int8=not args.no_int8,
+        only=args.engines, progress=progress,
+    )  # fmt: skip
+    if not args.json:
+        print("\r\033[K", end="", file=sys.stderr)
+    print(json.dumps([r.to_dict() for r in records]) if args.json else format_table(records, args.batch or 32))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    # One verb, two benchmarks: §5.1 memory (issue 5) or engine speed (issue 6).
+    return _bench_memory(args) if args.memory else _bench_speed(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,17 +246,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("bench", help="benchmarks: --memory (§5.1 streaming: measured peak memory and latency)")
-    p.add_argument("--memory", action="store_true", help="measured peak activation memory, §5.1 bound, latency")
-    p.add_argument("--width", type=float, default=None, help="one width (default: 0.35 and 1.0)")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (or tflite/executorch), verified against torch")
+    p.add_argument("checkpoint", help="mnv2 checkpoint (.safetensors)")
+    p.add_argument("--format", default="onnx", help="onnx (default), tflite, executorch")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--bake-preprocessing", action="store_true", help="uint8 HWC RGB in, probabilities out")
+    p.add_argument("--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic batch)")
+    p.add_argument("--dynamic-size", action="store_true", help="symbolic height/width (padding='torch' only)")
+    p.add_argument("--input-size", type=int, default=None, help="spatial size (default: the checkpoint's)")
+    p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm ops in the graph")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="INT8 (QDQ ONNX) with calibrated ranges and an fp32-vs-INT8 report")
+    p.add_argument("checkpoint", help="mnv2 checkpoint (.safetensors)")
+    p.add_argument("--calibration", required=True, help="class-folder tree or .npz (x, y) for calibration")
+    p.add_argument("--eval", default=None, help="held-out data for the accuracy report (same forms)")
+    p.add_argument("--out", required=True, help="INT8 .onnx file to write")
+    p.add_argument("--method", default="auto", help="auto (measure all), percentile, entropy, distribution, minmax")
+    p.add_argument("--num-calibration", type=int, default=512, help="images used to calibrate ranges")
+    p.add_argument("--max-calibration", type=int, default=2048, help="images read from --calibration")
+    p.add_argument("--max-eval", type=int, default=None, help="images read from --eval (default all)")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (to see depthwise collapse)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("bench", help="benchmarks: engine speed vs peers (default) or --memory (§5.1 streaming)")
+    p.add_argument("--memory", action="store_true", help="§5.1: measured peak activation memory, bound, latency")
+    p.add_argument("--model", default="mobilenetv2_100", help="speed: registered name (random weights)")
+    p.add_argument("--width", type=float, default=None, help="memory: one width (default: 0.35 and 1.0)")
     p.add_argument("--resolution", type=int, default=None, help="input size (default 224)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--splits", nargs="+", default=None, help="split counts (default: 1 2 4 6 full)")
-    p.add_argument("--repeats", type=int, default=7, help="interleaved latency repeats (medians)")
-    p.add_argument("--device", default="cpu", help="cpu, or cuda (peak from torch.cuda.max_memory_allocated)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--json", action="store_true", help="one JSON object for the best split count")
-    p.add_argument("--plot", default=None, help="also write the per-layer memory plot (PNG) for the last width")
+    p.add_argument("--batch", type=int, default=None, help="speed: throughput batch (default 32); memory: default 1")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (speed default 2; memory: torch's)")
+    p.add_argument("--json", action="store_true", help="speed: a list of records; memory: one object (best split)")
+    p.add_argument("--rounds", type=int, default=3, help="speed: interleaved rounds; figures are medians")
+    p.add_argument("--iters", type=int, default=30, help="speed: timed batch-1 calls per round")
+    p.add_argument("--engines", nargs="*", default=None, help="speed: only engines whose name contains one of these")
+    p.add_argument("--no-peers", action="store_true", help="speed: skip the peers")
+    p.add_argument("--no-int8", action="store_true", help="speed: skip INT8")
+    p.add_argument("--splits", nargs="+", default=None, help="memory: split counts (default: 1 2 4 6 full)")
+    p.add_argument("--repeats", type=int, default=7, help="memory: interleaved latency repeats (medians)")
+    p.add_argument("--device", default="cpu", help="memory: cpu, or cuda (torch.cuda.max_memory_allocated)")
+    p.add_argument("--plot", default=None, help="memory: also write the per-layer memory plot (PNG)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -1,0 +1,25 @@
+"""Deployment: ONNX (and other format) export with parity checks, INT8 quantization, inference engines, benchmarks.
+
+Downstream of the model and the checkpoint (files → data → model → engine → checkpoint → export/inference):
+nothing here is imported by the model, data or training code.
+"""
+
+from mnv2.export.fold import fold_batchnorm
+from mnv2.export.onnx_export import (
+    ExportError,
+    ExportOptions,
+    ExportReport,
+    export,
+    export_onnx,
+    read_onnx_metadata,
+)
+
+__all__ = [
+    "ExportError",
+    "ExportOptions",
+    "ExportReport",
+    "export",
+    "export_onnx",
+    "fold_batchnorm",
+    "read_onnx_metadata",
+]

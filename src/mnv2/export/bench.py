@@ -1,0 +1,332 @@
+"""Inference speed: mnv2's engines against the peers that install here, measured interleaved in one run.
+
+Each round times every engine with calls interleaved one by one (batch-1 latency: median/p90 of ``iters_1``
+calls after warm-up; batch-N throughput: ``iters_n`` calls), so machine-wide noise (the CI/dev machine is shared)
+hits all engines alike.
+Figures are medians over rounds; ratios against the fastest peer are taken *within* each round, then the median.
+
+Peers (``peer=True``): ONNX Runtime on a plain ``torch.onnx.export`` with a default session, TFLite (LiteRT
+interpreter, XNNPACK) on a plain ``litert-torch`` conversion, torch eager (the unfused torchvision-style model),
+and Hugging Face transformers' ``MobileNetV2ForImageClassification`` eager. All run with the same thread count.
+
+Weights are random (speed does not depend on them); the INT8 models are calibrated on random inputs for the same
+reason. Accuracy of INT8 is ``mnv2 quantize``'s job, not this one's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnv2.errors import ConfigError
+
+
+@dataclass
+class BenchRecord:
+    """One engine at one batch size: the row ``mnv2 bench --json`` prints."""
+
+    engine: str
+    peer: bool
+    precision: str
+    batch: int
+    median_ms: float  # per call (per batch)
+    p90_ms: float
+    images_per_s: float
+    ratio_vs_fastest_peer: float | None  # latency ratio at batch 1 (lower is better), throughput ratio at batch N
+    fastest_peer: str | None
+    rounds: int
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Candidate:
+    name: str
+    peer: bool
+    precision: str
+    make: Callable[[int], Callable[[np.ndarray], object]]  # batch -> run(x)
+    note: str = ""
+
+
+def _interleaved(runs: dict, x: np.ndarray, iters: int, warmup: int, slow_ms: float) -> dict:
+    """Per-call times (ms) of every engine, calls interleaved one by one (A, B, C, A, B, C, ...).
+
+    On a shared machine, load changes within seconds; interleaving single calls gives every engine the same
+    conditions, so within-round ratios stay meaningful even when absolute times move. An engine slower than
+    ``slow_ms`` per call (torch/HF eager) is timed only 3 times per round, spread over the loop.
+    """
+    for run in runs.values():
+        for _ in range(warmup):
+            run(x)
+    times: dict = {k: [] for k in runs}
+    slow: set = set()
+    spots = {0, iters // 2, iters - 1}
+    for i in range(iters):
+        for key, run in runs.items():
+            if key in slow and i not in spots:
+                continue
+            t = time.perf_counter()
+            run(x)
+            dt = (time.perf_counter() - t) * 1e3
+            times[key].append(dt)
+            if dt > slow_ms:
+                slow.add(key)
+    return times
+
+
+def _quiet():
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def build_candidates(
+    model_name: str, resolution: int, threads: int, workdir: Path, peers: bool = True, int8: bool = True
+) -> list[Candidate]:
+    """Every engine and peer that can run here, each with a factory ``batch -> run``."""
+    from mnv2.checkpoint import CheckpointMeta
+    from mnv2.data.preprocessing import Preprocessing
+    from mnv2.export.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, installed_engines
+    from mnv2.export.fold import fold_batchnorm
+    from mnv2.export.onnx_export import ExportOptions, export_onnx, ort_session
+    from mnv2.models import create_model
+
+    torch.set_num_threads(threads)
+    model = create_model(model_name).eval()
+    meta = CheckpointMeta(model_config=model.config, preprocessing=Preprocessing(input_size=resolution))
+    installed = installed_engines()
+    fp32 = workdir / "mnv2-fp32.onnx"
+    export_onnx(model, fp32, ExportOptions(fold_bn=True, dynamic_batch=True), meta=meta)
+    out: list[Candidate] = []
+
+    def once(factory):  # build lazily, reuse for every batch size
+        box = {}
+
+        def make(batch):
+            if "run" not in box:
+                box["run"] = factory()
+            return box["run"]
+
+        return make
+
+    if "onnxruntime" in installed:
+        out.append(Candidate("mnv2 onnxruntime", False, "fp32", once(lambda: OrtEngine(fp32, "fp32", threads))))
+    if "openvino" in installed:
+        out.append(Candidate("mnv2 openvino", False, "fp32", once(lambda: OpenVinoEngine(fp32, "fp32", threads))))
+        out.append(
+            Candidate(
+                "mnv2 openvino",
+                False,
+                "bf16",
+                once(lambda: OpenVinoEngine(fp32, "bf16", threads)),
+                "bf16 compute: not fp32-accurate",
+            )
+        )
+    if "litert" in installed:
+
+        def litert():
+            from mnv2.export.formats import export_other
+
+            tfl = workdir / "mnv2-fp32-b1.tflite"
+            export_other("tflite", fold_batchnorm(model), tfl, ExportOptions(dynamic_batch=False), meta=meta)
+            return LiteRtEngine(tfl, threads)
+
+        out.append(Candidate("mnv2 litert", False, "fp32", once(litert), "XNNPACK, BN folded"))
+    out.append(Candidate("mnv2 torch", False, "fp32", once(lambda: TorchEngine(model, "<bench>", threads))))
+    if int8 and "onnxruntime" in installed:
+        from mnv2.export.quantize import quantize_onnx_static
+
+        q = workdir / "mnv2-int8.onnx"
+        calib = np.random.default_rng(0).standard_normal((16, 3, resolution, resolution), dtype=np.float32)
+        quantize_onnx_static(fp32, q, calib, "minmax", per_channel=True, batch=8)
+        note = "QDQ per-channel, calibrated on random data (speed only)"
+        out.append(Candidate("mnv2 onnxruntime", False, "int8", once(lambda: OrtEngine(q, "int8", threads)), note))
+        if "openvino" in installed:
+            out.append(
+                Candidate("mnv2 openvino", False, "int8", once(lambda: OpenVinoEngine(q, "int8", threads)), note)
+            )
+    if not peers:
+        return out
+
+    # --- peers ---
+    plain = workdir / "plain.onnx"
+    x = torch.randn(1, 3, resolution, resolution)
+    with _quiet():
+        torch.onnx.export(
+            model, (x,), str(plain), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,
+        )  # fmt: skip
+    if "onnxruntime" in installed:
+
+        def ort_plain():
+            s = ort_session(plain, threads)  # default options but the same thread count as everyone
+            name = s.get_inputs()[0].name
+            return lambda a: s.run(None, {name: a})
+
+        out.append(Candidate("onnxruntime (plain export)", True, "fp32", once(ort_plain)))
+
+    def torch_eager():
+        def run(a):
+            with torch.inference_mode():
+                return model(torch.from_numpy(a))
+
+        return run
+
+    out.append(Candidate("torch eager (unfused)", True, "fp32", once(torch_eager)))
+
+    if importlib.util.find_spec("transformers") is not None:
+
+        def hf():
+            from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+
+            m = MobileNetV2ForImageClassification(MobileNetV2Config(image_size=resolution)).eval()
+
+            def run(a):
+                with torch.inference_mode():
+                    return m(pixel_values=torch.from_numpy(a)).logits
+
+            return run
+
+        out.append(Candidate("hf transformers eager", True, "fp32", once(hf)))
+
+    if importlib.util.find_spec("litert_torch") and importlib.util.find_spec("ai_edge_litert"):
+        tfl_cache: dict[int, Callable] = {}
+
+        def tflite(batch):  # static shapes: one conversion per batch size
+            if batch not in tfl_cache:
+                import litert_torch
+                from ai_edge_litert.interpreter import Interpreter
+
+                path = workdir / f"plain-b{batch}.tflite"
+                with _quiet():
+                    litert_torch.convert(model, (torch.randn(batch, 3, resolution, resolution),)).export(str(path))
+                it = Interpreter(str(path), num_threads=threads)
+                it.allocate_tensors()
+                i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+
+                def run(a, it=it, i=i, o=o):
+                    it.set_tensor(i, a)
+                    it.invoke()
+                    return it.get_tensor(o)
+
+                tfl_cache[batch] = run
+            return tfl_cache[batch]
+
+        out.append(Candidate("tflite xnnpack (litert)", True, "fp32", tflite))
+    return out
+
+
+def run_bench(
+    model_name: str = "mobilenetv2_100",
+    resolution: int = 224,
+    batch: int = 32,
+    rounds: int = 3,
+    threads: int = 2,
+    iters_1: int = 30,
+    iters_n: int = 4,
+    peers: bool = True,
+    int8: bool = True,
+    only: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    slow_ms: float = 200.0,
+) -> list[BenchRecord]:
+    """Measure every candidate at batch 1 and ``batch``, interleaved over ``rounds``; return the records."""
+    if rounds < 1 or batch < 1 or iters_1 < 1 or iters_n < 1 or threads < 1:
+        raise ConfigError("rounds, batch, iters and threads must all be >= 1")
+    with tempfile.TemporaryDirectory() as d:
+        cands = build_candidates(model_name, resolution, threads, Path(d), peers=peers, int8=int8)
+        if only:
+            cands = [c for c in cands if any(o in c.name for o in only)]
+            if not cands:
+                raise ConfigError(f"no engine matches {only!r}")
+        rng = np.random.default_rng(0)
+        inputs = {b: rng.standard_normal((b, 3, resolution, resolution), dtype=np.float32) for b in (1, batch)}
+        # lat[(name, precision)][b] = per-round list of per-call times (ms)
+        lat: dict[tuple[str, str], dict[int, list[list[float]]]] = {}
+        for r in range(rounds):
+            for b in (1, batch):
+                if progress:
+                    progress(f"round {r + 1}/{rounds}: batch {b}, {len(cands)} engines")
+                runs = {(c.name, c.precision): c.make(b) for c in cands}
+                n = iters_1 if b == 1 else iters_n
+                times = _interleaved(runs, inputs[b], n, warmup=3 if b == 1 else 1, slow_ms=slow_ms * b)
+                for key, ts in times.items():
+                    lat.setdefault(key, {}).setdefault(b, []).append(ts)
+    return summarize(cands, lat, batch, rounds)
+
+
+def summarize(cands: list[Candidate], lat, batch: int, rounds: int) -> list[BenchRecord]:
+    """Per-engine medians and within-round ratios against the fastest fp32 peer."""
+    records = []
+    peer_keys = [(c.name, c.precision) for c in cands if c.peer and c.precision == "fp32"]
+    for b in sorted({1, batch}):
+        round_med = {k: [statistics.median(ts) for ts in v[b]] for k, v in lat.items()}
+        fastest = min(peer_keys, key=lambda k: statistics.median(round_med[k])) if peer_keys else None
+        for c in cands:
+            key = (c.name, c.precision)
+            all_calls = [t for ts in lat[key][b] for t in ts]
+            med = statistics.median(round_med[key])
+            ratio = None
+            if fastest is not None:
+                # batch 1: latency ratio (lower is better); batch N: throughput ratio (higher is better)
+                per_round = [
+                    (m / f) if b == 1 else (f / m) for m, f in zip(round_med[key], round_med[fastest], strict=True)
+                ]
+                ratio = statistics.median(per_round)
+            records.append(
+                BenchRecord(
+                    engine=c.name,
+                    peer=c.peer,
+                    precision=c.precision,
+                    batch=b,
+                    median_ms=med,
+                    p90_ms=float(np.percentile(all_calls, 90)),
+                    images_per_s=b * 1e3 / med,
+                    ratio_vs_fastest_peer=ratio,
+                    fastest_peer=f"{fastest[0]} {fastest[1]}" if fastest else None,
+                    rounds=rounds,
+                    note=c.note,
+                )
+            )
+    return records
+
+
+def format_table(records: list[BenchRecord], batch: int) -> str:
+    """Side-by-side table: batch-1 latency and batch-N throughput per engine, with ratios vs the fastest peer."""
+    rows: dict[tuple[str, str], dict[int, BenchRecord]] = {}
+    for r in records:
+        rows.setdefault((r.engine, r.precision), {})[r.batch] = r
+    head = (
+        f"{'engine':<28}{'prec':<6}{'peer':<6}{'b1 med ms':>10}{'b1 p90':>8}{'b1 ×peer':>10}"
+        f"{f'b{batch} img/s':>12}{f'b{batch} ×peer':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    for (name, prec), by_b in rows.items():
+        one, n = by_b.get(1), by_b.get(batch)
+
+        def ratio(x):
+            return f"{x:.2f}" if x is not None else "-"
+
+        lines.append(
+            f"{name:<28}{prec:<6}{('yes' if one.peer else ''):<6}{one.median_ms:>10.2f}{one.p90_ms:>8.2f}"
+            f"{ratio(one.ratio_vs_fastest_peer):>10}{n.images_per_s:>12.1f}{ratio(n.ratio_vs_fastest_peer):>11}"
+        )
+    first = records[0] if records else None
+    if first is not None and first.fastest_peer:
+        peers1 = {r.fastest_peer for r in records if r.batch == 1}
+        peersn = {r.fastest_peer for r in records if r.batch == batch}
+        lines.append(
+            f"×peer: batch-1 latency / fastest peer's ({', '.join(peers1)}; lower is better); batch-{batch} "
+            f"throughput / fastest peer's ({', '.join(peersn)}; higher is better). Medians of per-round ratios."
+        )
+    return "\n".join(lines)

@@ -1,0 +1,297 @@
+"""Inference engines behind one small API, with the fastest installed one picked for this CPU.
+
+>>> engine = load_engine("model.safetensors")          # auto: fastest installed engine, fp32-accurate
+>>> probs_or_logits = engine(batch)                   # batch: preprocessed float NCHW numpy array
+
+Engines (all fp32-accurate unless the precision says otherwise):
+
+- ``onnxruntime``: the checkpoint exported once (BN folded, verified) and cached on disk; ORT CPU session with
+  full graph optimizations (NCHWc layout on AVX-512), ``threads`` intra-op threads, no inter-op pool, and no
+  thread spinning (idle workers sleep instead of busy-waiting: 1.5-2.7x faster on a shared 2-core machine).
+- ``openvino``: the same ONNX compiled by OpenVINO's CPU plugin (oneDNN; int8 via VNNI, bf16 via AVX512-BF16 or
+  AMX), with the LATENCY hint for batch 1 and the THROUGHPUT hint (several streams) for larger batches.
+  ``precision="bf16"`` is *not* fp32-accurate and is reported separately.
+- ``litert``: the checkpoint converted once to TFLite (litert-torch, parity-checked) and run by the LiteRT
+  interpreter with XNNPACK, resized to each batch size; the same kernels as the TFLite peer.
+- ``torch``: fallback needing nothing else: BN folded into the convs, channels_last, ``inference_mode``.
+
+INT8: pass an INT8 ONNX file from ``mnv2 quantize`` (``onnxruntime`` or ``openvino`` run its QDQ graph).
+
+Sessions are cached per (file, mtime, engine, precision, threads): the second ``load_engine`` for the same model is
+free, which is what a server calling ``predict`` per request needs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mnv2.errors import ConfigError
+
+ENGINES = ("onnxruntime", "openvino", "litert", "torch")
+PRECISIONS = ("fp32", "bf16", "int8")
+# Measured order on this project's machine kind (BENCHMARKS.md, Deployment, interleaved `mnv2 bench`): fp32,
+# LiteRT/XNNPACK was fastest at batch 32 (1.9x ONNX Runtime) and on par at batch 1, then ONNX Runtime without
+# spinning, then OpenVINO; torch eager, even BN-folded, is far behind. INT8: OpenVINO's VNNI kernels ran the same
+# QDQ file 1.7x faster than ONNX Runtime at batch 32 (equal at batch 1).
+FP32_PREFERENCE = ("litert", "onnxruntime", "openvino", "torch")
+INT8_PREFERENCE = ("openvino", "onnxruntime")
+CACHE_SIZE = 8
+_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert", "torch": "torch"}
+
+
+def installed_engines() -> list[str]:
+    """The engines whose packages import here (``onnxruntime`` also needs ``onnx`` to export)."""
+    out = []
+    for name in ENGINES:
+        if importlib.util.find_spec(_PACKAGES[name]) is None:
+            continue
+        if name in ("onnxruntime", "openvino") and importlib.util.find_spec("onnx") is None:
+            continue
+        if name == "litert" and importlib.util.find_spec("litert_torch") is None:
+            continue
+        out.append(name)
+    return out
+
+
+def cpu_flags() -> set[str]:
+    """x86 feature flags of this CPU (empty where /proc/cpuinfo is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_bf16() -> bool:
+    """Native bf16 matmul (AVX512-BF16 or AMX-BF16): where OpenVINO's bf16 inference pays off."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def pick_engine(precision: str = "fp32", installed: list[str] | None = None) -> str:
+    """The fastest installed engine for ``precision`` on this CPU (order measured, see module doc)."""
+    installed = installed_engines() if installed is None else installed
+    order = INT8_PREFERENCE if precision == "int8" else FP32_PREFERENCE
+    if precision == "bf16":
+        order = ("openvino",)
+    for name in order:
+        if name in installed:
+            return name
+    raise ConfigError(f"no installed engine runs precision {precision!r}; install openvino or onnxruntime")
+
+
+@dataclass
+class Engine:
+    """A ready-to-run model: ``engine(x)`` maps a float NCHW numpy batch to the model's outputs."""
+
+    name: str
+    precision: str
+    source: str
+    threads: int | None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run(np.ascontiguousarray(x, dtype=np.float32))
+
+    def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class TorchEngine(Engine):
+    def __init__(self, model: nn.Module, source: str, threads: int | None) -> None:
+        from mnv2.export.fold import fold_batchnorm
+
+        super().__init__("torch", "fp32", source, threads)
+        self.model = fold_batchnorm(model).to(memory_format=torch.channels_last)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+            return self.model(t).numpy()
+
+
+class OrtEngine(Engine):
+    def __init__(self, onnx_path: Path, precision: str, threads: int | None) -> None:
+        from mnv2.export.onnx_export import ort_session
+
+        super().__init__("onnxruntime", precision, str(onnx_path), threads)
+        self.session = ort_session(onnx_path, threads, spin=False)
+        self.input = self.session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+
+class LiteRtEngine(Engine):
+    def __init__(self, tflite_path: Path, threads: int | None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        super().__init__("litert", "fp32", str(tflite_path), threads)
+        self.interp = Interpreter(str(tflite_path), num_threads=threads or os.cpu_count() or 1)
+        self.interp.allocate_tensors()
+        self.input = self.interp.get_input_details()[0]["index"]
+        self.output = self.interp.get_output_details()[0]["index"]
+        self.batch = 1
+        self.lock = threading.Lock()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self.lock:
+            if len(x) != self.batch:  # XNNPACK re-plans for the new shape; the graph has no fixed batch
+                self.interp.resize_tensor_input(self.input, list(x.shape))
+                self.interp.allocate_tensors()
+                self.batch = len(x)
+            self.interp.set_tensor(self.input, x)
+            self.interp.invoke()
+            return self.interp.get_tensor(self.output).copy()
+
+
+class OpenVinoEngine(Engine):
+    def __init__(self, onnx_path: Path, precision: str, threads: int | None) -> None:
+        import openvino as ov
+
+        super().__init__("openvino", precision, str(onnx_path), threads)
+        self.core = ov.Core()
+        self.requests: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def _request(self, hint: str):
+        if hint not in self.requests:
+            config = {
+                "PERFORMANCE_HINT": hint,
+                # f32 keeps fp32 accuracy; OpenVINO would otherwise pick bf16 on AMX/AVX512-BF16 CPUs by itself.
+                # An INT8 (QDQ) model keeps f32 for its non-quantized ops.
+                "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            }
+            if self.threads:
+                config["INFERENCE_NUM_THREADS"] = self.threads
+            self.requests[hint] = self.core.compile_model(self.source, "CPU", config).create_infer_request()
+        return self.requests[hint]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self.lock:  # one infer request per hint: serialise callers (a server makes one engine per worker)
+            return self._request("LATENCY" if len(x) == 1 else "THROUGHPUT").infer({0: x})[0].copy()
+
+
+_CACHE: OrderedDict[tuple, Engine] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX files of checkpoints are kept (``$MNV2_CACHE`` or ``~/.cache/mnv2``)."""
+    return Path(os.environ.get("MNV2_CACHE", Path.home() / ".cache" / "mnv2")) / "onnx"
+
+
+def _onnx_for_checkpoint(path: Path) -> Path:
+    """Export a checkpoint once (keyed by its content hash) and reuse the file afterwards."""
+    from mnv2.export.onnx_export import ExportOptions, export_onnx, file_sha256
+
+    digest = file_sha256(path)
+    out = cache_dir() / f"{digest[:24]}-fp32.onnx"
+    if not out.is_file():
+        export_onnx(
+            path, out, ExportOptions(fold_bn=True, dynamic_batch=True), extra_metadata={"checkpoint_sha256": digest}
+        )
+    return out
+
+
+def _tflite_for_checkpoint(path: Path) -> Path:
+    """Convert a checkpoint once to TFLite (batch 1, parity-checked) and reuse the file afterwards."""
+    from mnv2.checkpoint import load_checkpoint
+    from mnv2.export.formats import export_other
+    from mnv2.export.onnx_export import ExportOptions, file_sha256
+
+    out = cache_dir() / f"{file_sha256(path)[:24]}-fp32-b1.tflite"
+    if not out.is_file():
+        export_other("tflite", load_checkpoint(path), out, ExportOptions(dynamic_batch=False))
+    return out
+
+
+def _is_int8(onnx_path: Path) -> bool:
+    from mnv2.export.onnx_export import read_onnx_metadata
+
+    return read_onnx_metadata(onnx_path).get("precision") == "int8"
+
+
+def load_engine(
+    source: str | Path | nn.Module,
+    engine: str = "auto",
+    precision: str | None = None,
+    threads: int | None = None,
+) -> Engine:
+    """A warm engine for ``source`` (checkpoint ``.safetensors``, exported ``.onnx``, or an mnv2 model).
+
+    Args:
+        engine: ``auto`` (fastest installed for the precision, see :func:`pick_engine`) or one of :data:`ENGINES`.
+        precision: ``fp32`` (default for checkpoints), ``bf16`` (OpenVINO only; not fp32-accurate) or ``int8``
+            (implied by an INT8 ONNX file from ``mnv2 quantize``).
+        threads: intra-op threads (default: the engine's own default, all cores).
+    """
+    if engine != "auto" and engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; choose auto or one of {', '.join(ENGINES)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if isinstance(source, nn.Module):
+        if engine not in ("auto", "torch"):
+            raise ConfigError(f"engine {engine!r} needs a checkpoint or ONNX file, not an in-memory module")
+        return TorchEngine(source, "<module>", threads)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"model file {str(path)!r} does not exist")
+    is_onnx = path.suffix == ".onnx"
+    file_precision = ("int8" if _is_int8(path) else "fp32") if is_onnx else "fp32"
+    if precision is None:
+        precision = file_precision
+    if precision == "int8" and file_precision != "int8":
+        raise ConfigError(f"{str(path)!r} is not an INT8 model; make one with `mnv2 quantize`")
+    if file_precision == "int8" and precision != "int8":
+        raise ConfigError(f"{str(path)!r} is an INT8 model; it runs only with precision int8")
+    name = pick_engine(precision) if engine == "auto" else engine
+    if name not in installed_engines():
+        raise ConfigError(f"engine {name!r} is not installed here (installed: {', '.join(installed_engines())})")
+    if name in ("torch", "litert") and (is_onnx or precision != "fp32"):
+        raise ConfigError(f"engine {name!r} runs fp32 checkpoints (.safetensors), not ONNX files or int8/bf16")
+    if name == "onnxruntime" and precision == "bf16":
+        raise ConfigError("precision 'bf16' is only offered by engine 'openvino'")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, name, precision, threads)
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    if name == "torch":
+        from mnv2.checkpoint import load_checkpoint
+
+        made: Engine = TorchEngine(load_checkpoint(path), str(path), threads)
+    elif name == "litert":
+        made = LiteRtEngine(_tflite_for_checkpoint(path), threads)
+    else:
+        onnx_path = path if is_onnx else _onnx_for_checkpoint(path)
+        made = (
+            OrtEngine(onnx_path, precision, threads)
+            if name == "onnxruntime"
+            else (OpenVinoEngine(onnx_path, precision, threads))
+        )
+    with _LOCK:
+        _CACHE[key] = made
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return made
+
+
+def clear_cache() -> None:
+    """Drop every cached engine (sessions are freed when no caller holds them)."""
+    with _LOCK:
+        _CACHE.clear()

@@ -1,0 +1,427 @@
+"""Export a checkpoint to ONNX (and the other formats that install here), verified on every export.
+
+Every export is checked, never trusted: ``onnx.checker`` on the file, then ONNX Runtime's outputs against the
+PyTorch model's on random inputs at two batch sizes (max |Δ| ≤ 1e-4 by default). Users' worst export pain is a
+file that loads and silently computes something else (../shared/reference/users.md §1.6).
+
+Preprocessing is never lost on the way (§1.3): the checkpoint's :class:`~mnv2.data.preprocessing.Preprocessing`,
+class names, architecture and provenance go into the ONNX ``metadata_props``, and ``bake_preprocessing=True``
+puts the normalisation into the graph itself: the model then takes uint8 HWC RGB pixels (already resized and
+centre-cropped to ``input_size``) and returns probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mnv2.checkpoint import CheckpointMeta, atomic_write, load_checkpoint
+from mnv2.data.preprocessing import Preprocessing
+from mnv2.errors import ConfigError, Mnv2Error
+from mnv2.export.fold import fold_batchnorm
+from mnv2.models.mobilenetv2 import MobileNetV2, check_resolution
+
+# ONNX opset the dynamo exporter targets in torch 2.13; ONNX Runtime >= 1.16 and OpenVINO >= 2023.1 read it.
+ONNX_OPSET = 20
+PARITY_ATOL = 1e-4
+METADATA_PREFIX = "mnv2."
+# Export formats mnv2 knows, with what each needs. Core ML is absent on purpose: coremltools converts on Linux,
+# but its runtime (prediction) is macOS-only, so the parity check every export must pass cannot run here.
+FORMATS = {
+    "onnx": "onnx + onnxruntime (+ onnxscript, torch's exporter)",
+    "tflite": "litert-torch (converter) + ai-edge-litert (interpreter)",
+    "executorch": "executorch (XNNPACK backend)",
+}
+
+
+class ExportError(Mnv2Error):
+    """An export failed its checks (checker, parity) or asked for something the format cannot do."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export.
+
+    Attributes:
+        bake_preprocessing: graph input is uint8 NHWC RGB at ``input_size`` (resize/crop stay the caller's job,
+            as in every runtime), output is probabilities. Otherwise input is the normalised float NCHW batch and
+            output is what the model returns (logits, or probabilities for ``output="softmax"`` models).
+        dynamic_batch: the batch dimension is symbolic (``batch``); otherwise fixed at 1.
+        dynamic_size: height/width symbolic too. Only for ``padding="torch"``: TF "SAME" padding depends on the
+            input size, so a TF-padded model is exported for one size.
+        input_size: spatial size to export for (default: the checkpoint's ``preprocessing.input_size``).
+        fold_bn: fold BatchNorm into the convs before export (the graph has no BN ops).
+        parity_atol: largest allowed |onnxruntime − torch| on the parity inputs.
+    """
+
+    bake_preprocessing: bool = False
+    dynamic_batch: bool = True
+    dynamic_size: bool = False
+    input_size: int | None = None
+    fold_bn: bool = True
+    parity_atol: float = PARITY_ATOL
+
+
+@dataclass
+class ExportReport:
+    """What an export produced and how it was verified."""
+
+    path: str
+    format: str
+    input_name: str
+    input_shape: list[Any]
+    input_dtype: str
+    output_name: str
+    output: str
+    parity_max_abs: float
+    parity_batches: list[int]
+    seconds: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class BakedPreprocessing(nn.Module):
+    """uint8 NHWC RGB pixels → (x/255 − mean)/std as one multiply-add → model → probabilities.
+
+    ``(x/255 − mean)/std = x·(1/(255·std)) + (−mean/std)``: the scale and shift are per-channel constants, so the
+    graph pays one Mul and one Add. They are not folded into the stem conv because its zero padding happens in
+    normalised space (a zero pixel is not a zero input).
+    """
+
+    def __init__(self, model: nn.Module, pre: Preprocessing, in_chans: int) -> None:
+        super().__init__()
+        self.model = model
+        mean = torch.tensor(pre.mean, dtype=torch.float32)
+        std = torch.tensor(pre.std, dtype=torch.float32)
+        if len(pre.mean) == 1 and in_chans > 1:
+            mean, std = mean.expand(in_chans), std.expand(in_chans)
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, -1, 1, 1))
+        self.register_buffer("shift", (-mean / std).view(1, -1, 1, 1))
+        self.grayscale = pre.grayscale
+        self.in_chans = in_chans
+        self.input_channels = 1 if pre.grayscale else in_chans
+        self.softmax = getattr(getattr(model, "config", None), "output", "logits") != "softmax"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).to(torch.float32)
+        if self.grayscale and self.in_chans > 1:
+            x = x.expand(-1, self.in_chans, -1, -1)  # single-channel source, 3-channel model (Preprocessing doc)
+        y = self.model(x * self.scale + self.shift)
+        return y.softmax(dim=-1) if self.softmax else y
+
+
+def _meta_for(model: nn.Module, meta: CheckpointMeta | None) -> CheckpointMeta:
+    if meta is not None:
+        return meta
+    if getattr(model, "meta", None) is not None:
+        return model.meta
+    if isinstance(model, MobileNetV2):
+        return CheckpointMeta(model_config=model.config)
+    raise ConfigError("exporting a module that is not an mnv2 MobileNetV2 needs its CheckpointMeta")
+
+
+def check_options(model: nn.Module, meta: CheckpointMeta, options: ExportOptions, fmt: str = "onnx") -> int:
+    """Validate ``options`` for ``model``; return the spatial size to export. Raises ``ConfigError`` naming why."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; mnv2 exports to: {', '.join(FORMATS)}")
+    size = options.input_size or meta.preprocessing.input_size
+    check_resolution(size)
+    padding = meta.model_config.padding
+    if options.dynamic_size and padding == "tf":
+        raise ConfigError(
+            "dynamic_size is not supported for a model with padding='tf': TF 'SAME' padding depends on the input "
+            f"size, so the graph is exported for one size (here {size}x{size}; choose it with input_size)"
+        )
+    if options.dynamic_size and options.bake_preprocessing:
+        raise ConfigError("dynamic_size with bake_preprocessing is not supported: baked input is input_size pixels")
+    if fmt != "onnx" and (options.dynamic_size or options.dynamic_batch):
+        raise ConfigError(
+            f"format {fmt!r} is exported with static shapes (batch 1): pass --static-batch (dynamic_batch=False)"
+        )
+    if not options.parity_atol > 0:
+        raise ConfigError(f"parity_atol must be > 0, got {options.parity_atol!r}")
+    return size
+
+
+def prepare_for_export(model: nn.Module, meta: CheckpointMeta, options: ExportOptions) -> nn.Module:
+    """The module that is traced: BN folded (optionally), preprocessing baked (optionally), eval mode."""
+    model = fold_batchnorm(model) if options.fold_bn else model.eval()
+    if options.bake_preprocessing:
+        model = BakedPreprocessing(model, meta.preprocessing, meta.model_config.in_chans).eval()
+    return model
+
+
+def _io(model_config, meta: CheckpointMeta, options: ExportOptions, size: int) -> dict[str, Any]:
+    if options.bake_preprocessing:
+        c = 1 if meta.preprocessing.grayscale else model_config.in_chans
+        return {
+            "input_name": "image",
+            "input_shape": ["batch" if options.dynamic_batch else 1, size, size, c],
+            "input_dtype": "uint8",
+            "layout": "NHWC",
+            "output_name": "probabilities",
+            "output": "probabilities",
+        }
+    spatial = "height" if options.dynamic_size else size, "width" if options.dynamic_size else size
+    return {
+        "input_name": "input",
+        "input_shape": ["batch" if options.dynamic_batch else 1, model_config.in_chans, *spatial],
+        "input_dtype": "float32",
+        "layout": "NCHW",
+        "output_name": "probabilities" if model_config.output == "softmax" else "logits",
+        "output": "probabilities" if model_config.output == "softmax" else "logits",
+    }
+
+
+def sample_input(io: dict[str, Any], batch: int, size: int | None = None, seed: int = 0) -> torch.Tensor:
+    """A random input matching the export's input spec (uint8 pixels or a normal float batch)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = [batch if isinstance(d, str) and d == "batch" else d for d in io["input_shape"]]
+    shape = [size if isinstance(d, str) else d for d in shape]
+    if io["input_dtype"] == "uint8":
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+    return torch.randn(shape, generator=g)
+
+
+def metadata_props(meta: CheckpointMeta, io: dict[str, Any], options: ExportOptions, extra: dict | None = None):
+    """The ``mnv2.*`` key/value pairs written into an exported model."""
+    from mnv2 import __version__
+
+    props = {
+        "preprocessing": json.dumps(meta.preprocessing.to_dict()),
+        "class_names": json.dumps(meta.class_names),
+        "model_config": json.dumps(meta.model_config.to_dict()),
+        "source": json.dumps(meta.source),
+        "input": json.dumps({k: io[k] for k in ("input_name", "input_shape", "input_dtype", "layout")}),
+        "output": io["output"],
+        "baked_preprocessing": json.dumps(options.bake_preprocessing),
+        "bn_folded": json.dumps(options.fold_bn),
+        "version": __version__,
+    }
+    if meta.metrics:
+        props["metrics"] = json.dumps(meta.metrics)
+    props.update(extra or {})
+    return {METADATA_PREFIX + k: v for k, v in props.items()}
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx's dynamo exporter prints progress lines and warnings; keep the CLI's output readable."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def to_onnx_model(module: nn.Module, example: torch.Tensor, io: dict[str, Any], options: ExportOptions):
+    """Trace ``module`` with torch's dynamo ONNX exporter; returns an ``onnx.ModelProto``."""
+    dims: dict[int, Any] = {}
+    if options.dynamic_batch:
+        dims[0] = torch.export.Dim("batch", min=1, max=4096)
+    if options.dynamic_size:
+        # torch padding keeps every conv size-agnostic; H, W >= 32 (five stride-2 stages).
+        dims[2] = torch.export.Dim("height", min=32, max=4096)
+        dims[3] = torch.export.Dim("width", min=32, max=4096)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                module,
+                (example,),
+                None,
+                dynamo=True,
+                opset_version=ONNX_OPSET,
+                input_names=[io["input_name"]],
+                output_names=[io["output_name"]],
+                dynamic_shapes=({**dims},) if dims else None,
+                external_data=False,
+                optimize=True,
+            )
+    except Exception as e:  # the exporter raises many types; report them as a failed export
+        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+    return program.model_proto
+
+
+def ort_session(path_or_bytes, threads: int | None = None, optimize: bool = True, spin: bool = True):
+    """An ONNX Runtime CPU session; ``threads`` sets intra-op threads (default: ORT's, = physical cores).
+
+    ``spin=False`` stops idle worker threads from busy-waiting between ops: on a machine whose cores are shared
+    with other work, spinning threads steal the time the working ones need (BENCHMARKS.md, Deployment).
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def check_parity(
+    reference: nn.Module, run, io: dict[str, Any], batches: tuple[int, ...], size: int, atol: float, what: str
+) -> float:
+    """Compare ``run(np_input)`` with ``reference(input)`` on random inputs; raise ExportError beyond ``atol``."""
+    worst = 0.0
+    for i, b in enumerate(batches):
+        x = sample_input(io, b, size, seed=i)
+        with torch.inference_mode():
+            want = reference(x).float().numpy()
+        got = np.asarray(run(x.numpy()))
+        if got.shape != want.shape:
+            raise ExportError(f"{what} output shape {got.shape} != torch {want.shape} at batch {b}")
+        diff = float(np.max(np.abs(got.astype(np.float64) - want)))
+        worst = max(worst, diff)
+        if not diff <= atol:
+            raise ExportError(f"{what} differs from torch by {diff:.3g} (> {atol:g}) at batch {b}: export is wrong")
+    return worst
+
+
+def export_onnx(
+    model: nn.Module | str | Path,
+    out: str | Path,
+    options: ExportOptions | None = None,
+    meta: CheckpointMeta | None = None,
+    extra_metadata: dict[str, str] | None = None,
+) -> ExportReport:
+    """Export a model (or a checkpoint path) to ONNX at ``out``; check it and verify parity with ONNX Runtime.
+
+    Returns an :class:`ExportReport`; raises :class:`ExportError` if the checker or the parity check fails (the
+    file is then not written) and ``ConfigError`` for unsupported options.
+    """
+    import onnx
+
+    t0 = time.perf_counter()
+    options = options or ExportOptions()
+    if isinstance(model, (str, Path)):
+        model = load_checkpoint(model)
+    meta = _meta_for(model, meta)
+    size = check_options(model, meta, options, "onnx")
+    io_spec = _io(meta.model_config, meta, options, size)
+    reference = (
+        BakedPreprocessing(model, meta.preprocessing, meta.model_config.in_chans)
+        if (options.bake_preprocessing)
+        else model
+    )
+    reference.eval()
+    module = prepare_for_export(model, meta, options)
+    proto = to_onnx_model(module, sample_input(io_spec, 2, size), io_spec, options)
+    props = metadata_props(meta, io_spec, options, extra_metadata)
+    onnx.helper.set_model_props(proto, props)
+    proto.producer_name = "mnv2"
+    proto.doc_string = "MobileNetV2 (arXiv:1801.04381) exported by mnv2; see metadata_props mnv2.*"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise ExportError(f"onnx.checker rejected the exported graph: {e}") from e
+    data = proto.SerializeToString()
+    session = ort_session(data)
+    name = io_spec["input_name"]
+    batches = (1, 3) if options.dynamic_batch else (1,)
+    worst = check_parity(
+        reference, lambda x: session.run(None, {name: x})[0], io_spec, batches, size, options.parity_atol, "onnx"
+    )
+    if options.dynamic_size:  # also at a size other than the traced one
+        worst = max(
+            worst,
+            check_parity(
+                reference,
+                lambda x: session.run(None, {name: x})[0],
+                io_spec,
+                (2,),
+                size + 32,
+                options.parity_atol,
+                "onnx (other input size)",
+            ),
+        )
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+    return ExportReport(
+        path=str(out),
+        format="onnx",
+        input_name=name,
+        input_shape=io_spec["input_shape"],
+        input_dtype=io_spec["input_dtype"],
+        output_name=io_spec["output_name"],
+        output=io_spec["output"],
+        parity_max_abs=worst,
+        parity_batches=list(batches),
+        seconds=time.perf_counter() - t0,
+        metadata=props,
+    )
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``mnv2.*`` metadata of an exported ONNX file, JSON values decoded (``preprocessing`` as the dataclass)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"ONNX file {str(path)!r} does not exist")
+    proto = onnx.load(str(path), load_external_data=False)
+    out: dict[str, Any] = {}
+    for p in proto.metadata_props:
+        if not p.key.startswith(METADATA_PREFIX):
+            continue
+        key = p.key[len(METADATA_PREFIX) :]
+        try:
+            out[key] = json.loads(p.value)
+        except json.JSONDecodeError:
+            out[key] = p.value
+    if "preprocessing" in out:
+        out["preprocessing"] = Preprocessing.from_dict(out["preprocessing"])
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(
+    checkpoint: str | Path | nn.Module,
+    out: str | Path,
+    fmt: str = "onnx",
+    options: ExportOptions | None = None,
+) -> ExportReport:
+    """Export to ``fmt`` (``onnx``, ``tflite``, ``executorch``), verifying parity. See :data:`FORMATS`."""
+    options = options or ExportOptions()
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; mnv2 exports to: {', '.join(FORMATS)}")
+    extra = {}
+    if isinstance(checkpoint, (str, Path)):
+        path, checkpoint = checkpoint, load_checkpoint(checkpoint)
+        extra["checkpoint_sha256"] = file_sha256(path)
+    if fmt == "onnx":
+        return export_onnx(checkpoint, out, options, extra_metadata=extra)
+    from mnv2.export import formats
+
+    return formats.export_other(fmt, checkpoint, out, options)

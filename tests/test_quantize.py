@@ -1,0 +1,80 @@
+"""INT8: calibrated, per-channel, BN-folded quantization keeps held-out accuracy; QAT pieces train."""
+
+import json
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+from deploy_data import accuracy, batches, make_images
+from mnv2.checkpoint import load_checkpoint
+from mnv2.cli import main
+from mnv2.export import read_onnx_metadata
+from mnv2.export.qat import convert_qat, prepare_qat
+from mnv2.export.quantize import AUTO_ORDER, quantize
+
+MAX_DROP = 1.0  # points of top-1, the issue's bound
+
+
+def test_quantize_auto_keeps_accuracy(tiny_checkpoint, tmp_path):
+    out = tmp_path / "int8.onnx"
+    report = quantize(tiny_checkpoint, out, batches(512, seed=3), held_out=batches(1000, seed=7))
+    # every method was measured on the selection split and the best one was chosen
+    assert [c.method for c in report.candidates] == list(AUTO_ORDER)
+    best = max(report.candidates, key=lambda c: (c.agreement, c.top1))
+    assert report.method == best.method
+    assert report.fp32_top1 > 70  # the fixture model learnt the task, so the bound below means something
+    assert report.drop <= MAX_DROP and report.agreement >= 90
+    assert report.n_eval == 1000 and report.per_channel and report.bn_folded
+    # the file really is INT8: per-channel int8 weights (one scale per output channel), metadata kept
+    model = onnx.load(str(out))
+    inits = {i.name: i for i in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")]
+    assert len(dq) >= 50  # every conv of MobileNetV2 0.35 (52 convs) + the classifier
+    assert all(inits[n.input[0]].data_type == onnx.TensorProto.INT8 for n in dq)
+    assert all(inits[n.input[1]].dims[0] == inits[n.input[0]].dims[0] for n in dq if "conv" in n.input[0])
+    meta = read_onnx_metadata(out)
+    assert meta["precision"] == "int8" and meta["quantization"]["method"] == report.method
+    assert meta["class_names"] is not None
+
+
+def test_quantize_cli_with_npz(tiny_checkpoint, tmp_path, capsys):
+    x, y = make_images(256, seed=21)
+    np.savez(tmp_path / "calib.npz", x=x, y=y)
+    xe, ye = make_images(400, seed=22)
+    np.savez(tmp_path / "eval.npz", x=xe, y=ye)
+    out = tmp_path / "q.onnx"
+    argv = ["quantize", str(tiny_checkpoint), "--calibration", str(tmp_path / "calib.npz")]
+    argv += ["--eval", str(tmp_path / "eval.npz"), "--out", str(out), "--method", "percentile", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == "percentile" and report["n_eval"] == 400
+    assert report["drop"] <= MAX_DROP and out.is_file()
+
+
+def test_qat_prepare_train_convert(tiny_checkpoint):
+    model = load_checkpoint(tiny_checkpoint)
+    qat = prepare_qat(model)
+    # fake-quantized forward tracks fp32 once the observers have seen data
+    with torch.no_grad():
+        for xb, _ in batches(256, seed=30):
+            qat(torch.from_numpy(xb))
+    qat.eval()
+    held_out = batches(500, seed=7)
+    assert abs(accuracy(qat, held_out) - accuracy(model, held_out)) <= 5
+    # fine-tuning under fake quantization lowers the loss
+    qat.train()
+    opt = torch.optim.SGD(qat.parameters(), lr=1e-3, momentum=0.9)
+    train = batches(1024, seed=31, batch=32)
+    losses = []
+    for xb, yb in train:
+        loss = F.cross_entropy(qat(torch.from_numpy(xb)), torch.from_numpy(yb))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-8:]) < np.mean(losses[:8])
+    plain = convert_qat(qat)
+    assert set(plain.state_dict()) == set(model.state_dict())
+    assert accuracy(plain, held_out) >= accuracy(model, held_out) - 2
