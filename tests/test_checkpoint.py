@@ -61,5 +61,8 @@ def test_architecture_mismatch_is_named(tmp_path):
 
     from mnv2.checkpoint import load_state_dict_checked
 
-    with pytest.raises(CheckpointError, match=r"shape mismatch: blocks\.1\.0\.project\.conv\.weight: \(16, 48, 1, 1\) vs model \(8, 48, 1, 1\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape mismatch: blocks\.1\.0\.project\.conv\.weight: \(16, 48, 1, 1\) vs model \(8, 48, 1, 1\)",
+    ):
         load_state_dict_checked(model, load_file(str(path)), source=str(path))
