@@ -26,15 +26,15 @@ run: $(STAMP)
 	$(BIN)/mnv2 eval $(RUN_DIR)/best.safetensors --data fashion-mnist
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check src tests scripts
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts benchmarks
+	$(BIN)/ruff check src tests scripts benchmarks
 
 test: lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --durations=15
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests scripts
-	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts benchmarks
+	$(BIN)/ruff check --fix src tests scripts benchmarks
 
 # Re-pin constraints.txt after changing dependencies in pyproject.toml.
 lock: $(STAMP)

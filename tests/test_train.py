@@ -39,7 +39,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, image_f
     config = tiny(data=str(image_folder), epochs=3, batch_size=8, ema_decay=0.9, label_smoothing=0.1)
     config = dataclasses.replace(config, augment=dataclasses.replace(config.augment, random_erasing=0.5))
     train(config, tmp_path / "full", **QUIET)
-    train(dataclasses.replace(config, epochs=1), tmp_path / "cut", **QUIET)  # "interrupted" after epoch 1
+
+    def crash_after_epoch_1(msg):
+        if msg.startswith("epoch 1/3"):  # logged after epoch 1's files are written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut", log=crash_after_epoch_1)
     with pytest.raises(ConfigError, match="--resume"):
         train(config, tmp_path / "cut", **QUIET)
     train(config, tmp_path / "cut", resume=True, **QUIET)

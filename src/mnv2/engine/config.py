@@ -68,6 +68,7 @@ class TrainConfig:
     amp: str = "auto"  # auto: bf16 on CUDA and on CPUs with AMX; fp32 elsewhere (bf16 is slower without AMX)
     channels_last: bool = True
     compile: bool = False
+    keep_memory: bool = True  # CPU: keep freed activation memory instead of returning it to the OS every step
     threads: int | None = None
     seed: int = 0
     eval_batch_size: int = 500

@@ -60,6 +60,34 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amx else None
 
 
+# glibc mallopt parameters (malloc.h) and defaults (malloc/malloc.c: DEFAULT_TRIM_THRESHOLD, DEFAULT_TOP_PAD,
+# DEFAULT_MMAP_MAX).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+GLIBC_DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_TOP_PAD: 128 * 1024, M_MMAP_MAX: 65536}
+KEEP_MEMORY = {M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 64 * 2**20, M_MMAP_MAX: 0}
+
+
+def set_cpu_allocator(keep: bool) -> bool:
+    """Keep freed memory in the process (``keep=True``) or restore glibc's defaults; False where not glibc.
+
+    glibc serves large blocks (activations) with mmap and returns them to the OS on free, so every training step
+    page-faults its activations anew: at 1.0 @224 half of a step was system time on this project's CPU. Serving
+    everything from the heap and never trimming it doubled training throughput (BENCHMARKS.md, Training).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    for param, value in (KEEP_MEMORY if keep else GLIBC_DEFAULTS).items():
+        libc.mallopt(param, value)
+    return True
+
+
 def auto_threads() -> int:
     """All cores on an idle machine; one thread when the machine is busy (load >= cores). OpenMP's threads run in
     lock-step, so one descheduled thread stalls every op: on this project's shared 2-core machine a training step
@@ -232,6 +260,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
     out = Path(out_dir)
     rank, world, device = setup_distributed()
     if device.type == "cpu":
+        set_cpu_allocator(config.keep_memory)
         torch.set_num_threads(config.threads or (1 if world > 1 else auto_threads()))
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     state = None
@@ -350,7 +379,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
                 "ema": ema.state_dict() if ema is not None else None,
             })  # fmt: skip
             _write_csv(out / "metrics.csv", history)
-            plot_curves(history, out / "curves.png", f"mnv2 {config.recipe}: {config.data}")
+            plot_curves(
+                history, out / "curves.png", f"mnv2 {config.recipe}: {config.data} (val = {data.val_name} split)"
+            )
             tb.log(row)
             log(
                 f"epoch {epoch + 1}/{config.epochs}: train loss {loss:.4f} top-1 {top1:.2f}% | {data.val_name} loss "
