@@ -1,5 +1,8 @@
 import os
 
+# Keras 3 picks its backend once, at first import: the tests use PyTorch's (no TensorFlow here).
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
 import pytest
 import torch
 
@@ -35,3 +38,45 @@ def image_folder(tmp_path):
     make_image_folder(tmp_path / "data" / "train", n=10, seed=1)
     make_image_folder(tmp_path / "data" / "val", n=4, seed=2)
     return tmp_path / "data"
+
+
+class _Files:
+    """What the local test server serves: ``routes[path] = bytes``; ``short[path]`` claims more bytes than sent."""
+
+    def __init__(self):
+        self.routes: dict[str, bytes] = {}
+        self.short: set[str] = set()
+        self.requests: list[str] = []
+
+
+@pytest.fixture
+def http_server():
+    """A file server on 127.0.0.1 (no hub access here): yields ``(base_url, files)``; stops after the test."""
+    import http.server
+    import threading
+
+    files = _Files()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            files.requests.append(self.path)
+            body = files.routes.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body) * (2 if self.path in files.short else 1)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", files
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,12 +3,12 @@
 from mnv2.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.errors import ConfigError, Mnv2Error
+from mnv2.hub import create_model, list_pretrained
 from mnv2.models import (
     FeatureInfo,
     MobileNetV2,
     MobileNetV2Config,
     MobileNetV2Features,
-    create_model,
     list_models,
     mobilenet_v2,
     model_info,
@@ -29,6 +29,7 @@ __all__ = [
     "__version__",
     "create_model",
     "list_models",
+    "list_pretrained",
     "load_checkpoint",
     "mobilenet_v2",
     "model_info",

@@ -37,6 +37,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from mnv2.models import list_models, model_info
 
+    if args.pretrained:
+        return _print_pretrained(args.json)
     infos = [model_info(n) for n in list_models()]
     if args.json:
         print(json.dumps([dataclasses.asdict(i) for i in infos]))
@@ -44,6 +46,53 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<18} {'width':>6}  resolutions with published checkpoints")
     for i in infos:
         print(f"{i.name:<18} {i.width_mult:>6}  {', '.join(map(str, i.resolutions))}")
+    return 0
+
+
+def _print_pretrained(as_json: bool) -> int:
+    from mnv2.hub import describe, get_pretrained, list_pretrained
+
+    entries = [describe(get_pretrained(n)) for n in list_pretrained()]
+    if as_json:
+        print(json.dumps(entries))
+        return 0
+    # "top1" is the publisher's own figure; "slim" the TF-slim checkpoint of the same width/resolution (Keras).
+    print(f"{'name':<40} {'framework':<12} {'res':>4} {'classes':>7} {'top1':>7} {'slim':>5}  sha256")
+    for e in entries:
+        m = e["metrics"]
+        top1, slim = m.get("top1", "-"), m.get("tf_slim_top1", "-")
+        print(
+            f"{e['name']:<40} {e['framework']:<12} {e['resolution']:>4} {e['num_classes']:>7} {top1:>7} {slim:>5}  "
+            f"{e['sha256'][-1]}"
+        )
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from mnv2.checkpoint import save_checkpoint
+    from mnv2.convert import convert_source
+
+    converted = convert_source(args.source, format=args.format, output=args.output)
+    path = save_checkpoint(args.out, converted.model, converted.meta)
+    meta, c = converted.meta, converted.model.config
+    summary = {
+        "checkpoint": str(path),
+        "framework": meta.source.get("framework"),
+        "width_mult": c.width_mult,
+        "num_classes": c.num_classes,
+        "padding": c.padding,
+        "bn_eps": c.bn_eps,
+        "output": c.output,
+        "preprocessing": meta.preprocessing.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        p = meta.preprocessing
+        print(
+            f"{summary['framework']} -> {path}: width {c.width_mult}, {c.num_classes} classes, padding {c.padding}, "
+            f"BN eps {c.bn_eps:g}, output {c.output}; input {p.input_size}px, mean {p.mean}, std {p.std}"
+        )
     return 0
 
 
@@ -205,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--pretrained", action="store_true", help="list the published weights (mnv2.create_model weights=)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("summary", help="per-layer params, multiply-adds and activations")
@@ -234,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on an undecodable image instead of reporting it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("convert", help="import Keras / torchvision / timm / Hugging Face weights as an mnv2 checkpoint")
+    p.add_argument("source", help="a .h5/.keras file, a .pth/.safetensors state dict, or a Hugging Face directory")
+    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--format", default=None, help="keras, torchvision, timm or huggingface (default: detected)")
+    p.add_argument("--output", default=None, choices=("logits", "softmax"), help="default: what the source outputs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 
