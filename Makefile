@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
 # The main job: train the embedded default (Fashion-MNIST, < 10 min on 2 cores), then evaluate its best checkpoint.
 RUN_DIR ?= runs/default
 run: $(STAMP)
-	$(BIN)/mnv2 train --out $(RUN_DIR) || { test -f $(RUN_DIR)/train_state.pt && $(BIN)/mnv2 train --out $(RUN_DIR) --resume; }
+	$(BIN)/mnv2 train --out $(RUN_DIR) || { test -f $(RUN_DIR)/train_state.pt && $(BIN)/mnv2 train --resume $(RUN_DIR); }
 	$(BIN)/mnv2 eval $(RUN_DIR)/best.safetensors --data fashion-mnist
 
 lint: $(STAMP)

@@ -136,3 +136,14 @@ def test_no_weight_decay_on_bn_bias_depthwise():
     assert "blocks.1.0.dw.conv.weight" not in decayed and "classifier.bias" not in decayed
     assert not any(".bn." in n for n in decayed)
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_cli_train_needs_a_run_dir_and_resume_needs_a_run(tmp_path, capsys):
+    from mnv2.cli import main
+
+    assert main(["train"]) == 2
+    assert "--out RUN_DIR" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "--freeze", "stage:9"]) == 2
+    assert "--freeze 'stage:9'" in capsys.readouterr().err

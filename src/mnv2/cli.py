@@ -114,11 +114,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from mnv2.engine.config import FREEZE_HELP
 
-    p.add_argument("--out", required=True, help="run directory (config.yaml, best/last checkpoints, metrics, plots)")
+    p.add_argument("--out", default=None, help="run directory (config.yaml, best/last checkpoints, metrics, plots)")
     p.add_argument(
         "--recipe", default="default", help="shipped recipe (default, fashion-mnist, paper, modern) or a YAML file"
     )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue that run from its last completed epoch")
     p.add_argument(
         "--data",
         default=None,
@@ -186,8 +186,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         "bn",
     ]
     overrides = {k: getattr(args, k) for k in keys}
+    if args.resume and args.out and args.out != args.resume:
+        raise ConfigError(f"--resume {args.resume} continues that directory; drop --out {args.out}")
+    out = args.resume or args.out
+    if out is None:
+        raise ConfigError("give --out RUN_DIR (a new run) or --resume RUN_DIR (continue one)")
     if args.resume:
-        config = load_run_config(args.out)
+        config = load_run_config(out)
         allowed = {"epochs", "workers", "threads"}
         bad = sorted(k for k, v in overrides.items() if v is not None and k not in allowed)
         if bad:
@@ -197,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = apply_overrides(config, overrides)
     else:
         config = apply_overrides(load_recipe(args.recipe), overrides)
-    result = train(config, args.out, resume=args.resume)
+    result = train(config, out, resume=bool(args.resume))
     print(
         f"done: best {result['best_top1']:.2f}% / last {result['last_top1']:.2f}% top-1 after {result['epochs']} "
         f"epochs, "

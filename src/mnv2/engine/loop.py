@@ -271,7 +271,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
         saved = TrainConfig.from_dict(state["config"], f"{out}/{STATE_FILE}")
         config = dataclasses.replace(saved, epochs=config.epochs if config.epochs > saved.epochs else saved.epochs)
     elif (out / STATE_FILE).exists():
-        raise ConfigError(f"{str(out)!r} already holds a run; continue it with --resume {out} or choose another --out")
+        raise ConfigError(
+            f"{str(out)!r} already holds a run; continue it with `mnv2 train --resume {out}` or choose another --out"
+        )
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
     torch.manual_seed(config.seed)
