@@ -145,3 +145,15 @@ def test_cli_missing_data_path_is_one_line(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_image_train_transform_with_every_option(tmp_path):
+    from mnv2.data.transforms import ImageTrainTransform
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8)).save(tmp_path / "a.jpg")
+    pre = Preprocessing(input_size=32)
+    aug = AugmentConfig(scale=(0.2, 1.0), color_jitter=0.4, randaugment_n=2, randaugment_m=9, random_erasing=1.0)
+    torch.manual_seed(0)
+    x = ImageTrainTransform(pre, aug)(load_image(tmp_path / "a.jpg"))
+    assert x.shape == (3, 32, 32) and torch.isfinite(x).all()
+    assert (x == 0).any()  # the erased rectangle (filled with 0 after normalisation)

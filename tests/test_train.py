@@ -147,3 +147,16 @@ def test_cli_train_needs_a_run_dir_and_resume_needs_a_run(tmp_path, capsys):
     assert "has no config.yaml" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "r"), "--freeze", "stage:9"]) == 2
     assert "--freeze 'stage:9'" in capsys.readouterr().err
+
+
+def test_schedules():
+    from mnv2.engine.optim import lr_factor
+
+    paper = load_recipe("paper")  # x0.98 per epoch (paper §6.1), no warmup
+    assert [lr_factor(paper, e * 100, 100) for e in (0, 1, 2)] == pytest.approx([1.0, 0.98, 0.98**2])
+    assert lr_factor(paper, 150, 100) == pytest.approx(0.98)
+    modern = apply_overrides(load_recipe("modern"), {"epochs": 10})  # 5 warmup epochs, then cosine to 0
+    assert lr_factor(modern, 0, 100) == pytest.approx(1 / 500)
+    assert lr_factor(modern, 500, 100) == pytest.approx(1.0)
+    assert lr_factor(modern, 750, 100) == pytest.approx(0.5)
+    assert lr_factor(modern, 999, 100) < 0.001
