@@ -10,8 +10,7 @@ import torch
 from mnv2.checkpoint import load_checkpoint
 from mnv2.data.folder import ScanReport
 from mnv2.data.loaders import build_eval_data
-from mnv2.data.transforms import IMAGE_EXTENSIONS, eval_image, load_image
-from mnv2.data.transforms import ImageError as Mnv2ImageError
+from mnv2.data.transforms import IMAGE_EXTENSIONS, ImageError, eval_image, load_image
 from mnv2.engine.loop import evaluate
 from mnv2.engine.plots import plot_confusion
 from mnv2.errors import ConfigError
@@ -85,7 +84,7 @@ def predict(
             try:
                 tensors.append(eval_image(load_image(p), meta.preprocessing))
                 ok.append(p)
-            except Mnv2ImageError as e:
+            except ImageError as e:
                 if strict:
                     raise
                 results.append({"path": str(p), "error": str(e)})
