@@ -4,6 +4,7 @@ from mnv2.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, sa
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.errors import ConfigError, Mnv2Error
 from mnv2.hub import create_model, list_pretrained
+from mnv2.memory_efficient import StreamingMobileNetV2, streaming
 from mnv2.models import (
     FeatureInfo,
     MobileNetV2,
@@ -26,6 +27,7 @@ __all__ = [
     "MobileNetV2Config",
     "MobileNetV2Features",
     "Preprocessing",
+    "StreamingMobileNetV2",
     "__version__",
     "create_model",
     "list_models",
@@ -34,4 +36,5 @@ __all__ = [
     "mobilenet_v2",
     "model_info",
     "save_checkpoint",
+    "streaming",
 ]

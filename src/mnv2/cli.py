@@ -103,6 +103,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.resolution is not None:
         check_resolution(args.resolution)
     model, resolution = _build_from_args(args)
+    if args.memory:
+        from mnv2.memory import memory_report
+
+        report = memory_report(model, resolution, args.splits)
+        print(
+            json.dumps({"config": model.config.to_dict(), **report.to_dict()}) if args.json else report.format_table()
+        )
+        return 0
     summary = summarize(model, resolution)
     if args.json:
         print(json.dumps({"config": model.config.to_dict(), **summary.to_dict()}))
@@ -250,6 +258,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mnv2.errors import ConfigError
+
+    if not args.memory:
+        raise ConfigError("choose what to benchmark: --memory (activation memory and latency of §5.1 streaming)")
+    from mnv2 import memory_bench
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    widths = (args.width,) if args.width is not None else memory_bench.DEFAULT_WIDTHS
+    splits = tuple(args.splits) if args.splits else memory_bench.DEFAULT_SPLITS
+    rows = []
+    for width in widths:
+        rows += memory_bench.run_width(
+            width, args.resolution or 224, splits, args.batch, args.repeats, args.device, progress=not args.json
+        )
+    if args.json:
+        best = memory_bench.best_split(rows)
+        out = {**best.to_dict(), "candidates": [r.to_dict() for r in rows], **memory_bench.environment()}
+        print(json.dumps({"device": args.device, **out}))
+        return 0
+    print(memory_bench.format_rows(rows))
+    env = memory_bench.environment()
+    print(
+        f"device {args.device}, torch {env['torch']}, {env['threads']} threads; bytes = allocator peak above the start"
+    )
+    if args.plot:
+        memory_bench.plot_memory_per_layer(widths[-1], args.resolution or 224, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mnv2 import __version__
 
@@ -265,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="per-layer params, multiply-adds and activations")
     _add_arch_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--memory", action="store_true", help="dense vs §5.1 streamed activation memory per block")
+    p.add_argument("--splits", default="full", help="§5.1 slices per layer for --memory: an integer or 'full'")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("train", help="train or fine-tune (recipes: default, fashion-mnist, paper, modern)")
@@ -297,6 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, choices=("logits", "softmax"), help="default: what the source outputs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("bench", help="benchmarks: --memory (§5.1 streaming: measured peak memory and latency)")
+    p.add_argument("--memory", action="store_true", help="measured peak activation memory, §5.1 bound, latency")
+    p.add_argument("--width", type=float, default=None, help="one width (default: 0.35 and 1.0)")
+    p.add_argument("--resolution", type=int, default=None, help="input size (default 224)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--splits", nargs="+", default=None, help="split counts (default: 1 2 4 6 full)")
+    p.add_argument("--repeats", type=int, default=7, help="interleaved latency repeats (medians)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (peak from torch.cuda.max_memory_allocated)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="one JSON object for the best split count")
+    p.add_argument("--plot", default=None, help="also write the per-layer memory plot (PNG) for the last width")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
