@@ -1,6 +1,8 @@
 """Export: every installed format matches torch, metadata and preprocessing survive, bad requests fail clearly."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -9,8 +11,9 @@ import pytest
 import torch
 
 from deploy_data import CLASS_NAMES, PRE, batches, make_images, preprocess
-from mnv2.checkpoint import load_checkpoint
+from mnv2.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from mnv2.cli import main
+from mnv2.data import Preprocessing
 from mnv2.errors import ConfigError
 from mnv2.export import ExportError, ExportOptions, export, fold_batchnorm, read_onnx_metadata
 from mnv2.export.fold import count_batchnorms
@@ -72,6 +75,7 @@ def test_onnx_dynamic_size_for_torch_padding(tmp_path):
     assert sess.run(None, {"input": np.zeros((2, 3, 128, 96), np.float32)})[0].shape == (2, 5)
 
 
+@pytest.mark.isolated
 @pytest.mark.parametrize("fmt", ["tflite", "executorch"])
 def test_other_installed_formats_pass_parity(fmt, tmp_path):
     # tf padding: the size-dependent TF "SAME" pads must survive each converter
@@ -82,9 +86,17 @@ def test_other_installed_formats_pass_parity(fmt, tmp_path):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     model.eval()
+    ckpt = save_checkpoint(
+        tmp_path / "m.safetensors", model, CheckpointMeta(model.config, Preprocessing(input_size=64))
+    )
     out = tmp_path / f"m.{fmt}"
-    report = export(model, out, fmt, ExportOptions(dynamic_batch=False, input_size=64))
-    assert report.parity_max_abs <= 1e-4 and out.stat().st_size > 100_000
+    # Through the CLI in a fresh process, as users run it: LiteRT's and ExecuTorch's native converters loaded
+    # into one long-lived process together have crashed it (segfault), so each export gets its own.
+    cmd = [sys.executable, "-m", "mnv2.cli", "export", str(ckpt), "--format", fmt, "--out", str(out)]
+    r = subprocess.run([*cmd, "--static-batch", "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["parity_max_abs"] <= 1e-4 and out.stat().st_size > 100_000
     assert json.loads(out.with_name(out.name + ".json").read_text())["mnv2.output"] == "logits"
 
 

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from mnv2.errors import Mnv2Error
+from mnv2.errors import ConfigError, Mnv2Error
 
 
 def _add_arch_args(p: argparse.ArgumentParser) -> None:
@@ -116,6 +116,145 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(json.dumps({"config": model.config.to_dict(), **summary.to_dict()}))
     else:
         print(summary.format_table())
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from mnv2.engine.config import FREEZE_HELP
+
+    p.add_argument("--out", default=None, help="run directory (config.yaml, best/last checkpoints, metrics, plots)")
+    p.add_argument(
+        "--recipe", default="default", help="shipped recipe (default, fashion-mnist, paper, modern) or a YAML file"
+    )
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue that run from its last completed epoch")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="fashion-mnist (built in) or an image folder (root/train, root/val or root/<class>)",
+    )
+    p.add_argument(
+        "--data-root", default=None, help="directory holding the Fashion-MNIST IDX files (else cache/Debian/download)"
+    )
+    p.add_argument("--val-split", type=float, default=None, help="val fraction when --data is one folder of classes")
+    p.add_argument(
+        "--strict", action="store_true", default=None, help="fail on corrupt or non-image files instead of skipping"
+    )
+    p.add_argument("--model", default=None, help="registered model name (overrides --width)")
+    p.add_argument("--width", type=float, default=None, help="width multiplier")
+    p.add_argument("--resolution", type=int, default=None, help="input size in pixels (>= 32)")
+    p.add_argument("--stem-stride", type=int, default=None, help="2 as published; 1 for small images")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (split over processes)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate per --lr-batch images (scaled linearly)")
+    p.add_argument("--optimizer", default=None, help="sgd, rmsprop or adamw")
+    p.add_argument("--schedule", default=None, help="exp, cosine or onecycle")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--ema-decay", type=float, default=None, help="weight EMA decay (0 = off)")
+    p.add_argument("--grad-clip", type=float, default=None, help="max global gradient norm (0 = off)")
+    p.add_argument("--amp", default=None, help="auto (bf16 on CUDA / AMX CPUs), bf16 or off")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes for image folders")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--init", default=None, help="fine-tune from this checkpoint (its head is replaced for new classes)")
+    p.add_argument("--freeze", default=None, help=FREEZE_HELP)
+    p.add_argument("--bn", default=None, help="train (update BN statistics) or frozen (use the checkpoint's)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mnv2.engine.config import apply_overrides, load_recipe
+    from mnv2.engine.loop import load_run_config, train
+
+    keys = [
+        "data",
+        "data_root",
+        "val_split",
+        "strict",
+        "model",
+        "width",
+        "resolution",
+        "stem_stride",
+        "epochs",
+        "batch_size",
+        "lr",
+        "optimizer",
+        "schedule",
+        "weight_decay",
+        "label_smoothing",
+        "ema_decay",
+        "grad_clip",
+        "amp",
+        "compile",
+        "workers",
+        "threads",
+        "seed",
+        "init",
+        "freeze",
+        "bn",
+    ]
+    overrides = {k: getattr(args, k) for k in keys}
+    if args.resume and args.out and args.out != args.resume:
+        raise ConfigError(f"--resume {args.resume} continues that directory; drop --out {args.out}")
+    out = args.resume or args.out
+    if out is None:
+        raise ConfigError("give --out RUN_DIR (a new run) or --resume RUN_DIR (continue one)")
+    if args.resume:
+        config = load_run_config(out)
+        allowed = {"epochs", "workers", "threads"}
+        bad = sorted(k for k, v in overrides.items() if v is not None and k not in allowed)
+        if bad:
+            raise ConfigError(
+                f"--resume continues the saved config; only --epochs/--workers/--threads may change, not {bad}"
+            )
+        config = apply_overrides(config, overrides)
+    else:
+        config = apply_overrides(load_recipe(args.recipe), overrides)
+    result = train(config, out, resume=bool(args.resume))
+    print(
+        f"done: best {result['best_top1']:.2f}% / last {result['last_top1']:.2f}% top-1 after {result['epochs']} "
+        f"epochs, "
+        f"{result['wall_s'] / 60:.1f} min; best checkpoint {result['best']}"
+    )
+    return 0
+
+
+def _set_threads() -> None:
+    import torch
+
+    from mnv2.engine.loop import auto_threads
+
+    torch.set_num_threads(auto_threads())
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mnv2.engine.evaluate import evaluate_checkpoint
+
+    _set_threads()
+    r = evaluate_checkpoint(
+        args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, workers=args.workers,
+        strict=args.strict, confusion_png=args.confusion,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(
+        f"{r['checkpoint']} on {r['data']}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  n={r['n']}  "
+        f"loss {r['loss']:.4f}"
+    )
+    for name, acc in r["per_class"].items():
+        print(f"  {name:<20} {'-' if acc is None else f'{acc:6.2f}%'}")
+    if any(r["skipped"].values()):
+        print(f"skipped: {r['skipped']['corrupt']} corrupt image(s), {r['skipped']['non_image']} non-image file(s)")
+    print(f"confusion matrix: {r['confusion_png']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mnv2.engine.evaluate import format_predictions, predict
+
+    _set_threads()
+    print(format_predictions(predict(args.checkpoint, args.inputs, topk=args.topk, strict=args.strict), args.json))
     return 0
 
 
@@ -237,6 +376,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", action="store_true", help="dense vs §5.1 streamed activation memory per block")
     p.add_argument("--splits", default="full", help="§5.1 slices per layer for --memory: an integer or 'full'")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train or fine-tune (recipes: default, fashion-mnist, paper, modern)")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5/per-class accuracy and a confusion-matrix PNG")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (its test split) or an image folder")
+    p.add_argument("--split", default=None, help="fashion-mnist: train|test; folder: a subfolder name (default val/)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--strict", action="store_true", help="fail on corrupt or non-image files")
+    p.add_argument("--confusion", default=None, help="PNG path (default: next to the checkpoint)")
+    p.add_argument("--json", action="store_true", help="one JSON object: top1, top5, n, loss, per_class, ...")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="class names and probabilities for images")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--strict", action="store_true", help="fail on an undecodable image instead of reporting it")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("convert", help="import Keras / torchvision / timm / Hugging Face weights as an mnv2 checkpoint")
     p.add_argument("source", help="a .h5/.keras file, a .pth/.safetensors state dict, or a Hugging Face directory")

@@ -1,0 +1,57 @@
+"""Downloading files into a cache with a checksum check (atomic: a failed download leaves nothing behind)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from mnv2.errors import Mnv2Error
+
+
+class DownloadError(Mnv2Error):
+    """A download failed or its checksum did not match."""
+
+
+def cache_dir() -> Path:
+    """mnv2's cache: ``$MNV2_CACHE``, else ``$XDG_CACHE_HOME/mnv2``, else ``~/.cache/mnv2``."""
+    if os.environ.get("MNV2_CACHE"):
+        return Path(os.environ["MNV2_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnv2"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url: str, dest: str | Path, sha256: str | None = None, timeout: float = 60.0) -> Path:
+    """Fetch ``url`` to ``dest`` (with a progress bar), verify ``sha256`` if given, then rename into place."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as f:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", leave=False) as bar:
+                while block := resp.read(1 << 16):
+                    f.write(block)
+                    bar.update(len(block))
+        if sha256 is not None:
+            got = sha256_file(tmp)
+            if got != sha256:
+                raise DownloadError(f"{url}: sha256 {got} does not match the expected {sha256}")
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError) as e:
+        raise DownloadError(f"could not download {url} ({e})") from e
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest

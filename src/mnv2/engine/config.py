@@ -1,0 +1,179 @@
+"""Typed training config. Recipes are YAML files (``mnv2/recipes/*.yaml``) holding values only; CLI flags
+override them; the resolved config is saved as ``config.yaml`` in the run directory and in each checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnv2.data.transforms import AugmentConfig
+from mnv2.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+SCHEDULES = ("exp", "cosine", "onecycle")
+AMP_MODES = ("auto", "bf16", "off")
+FREEZE_HELP = "none | stem | stage:N (stem and stages < N) | backbone (all but the classifier)"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. ``None`` in a CLI flag means "keep the recipe's value".
+
+    Learning rate: ``lr`` is given per ``lr_batch`` images and scaled linearly with ``batch_size`` (paper: 0.045
+    per 96, §6.1 of the paper via P-v4). ``decay_rate`` per ``decay_epochs`` applies to the ``exp`` schedule.
+    """
+
+    recipe: str = "default"
+    # data
+    data: str = "fashion-mnist"  # "fashion-mnist" (built in) or an image folder
+    data_root: str | None = None  # where the Fashion-MNIST IDX files are (else cache / Debian / download)
+    val_split: float = 0.1  # for a single image folder without train/ and val/
+    strict: bool = False  # corrupt or non-image files are errors instead of being skipped and counted
+    workers: int = 2
+    train_limit: int | None = None  # use only the first N train / val samples (smoke tests, quick trials)
+    val_limit: int | None = None
+    # model
+    model: str | None = None  # registered name; overrides width
+    width: float = 0.35
+    resolution: int = 32
+    stem_stride: int = 2
+    dropout: float = 0.2
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    lr_batch: int = 256
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-5
+    rmsprop_decay: float = 0.9  # paper: "RMSPropOptimizer with both decay and momentum set to 0.9"
+    rmsprop_eps: float = 1.0  # TF-slim --opt_epsilon=1.0 inside the sqrt; torch adds eps outside: sqrt(1.0) = 1.0
+    schedule: str = "onecycle"
+    warmup_epochs: float = 0.0
+    decay_rate: float = 0.98  # exp schedule: ×0.98 per decay_epochs (paper §6.1)
+    decay_epochs: float = 1.0
+    min_lr_ratio: float = 0.0
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # 0 = off; TF-slim --moving_average_decay=0.9999
+    grad_clip: float = 0.0  # max global grad norm, 0 = off
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # engine
+    amp: str = "auto"  # auto: bf16 on CUDA and on CPUs with AMX; fp32 elsewhere (bf16 is slower without AMX)
+    channels_last: bool = True
+    compile: bool = False
+    keep_memory: bool = True  # CPU: keep freed activation memory instead of returning it to the OS every step
+    threads: int | None = None
+    seed: int = 0
+    eval_batch_size: int = 500
+    # fine-tuning
+    init: str | None = None  # checkpoint to start from; its classifier is replaced when classes differ
+    freeze: str = "none"  # FREEZE_HELP
+    bn: str = "train"  # train | frozen (BN layers use and keep their running statistics)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = _build(AugmentConfig, self.augment, "augment")
+        if isinstance(self.augment.scale, list):
+            self.augment = dataclasses.replace(self.augment, scale=tuple(self.augment.scale))
+        checks = [
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}"),
+            (self.bn in ("train", "frozen"), "bn must be train or frozen"),
+            (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be an integer >= 1"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"{msg} (recipe {self.recipe!r}); got {self._value_for(msg)!r}")
+        parse_freeze(self.freeze)
+
+    def _value_for(self, msg: str) -> Any:
+        return getattr(self, msg.split()[0], None)
+
+    @property
+    def scaled_lr(self) -> float:
+        """Peak learning rate for ``batch_size`` (linear scaling rule)."""
+        return self.lr * self.batch_size / self.lr_batch
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["augment"]["scale"] = list(d["augment"]["scale"])
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
+        return _build(cls, values, source)
+
+
+def _build(cls, values: dict, source: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ConfigError(f"{source}: {e}") from e
+
+
+def parse_freeze(spec: str) -> tuple[str, int]:
+    """``"stage:3"`` → ``("stage", 3)``; validates the ``--freeze`` value."""
+    kind, _, n = spec.partition(":")
+    if kind in ("none", "stem", "backbone") and not n:
+        return kind, 0
+    if kind == "stage" and n.isdigit() and 0 <= int(n) <= 7:
+        return kind, int(n)
+    raise ConfigError(f"--freeze {spec!r} is not valid; use {FREEZE_HELP} (N in 0..7)")
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("mnv2.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str) -> TrainConfig:
+    """A shipped recipe by name (``paper``, ``modern``, ``fashion-mnist``, ``default``) or a YAML file path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"recipe file {name_or_path!r} does not exist")
+        text, name = path.read_text(), path.stem
+    else:
+        if name_or_path not in list_recipes():
+            raise ConfigError(f"unknown recipe {name_or_path!r}; shipped: {', '.join(list_recipes())}")
+        text, name = (resources.files("mnv2.recipes") / f"{name_or_path}.yaml").read_text(), name_or_path
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {name_or_path!r} is not valid YAML ({e})") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe {name_or_path!r} must be a mapping of config keys")
+    values.setdefault("recipe", name)
+    return TrainConfig.from_dict(values, f"recipe {name_or_path!r}")
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Return ``config`` with the non-``None`` ``overrides`` applied (validated again)."""
+    values = config.to_dict()
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k.startswith("augment."):
+            values["augment"][k.split(".", 1)[1]] = v
+        else:
+            values[k] = v
+    return TrainConfig.from_dict(values, "command-line overrides")

@@ -1,0 +1,116 @@
+"""``mnv2 eval`` and ``mnv2 predict``: run a checkpoint on a dataset or on image files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mnv2.checkpoint import load_checkpoint
+from mnv2.data.folder import ScanReport
+from mnv2.data.loaders import build_eval_data
+from mnv2.data.transforms import IMAGE_EXTENSIONS, ImageError, eval_image, load_image
+from mnv2.engine.loop import evaluate
+from mnv2.engine.plots import plot_confusion
+from mnv2.errors import ConfigError
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, data: str, *, split: str | None = None, batch_size: int = 250, workers: int = 2,
+    strict: bool = False, confusion_png: str | Path | None = None,
+) -> dict:  # fmt: skip
+    """Evaluate ``checkpoint`` on ``data`` (``fashion-mnist``: its test split; or an image folder).
+
+    Returns ``top1``, ``top5`` (percent), ``n``, ``loss``, ``per_class`` (percent by class name), ``skipped``
+    (corrupt/non-image files) and ``confusion_png`` (the path written).
+    """
+    model = load_checkpoint(checkpoint)
+    meta = model.meta
+    batches, classes, report = build_eval_data(
+        data, meta.preprocessing, batch_size, split=split, workers=workers, strict=strict
+    )
+    if meta.class_names is not None and list(meta.class_names) != list(classes):
+        raise ConfigError(
+            f"the checkpoint's classes {list(meta.class_names)[:5]}... differ from the data's {classes[:5]}... "
+            f"({len(meta.class_names)} vs {len(classes)} classes)"
+        )
+    result = evaluate(model, batches, classes)
+    png = Path(confusion_png) if confusion_png else Path(checkpoint).with_suffix(".confusion.png")
+    plot_confusion(
+        result.pop("confusion"), classes, png, f"{Path(checkpoint).name} on {data}: top-1 {result['top1']:.2f}%"
+    )
+    result.update({"confusion_png": str(png), "skipped": _skipped(report), "checkpoint": str(checkpoint), "data": data})
+    return result
+
+
+def _skipped(report: ScanReport) -> dict:
+    return {"corrupt": len(report.corrupt), "non_image": len(report.non_image)}
+
+
+def image_paths(inputs: list[str]) -> list[Path]:
+    """Files given directly, plus the image files found (recursively) in given directories."""
+    paths = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise ConfigError(f"{item!r} is neither an image file nor a directory")
+    if not paths:
+        raise ConfigError(f"no image files found in {', '.join(inputs)}")
+    return paths
+
+
+@torch.no_grad()
+def predict(
+    checkpoint: str | Path, inputs: list[str], topk: int = 5, batch_size: int = 64, strict: bool = False
+) -> list[dict]:
+    """Top-``topk`` classes and probabilities for every image; undecodable files get an ``error`` entry
+    (or raise with ``strict``)."""
+    model = load_checkpoint(checkpoint)
+    meta = model.meta
+    names = meta.class_names or [str(i) for i in range(model.config.num_classes)]
+    k = min(topk, len(names))
+    if k < 1:
+        raise ConfigError(f"--topk must be >= 1, got {topk}")
+    results: list[dict] = []
+    paths = image_paths(inputs)
+    for i in range(0, len(paths), batch_size):
+        chunk, tensors, ok = paths[i : i + batch_size], [], []
+        for p in chunk:
+            try:
+                tensors.append(eval_image(load_image(p), meta.preprocessing))
+                ok.append(p)
+            except ImageError as e:
+                if strict:
+                    raise
+                results.append({"path": str(p), "error": str(e)})
+        if not tensors:
+            continue
+        out = model(torch.stack(tensors))
+        probs = out if model.config.output == "softmax" else out.softmax(dim=1)
+        top = probs.topk(k, dim=1)
+        for p, vals, idxs in zip(ok, top.values, top.indices):
+            results.append(
+                {
+                    "path": str(p),
+                    "top": [{"class": names[j], "index": int(j), "prob": float(v)} for v, j in zip(vals, idxs)],
+                }
+            )
+    order = {str(p): n for n, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["path"]])
+
+
+def format_predictions(results: list[dict], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(results)
+    lines = []
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['path']}: skipped ({r['error']})")
+        else:
+            lines.append(f"{r['path']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"]))
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Training engine: learning on real data, exact resume, fine-tuning freezes, recipes and config."""
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mnv2 import load_checkpoint
+from mnv2.engine import finetune
+from mnv2.engine.config import TrainConfig, apply_overrides, list_recipes, load_recipe
+from mnv2.engine.loop import train
+from mnv2.errors import ConfigError
+
+QUIET = {"log": lambda *_: None}
+
+
+def tiny(**kw) -> TrainConfig:
+    base = load_recipe("default")
+    values = {"width": 0.35, "resolution": 32, "epochs": 2, "batch_size": 32, "threads": 1, "workers": 0, **kw}
+    return apply_overrides(base, values)
+
+
+def test_loss_falls_and_accuracy_beats_chance_on_fashion_mnist_subset(tmp_path):
+    config = tiny(train_limit=2048, val_limit=500, epochs=3, batch_size=64)
+    result = train(config, tmp_path / "run", **QUIET)
+    history = torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.3
+    assert result["best_top1"] > 55.0  # chance is 10% on 10 balanced classes
+    model = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert model.meta.class_names[9] == "Ankle boot" and model.meta.preprocessing.grayscale
+    assert model.meta.metrics["top1"] == pytest.approx(result["best_top1"])
+    assert model.meta.config["recipe"] == "default"
+    for f in ("config.yaml", "metrics.csv", "curves.png", "confusion.png", "last.safetensors"):
+        assert (tmp_path / "run" / f).stat().st_size > 0
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, image_folder):
+    config = tiny(data=str(image_folder), epochs=3, batch_size=8, ema_decay=0.9, label_smoothing=0.1)
+    config = dataclasses.replace(config, augment=dataclasses.replace(config.augment, random_erasing=0.5))
+    train(config, tmp_path / "full", **QUIET)
+
+    def crash_after_epoch_1(msg):
+        if msg.startswith("epoch 1/3"):  # logged after epoch 1's files are written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut", log=crash_after_epoch_1)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config, tmp_path / "cut", **QUIET)
+    train(config, tmp_path / "cut", resume=True, **QUIET)
+    full, cut = load_file(tmp_path / "full" / "last.safetensors"), load_file(tmp_path / "cut" / "last.safetensors")
+    assert full.keys() == cut.keys()
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
+
+
+def test_finetune_freezes_exactly_what_it_says(tmp_path, image_folder):
+    train(tiny(train_limit=256, val_limit=64, epochs=1), tmp_path / "src", **QUIET)
+    src = load_checkpoint(tmp_path / "src" / "best.safetensors")
+    config = tiny(
+        data=str(image_folder),
+        init=str(tmp_path / "src" / "best.safetensors"),
+        freeze="stage:2",
+        bn="train",
+        epochs=1,
+        batch_size=8,
+    )
+    train(config, tmp_path / "ft", **QUIET)
+    ft = load_checkpoint(tmp_path / "ft" / "last.safetensors")
+    assert ft.config.num_classes == 3 and ft.meta.class_names == ["blue", "green", "red"]
+    assert ft.meta.preprocessing.mean == src.meta.preprocessing.mean  # normalisation comes from the checkpoint
+    before, after = src.state_dict(), ft.state_dict()
+    frozen_prefixes = ("stem.", "blocks.0.", "blocks.1.")
+    for k, v in after.items():
+        if k.startswith("classifier."):
+            continue
+        if k.startswith(frozen_prefixes):
+            assert torch.equal(v, before[k]), f"{k} changed although frozen"  # BN running stats included
+        elif k.endswith(("weight", "running_mean")):
+            assert not torch.equal(v, before[k]), f"{k} did not train"
+
+
+def test_freeze_specs_and_bn_frozen():
+    model = load_recipe_model()
+    frozen = finetune.apply_freeze(model, "backbone", "frozen")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"classifier.weight", "classifier.bias"}
+    finetune.set_train_mode(model, frozen, "frozen")
+    assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert model.dropout.training
+    with pytest.raises(ConfigError, match="stage:N"):
+        finetune.frozen_modules(model, "stage:x")
+
+
+def load_recipe_model():
+    from mnv2 import mobilenet_v2
+
+    return mobilenet_v2(width_mult=0.35, num_classes=4)
+
+
+def test_init_from_another_architecture_is_a_clear_error(tmp_path, image_folder):
+    from mnv2 import CheckpointError, mobilenet_v2, save_checkpoint
+    from mnv2.checkpoint import CheckpointMeta
+
+    ckpt = tmp_path / "other.safetensors"
+    model = mobilenet_v2(width_mult=0.5, num_classes=3)
+    save_checkpoint(ckpt, model, CheckpointMeta(dataclasses.replace(model.config, width_mult=0.75)))
+    with pytest.raises(CheckpointError, match="do not fit the architecture"):
+        train(tiny(data=str(image_folder), init=str(ckpt)), tmp_path / "run", **QUIET)
+
+
+def test_recipes_load_and_overrides_validate():
+    assert {"default", "fashion-mnist", "paper", "modern"} <= set(list_recipes())
+    paper = load_recipe("paper")
+    assert paper.optimizer == "rmsprop" and paper.rmsprop_decay == 0.9 and paper.momentum == 0.9
+    assert paper.scaled_lr == pytest.approx(0.045) and paper.decay_rate == 0.98 and paper.weight_decay == 4e-5
+    assert paper.label_smoothing == 0.1 and paper.ema_decay == 0.9999
+    assert apply_overrides(paper, {"batch_size": 192}).scaled_lr == pytest.approx(0.09)  # linear scaling
+    with pytest.raises(ConfigError, match="optimizer"):
+        apply_overrides(paper, {"optimizer": "lamb"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        load_recipe("imagenet-1k")
+
+
+def test_no_weight_decay_on_bn_bias_depthwise():
+    from mnv2.engine.optim import param_groups
+
+    model = load_recipe_model()
+    decay, no_decay = param_groups(model, 4e-5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "blocks.1.0.expand.conv.weight" in decayed and "classifier.weight" in decayed
+    assert "blocks.1.0.dw.conv.weight" not in decayed and "classifier.bias" not in decayed
+    assert not any(".bn." in n for n in decayed)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_cli_train_needs_a_run_dir_and_resume_needs_a_run(tmp_path, capsys):
+    from mnv2.cli import main
+
+    assert main(["train"]) == 2
+    assert "--out RUN_DIR" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "--freeze", "stage:9"]) == 2
+    assert "--freeze 'stage:9'" in capsys.readouterr().err
+
+
+def test_schedules():
+    from mnv2.engine.optim import lr_factor
+
+    paper = load_recipe("paper")  # x0.98 per epoch (paper §6.1), no warmup
+    assert [lr_factor(paper, e * 100, 100) for e in (0, 1, 2)] == pytest.approx([1.0, 0.98, 0.98**2])
+    assert lr_factor(paper, 150, 100) == pytest.approx(0.98)
+    modern = apply_overrides(load_recipe("modern"), {"epochs": 10})  # 5 warmup epochs, then cosine to 0
+    assert lr_factor(modern, 0, 100) == pytest.approx(1 / 500)
+    assert lr_factor(modern, 500, 100) == pytest.approx(1.0)
+    assert lr_factor(modern, 750, 100) == pytest.approx(0.5)
+    assert lr_factor(modern, 999, 100) < 0.001
