@@ -334,9 +334,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
 
     memory_only = [f"--{k}" for k in ("width", "splits", "plot") if getattr(args, k) is not None]
     if memory_only:
-        raise ConfigError(
-            f"{', '.join(memory_only)} only apply to `mnv2 bench --memory` (the speed bench takes --model)"
-        )
+        raise ConfigError(f"{', '.join(memory_only)}: only for `mnv2 bench --memory` (the speed bench takes --model)")
 
     def progress(msg: str) -> None:
         if not args.json:
