@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from mnv2.checkpoint import CheckpointError, CheckpointMeta
 from mnv2.data.preprocessing import Preprocessing
+from mnv2.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH
 from mnv2.models.mobilenetv2 import BlockSpec, MobileNetV2, MobileNetV2Config, block_plan
 from mnv2.models.registry import PUBLISHED_RESOLUTIONS
 
@@ -314,3 +315,19 @@ def make_meta(
         source=source,
         metrics=dict(metrics or {}),
     )
+
+
+def convert_torch_state_dict(
+    path: str | Path, tensors, layout: SourceLayout, framework: str, preprocessing: Preprocessing
+) -> Converted:
+    """Convert a PyTorch MobileNetV2 state dict (torchvision, timm): PyTorch layouts, BN eps 1e-5, symmetric padding,
+    so the tensors copy as they are once ``layout`` has renamed them."""
+    path = Path(path)
+    tensors = load_tensors(path) if tensors is None else tensors
+    remapped = remap(tensors, layout)
+    config = infer_config(
+        remapped, str(path), padding="torch", bn_eps=BN_EPS_TORCH, bn_momentum=BN_MOMENTUM_TORCH, dropout=0.2
+    )
+    model = build_model(remapped, config, str(path))
+    source = {"framework": framework, "format": path.suffix.lstrip("."), "file": path.name, "sha256": sha256_file(path)}
+    return Converted(model, make_meta(config, preprocessing, source, imagenet_class_names(config.num_classes)))

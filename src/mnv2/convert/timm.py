@@ -12,19 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnv2.convert.common import (
-    Converted,
-    SourceLayout,
-    build_model,
-    imagenet_class_names,
-    infer_config,
-    load_tensors,
-    make_meta,
-    remap,
-    sha256_file,
-)
+from mnv2.convert.common import Converted, SourceLayout, convert_torch_state_dict
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from mnv2.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH
 from mnv2.models.mobilenetv2 import BlockSpec
 
 # timm's pretrained_cfg for mobilenetv2_*: 224 px, crop_pct 0.875, bicubic, ImageNet mean/std (paper.md §6).
@@ -55,13 +44,4 @@ def matches(keys) -> bool:
 
 def convert_timm(path: str | Path, tensors=None, *, preprocessing: Preprocessing | None = None) -> Converted:
     """Convert a timm ``mobilenetv2_*`` state dict (``.pth`` or ``.safetensors``; any width and class count)."""
-    path = Path(path)
-    tensors = load_tensors(path) if tensors is None else tensors
-    remapped = remap(tensors, LAYOUT)
-    config = infer_config(
-        remapped, str(path), padding="torch", bn_eps=BN_EPS_TORCH, bn_momentum=BN_MOMENTUM_TORCH, dropout=0.2
-    )
-    model = build_model(remapped, config, str(path))
-    source = {"framework": "timm", "format": path.suffix.lstrip("."), "file": path.name, "sha256": sha256_file(path)}
-    pre = preprocessing or TIMM_PREPROCESSING
-    return Converted(model, make_meta(config, pre, source, imagenet_class_names(config.num_classes)))
+    return convert_torch_state_dict(path, tensors, LAYOUT, "timm", preprocessing or TIMM_PREPROCESSING)

@@ -10,21 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnv2.convert.common import (
-    Converted,
-    SourceLayout,
-    build_model,
-    imagenet_class_names,
-    infer_config,
-    load_tensors,
-    make_meta,
-    remap,
-    resolution_or_default,
-    sha256_file,
-    structure,
-)
+from mnv2.convert.common import Converted, SourceLayout, convert_torch_state_dict, structure
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from mnv2.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH
 from mnv2.models.mobilenetv2 import BlockSpec
 
 # torchvision's eval transform for IMAGENET1K_V1: resize 256 -> crop 224, bilinear (TV-doc; paper.md §6).
@@ -60,15 +47,4 @@ def matches(keys) -> bool:
 
 def convert_torchvision(path: str | Path, tensors=None, *, preprocessing: Preprocessing | None = None) -> Converted:
     """Convert a torchvision ``mobilenet_v2`` state dict file (any width, any class count)."""
-    path = Path(path)
-    tensors = load_tensors(path) if tensors is None else tensors
-    remapped = remap(tensors, LAYOUT)
-    config = infer_config(
-        remapped, str(path), padding="torch", bn_eps=BN_EPS_TORCH, bn_momentum=BN_MOMENTUM_TORCH, dropout=0.2
-    )
-    model = build_model(remapped, config, str(path))
-    pre = preprocessing or TORCHVISION_PREPROCESSING
-    pre = Preprocessing(**{**pre.to_dict(), "input_size": resolution_or_default(pre.input_size)})
-    source = {"framework": "torchvision", "format": path.suffix.lstrip("."), "file": path.name}
-    source["sha256"] = sha256_file(path)
-    return Converted(model, make_meta(config, pre, source, imagenet_class_names(config.num_classes)))
+    return convert_torch_state_dict(path, tensors, LAYOUT, "torchvision", preprocessing or TORCHVISION_PREPROCESSING)
