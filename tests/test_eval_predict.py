@@ -97,3 +97,35 @@ def test_checkpoint_with_weights_of_another_architecture(tmp_path, capsys, image
     assert main(["eval", str(tmp_path / "b.safetensors"), "--data", str(image_folder)]) == 2
     err = capsys.readouterr().err
     assert "do not fit the architecture" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_predict_with_an_engine_matches_torch(checkpoint, image_folder, tmp_path, monkeypatch, capsys, engine):
+    monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
+    inputs = [str(image_folder / "val")]
+    want = predict(checkpoint, inputs, topk=3)
+    assert main(["predict", str(checkpoint), *inputs, "--topk", "3", "--engine", engine, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in got] == [r["path"] for r in want] and len(got) == 12
+    for g, w in zip(got, want):
+        assert [t["class"] for t in g["top"]] == [t["class"] for t in w["top"]]
+        assert [t["prob"] for t in g["top"]] == pytest.approx([t["prob"] for t in w["top"]], abs=1e-4)
+
+
+def test_predict_runs_exported_onnx_files_and_refuses_baked_ones(checkpoint, image_folder, tmp_path, capsys):
+    from mnv2.export.engines import clear_cache
+
+    clear_cache()
+    files = [str(f) for f in sorted((image_folder / "val" / "green").iterdir())]
+    want = predict(checkpoint, files, topk=1)
+    plain, baked = tmp_path / "m.onnx", tmp_path / "baked.onnx"
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(plain)]) == 0
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(baked), "--bake-preprocessing"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(plain), *files, "--topk", "1", "--json"]) == 0  # ONNX: engine auto
+    got = json.loads(capsys.readouterr().out)
+    assert [g["top"][0]["class"] for g in got] == [w["top"][0]["class"] for w in want]
+    assert main(["predict", str(baked), *files]) == 2
+    assert "preprocessing baked in" in capsys.readouterr().err
+    assert main(["predict", str(checkpoint), *files, "--engine", "tensorrt"]) == 2
+    assert "unknown engine" in capsys.readouterr().err

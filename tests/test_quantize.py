@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from deploy_data import accuracy, batches, make_images
 from mnv2.checkpoint import load_checkpoint
 from mnv2.cli import main
+from mnv2.engine.qat import convert_qat, prepare_qat
 from mnv2.export import read_onnx_metadata
-from mnv2.export.qat import convert_qat, prepare_qat
 from mnv2.export.quantize import AUTO_ORDER, quantize
 
 MAX_DROP = 1.0  # points of top-1, the bound

@@ -1,6 +1,7 @@
 """Training engine: learning on real data, exact resume, fine-tuning freezes, recipes and config."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -160,3 +161,31 @@ def test_schedules():
     assert lr_factor(modern, 500, 100) == pytest.approx(1.0)
     assert lr_factor(modern, 750, 100) == pytest.approx(0.5)
     assert lr_factor(modern, 999, 100) < 0.001
+
+
+def test_qat_fine_tunes_the_simulated_int8_model_that_quantize_deploys(tmp_path, capsys):
+    from mnv2.cli import main
+
+    train(tiny(train_limit=2048, val_limit=500, epochs=2, batch_size=64), tmp_path / "src", **QUIET)
+    src = tmp_path / "src" / "best.safetensors"
+    with pytest.raises(ConfigError, match="--init"):
+        train(load_recipe("qat"), tmp_path / "no-init", **QUIET)
+    with pytest.raises(ConfigError, match="EMA"):
+        apply_overrides(load_recipe("qat"), {"init": str(src), "ema_decay": 0.99})
+    config = apply_overrides(
+        load_recipe("qat"), {"init": str(src), "train_limit": 1024, "val_limit": 1000, "threads": 1, "workers": 0}
+    )
+    result = train(config, tmp_path / "qat", **QUIET)
+    before, after = load_checkpoint(src), load_checkpoint(tmp_path / "qat" / "best.safetensors")
+    assert after.state_dict().keys() == before.state_dict().keys()  # saved as the plain architecture
+    assert after.meta.config["qat"] is True and after.meta.preprocessing == before.meta.preprocessing
+    assert not torch.equal(after.classifier.weight, before.classifier.weight)
+    out = tmp_path / "int8.onnx"
+    argv = ["quantize", str(tmp_path / "qat" / "best.safetensors"), "--calibration", "fashion-mnist"]
+    argv += ["--max-calibration", "512", "--eval", "fashion-mnist", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_eval"] == 10_000 and report["int8_top1"] > 40.0  # a weak 2-epoch model; chance is 10%
+    assert report["drop"] <= 1.0
+    # what QAT validated (the simulated INT8 model, 1000 test images) is what the deployed INT8 file delivers
+    assert abs(result["best_top1"] - report["int8_top1"]) <= 4.0

@@ -124,7 +124,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", default=None, help="run directory (config.yaml, best/last checkpoints, metrics, plots)")
     p.add_argument(
-        "--recipe", default="default", help="shipped recipe (default, fashion-mnist, paper, modern) or a YAML file"
+        "--recipe",
+        default=None,
+        help="shipped recipe (default, fashion-mnist, paper, modern, qat) or a YAML file (default: default, or qat)",
     )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue that run from its last completed epoch")
     p.add_argument(
@@ -160,6 +162,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None, help="fine-tune from this checkpoint (its head is replaced for new classes)")
     p.add_argument("--freeze", default=None, help=FREEZE_HELP)
     p.add_argument("--bn", default=None, help="train (update BN statistics) or frozen (use the checkpoint's)")
+    p.add_argument(
+        "--qat", action="store_const", const=True, default=None,
+        help="quantization-aware fine-tuning of --init: trains the simulated INT8 model; then run mnv2 quantize",
+    )  # fmt: skip
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -192,6 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "init",
         "freeze",
         "bn",
+        "qat",
     ]
     overrides = {k: getattr(args, k) for k in keys}
     if args.resume and args.out and args.out != args.resume:
@@ -209,7 +216,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         config = apply_overrides(config, overrides)
     else:
-        config = apply_overrides(load_recipe(args.recipe), overrides)
+        recipe = args.recipe or ("qat" if args.qat else "default")
+        config = apply_overrides(load_recipe(recipe), overrides)
     result = train(config, out, resume=bool(args.resume))
     print(
         f"done: best {result['best_top1']:.2f}% / last {result['last_top1']:.2f}% top-1 after {result['epochs']} "
@@ -253,8 +261,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mnv2.engine.evaluate import format_predictions, predict
 
-    _set_threads()
-    print(format_predictions(predict(args.checkpoint, args.inputs, topk=args.topk, strict=args.strict), args.json))
+    is_onnx = args.checkpoint.endswith(".onnx")
+    engine = args.engine or ("auto" if is_onnx else "torch")
+    if engine == "torch" and args.precision in (None, "fp32") and not is_onnx:
+        _set_threads()
+        results = predict(args.checkpoint, args.inputs, topk=args.topk, strict=args.strict)
+    else:
+        from mnv2.export import engines
+
+        results = engines.predict(
+            args.checkpoint, args.inputs, engine, args.precision, topk=args.topk, strict=args.strict,
+            threads=args.threads,
+        )  # fmt: skip
+    print(format_predictions(results, args.json))
     return 0
 
 
@@ -311,15 +330,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize_data(model, data: str, calibration: bool, limit: int | None, workers: int) -> list:
+    """``(x, y)`` numpy batches of ``data`` through ``mnv2.data`` with the checkpoint's preprocessing; calibration
+    reads the training part (Fashion-MNIST's train split, a folder's train/), evaluation the held-out part."""
+    from pathlib import Path
+
+    from mnv2.data.loaders import build_eval_data
+
+    split = None
+    if calibration and (data == "fashion-mnist" or (Path(data) / "train").is_dir()):
+        split = "train"
+    batches, classes, report = build_eval_data(
+        data, model.meta.preprocessing, 256, split=split, workers=workers, limit=limit, in_chans=model.config.in_chans
+    )
+    names = model.meta.class_names
+    if classes is not None and names is not None and list(classes) != list(names):
+        raise ConfigError(f"{data!r} has classes {classes[:5]}..., the checkpoint {list(names)[:5]}...")
+    if report.message():
+        print(f"{data}: {report.message()}", file=sys.stderr)
+    return [(x.numpy(), y.numpy()) for x, y in batches.epoch(0)]
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from mnv2.checkpoint import load_checkpoint
-    from mnv2.export.data import load_dataset
     from mnv2.export.quantize import quantize
 
     model = load_checkpoint(args.checkpoint)
-    pre, chans = model.meta.preprocessing, model.config.in_chans
-    calib = load_dataset(args.calibration, pre, chans, limit=args.max_calibration)
-    held_out = load_dataset(args.eval, pre, chans, limit=args.max_eval) if args.eval else None
+    calib = _quantize_data(model, args.calibration, True, args.max_calibration, args.workers)
+    held_out = _quantize_data(model, args.eval, False, args.max_eval, args.workers) if args.eval else None
     report = quantize(
         model, args.out, calib, held_out, method=args.method, num_calibration=args.num_calibration,
         per_channel=not args.per_tensor,
@@ -391,9 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="class names and probabilities for images")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="mnv2 checkpoint (.safetensors) or an ONNX file from mnv2 export/quantize")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
     p.add_argument("--topk", type=int, default=5)
+    p.add_argument(
+        "--engine", default=None, help="auto (fastest installed), onnxruntime, openvino, litert or torch "
+        "(default: torch for checkpoints, auto for ONNX files)",
+    )  # fmt: skip
+    p.add_argument("--precision", default=None, help="fp32, bf16 (openvino) or int8 (an INT8 ONNX file)")
+    p.add_argument("--threads", type=int, default=None, help="engine intra-op threads (default: all cores)")
     p.add_argument("--strict", action="store_true", help="fail on an undecodable image instead of reporting it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
@@ -420,14 +464,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="INT8 (QDQ ONNX) with calibrated ranges and an fp32-vs-INT8 report")
     p.add_argument("checkpoint", help="mnv2 checkpoint (.safetensors)")
-    p.add_argument("--calibration", required=True, help="class-folder tree or .npz (x, y) for calibration")
-    p.add_argument("--eval", default=None, help="held-out data for the accuracy report (same forms)")
+    p.add_argument(
+        "--calibration", required=True,
+        help="fashion-mnist (its train split), an image folder (its train/ part if any) or an .npz of x, y",
+    )  # fmt: skip
+    p.add_argument("--eval", default=None, help="held-out data for the report: fashion-mnist (test), folder, .npz")
     p.add_argument("--out", required=True, help="INT8 .onnx file to write")
     p.add_argument("--method", default="auto", help="auto (measure all), percentile, entropy, distribution, minmax")
     p.add_argument("--num-calibration", type=int, default=512, help="images used to calibrate ranges")
     p.add_argument("--max-calibration", type=int, default=2048, help="images read from --calibration")
     p.add_argument("--max-eval", type=int, default=None, help="images read from --eval (default all)")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (to see depthwise collapse)")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes for folders")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from mnv2.data import fashion_mnist
 from mnv2.data.folder import ImageFolderDataset, ScanReport, folder_splits
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from mnv2.data.transforms import AugmentConfig, BatchAugment, ImageTrainTransform, eval_image
+from mnv2.data.transforms import AugmentConfig, BatchAugment, ImageTrainTransform, eval_image, normalize
+from mnv2.errors import ConfigError
 
 BUILTIN = (fashion_mnist.NAME,)
 
@@ -185,6 +186,56 @@ def build_data(
     return DataBundle(train, val, classes, preprocessing, report, "val")
 
 
+class ArrayBatches:
+    """Batches of an already-decoded array set (``.npz``), in order; the same ``epoch()`` API as the others."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, self.num_samples, self.batch_size):
+            yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
+
+
+def load_npz(path, preprocessing: Preprocessing, in_chans: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """An ``.npz`` with ``x`` and integer labels ``y``; ``x`` is uint8 NHWC (or NHW) images already at the input
+    size, normalised here as ``preprocessing`` says, or a preprocessed float NCHW array used as is."""
+    import numpy as np
+
+    try:
+        f = np.load(path, allow_pickle=False)  # never unpickle: object arrays raise
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{str(path)!r} is not a readable .npz file ({e})") from e
+    with f:
+        if "x" not in f or "y" not in f:
+            raise ConfigError(f"{str(path)!r} must hold arrays 'x' and 'y' (found {', '.join(f.files)})")
+        x, y = f["x"], f["y"]
+    if len(x) != len(y) or not np.issubdtype(y.dtype, np.integer):
+        raise ConfigError(f"{str(path)!r}: 'y' must be {len(x)} integer labels, got {y.dtype} {y.shape}")
+    size = preprocessing.input_size
+    if x.dtype == np.uint8:
+        x = torch.from_numpy(x if x.ndim == 4 else x[..., None]).permute(0, 3, 1, 2)
+        if tuple(x.shape[2:]) != (size, size):
+            raise ConfigError(
+                f"{str(path)!r}: uint8 images are {x.shape[2]}x{x.shape[3]}, the model takes {size}x{size}"
+            )
+        if x.shape[1] == 1 and in_chans > 1:
+            x = x.expand(-1, in_chans, -1, -1)  # grayscale expanded to the model's channels (Preprocessing doc)
+        x = normalize(x.float().div_(255), preprocessing)
+    elif x.ndim == 4 and x.shape[1] == in_chans and np.issubdtype(x.dtype, np.floating):
+        x = torch.from_numpy(x.astype(np.float32))
+    else:
+        raise ConfigError(f"{str(path)!r}: 'x' must be uint8 NHWC images or preprocessed float NCHW ({in_chans} ch)")
+    return x.contiguous(), torch.from_numpy(y.astype(np.int64))
+
+
 def build_eval_data(
     data: str,
     preprocessing: Preprocessing,
@@ -193,16 +244,27 @@ def build_eval_data(
     split: str | None = None,
     workers: int = 2,
     strict: bool = False,
+    limit: int | None = None,
+    seed: int = 0,
+    in_chans: int = 3,
 ):
-    """Eval batches and class names: Fashion-MNIST's test split by default, or an image folder (its val/ part,
-    or every image when it has no train/ subfolder)."""
+    """Eval batches, class names and the scan report of ``data``: ``fashion-mnist`` (its test split by default),
+    an ``.npz`` of arrays (class names ``None``), or an image folder (``split``, else its val/ part, else every
+    image). ``limit``: a seeded random subset of at most that many images (every class in expectation)."""
     from pathlib import Path
 
     from mnv2.data.folder import scan_folder
 
+    def subset(n: int) -> torch.Tensor | None:
+        if limit is None or limit >= n:
+            return None
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+
     if data == fashion_mnist.NAME:
         split = split or "test"
         x, y = fashion_mnist.load_fashion_mnist(split)
+        if (idx := subset(len(y))) is not None:
+            x, y = x[idx], y[idx]
         return (
             TensorBatches(
                 resize_uint8(x, preprocessing.input_size), y, batch_size, BatchAugment(preprocessing, None), False
@@ -210,6 +272,13 @@ def build_eval_data(
             list(fashion_mnist.CLASS_NAMES),
             ScanReport(),
         )
+    if data.endswith(".npz"):
+        if not Path(data).is_file():
+            raise ConfigError(f"{data!r} does not exist")
+        x, y = load_npz(data, preprocessing, in_chans)
+        if (idx := subset(len(y))) is not None:
+            x, y = x[idx], y[idx]
+        return ArrayBatches(x, y, batch_size), None, ScanReport()
     root = Path(data)
     report = ScanReport()
     if split is not None:
@@ -217,5 +286,8 @@ def build_eval_data(
     elif (root / "val").is_dir():
         root = root / "val"
     classes, samples = scan_folder(root, strict, report)
+    if limit is not None and limit < len(samples):
+        keep = set(random.Random(seed).sample(range(len(samples)), limit))
+        samples = [s for i, s in enumerate(samples) if i in keep]
     ds = ImageFolderDataset(samples, lambda im: eval_image(im, preprocessing))
     return LoaderBatches(ds, batch_size, False, workers), classes, report

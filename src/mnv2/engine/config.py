@@ -76,6 +76,7 @@ class TrainConfig:
     init: str | None = None  # checkpoint to start from; its classifier is replaced when classes differ
     freeze: str = "none"  # FREEZE_HELP
     bn: str = "train"  # train | frozen (BN layers use and keep their running statistics)
+    qat: bool = False  # quantization-aware fine-tuning of --init (simulated INT8 as `mnv2 quantize` deploys it)
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -93,6 +94,9 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
+            # ModelEma averages every buffer, and the per-channel observers' buffers change shape on first use.
+            (not self.qat or not self.ema_decay, "qat does not combine with weight EMA: set --ema-decay 0"),
+            (not self.qat or not self.compile, "qat does not combine with --compile (fake-quant observers)"),
         ]
         for ok, msg in checks:
             if not ok:

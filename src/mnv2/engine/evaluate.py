@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from mnv2.checkpoint import load_checkpoint
 from mnv2.data.folder import ScanReport
 from mnv2.data.loaders import build_eval_data
+from mnv2.data.preprocessing import Preprocessing
 from mnv2.data.transforms import IMAGE_EXTENSIONS, ImageError, eval_image, load_image
 from mnv2.engine.loop import evaluate
 from mnv2.engine.plots import plot_confusion
@@ -28,8 +30,11 @@ def evaluate_checkpoint(
     model = load_checkpoint(checkpoint)
     meta = model.meta
     batches, classes, report = build_eval_data(
-        data, meta.preprocessing, batch_size, split=split, workers=workers, strict=strict
-    )
+        data, meta.preprocessing, batch_size, split=split, workers=workers, strict=strict,
+        in_chans=model.config.in_chans,
+    )  # fmt: skip
+    if classes is None:  # arrays (.npz) carry labels only
+        classes = list(meta.class_names or [str(i) for i in range(model.config.num_classes)])
     if meta.class_names is not None and list(meta.class_names) != list(classes):
         raise ConfigError(
             f"the checkpoint's classes {list(meta.class_names)[:5]}... differ from the data's {classes[:5]}... "
@@ -68,11 +73,30 @@ def image_paths(inputs: list[str]) -> list[Path]:
 def predict(
     checkpoint: str | Path, inputs: list[str], topk: int = 5, batch_size: int = 64, strict: bool = False
 ) -> list[dict]:
-    """Top-``topk`` classes and probabilities for every image; undecodable files get an ``error`` entry
-    (or raise with ``strict``)."""
+    """Top-``topk`` classes and probabilities for every image, with the PyTorch model of ``checkpoint``;
+    undecodable files get an ``error`` entry (or raise with ``strict``). Other engines: ``mnv2.export.engines``."""
     model = load_checkpoint(checkpoint)
-    meta = model.meta
-    names = meta.class_names or [str(i) for i in range(model.config.num_classes)]
+    return predict_images(
+        model, inputs, model.meta.preprocessing, model.meta.class_names or model.config.num_classes,
+        probabilities=model.config.output == "softmax", topk=topk, batch_size=batch_size, strict=strict,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def predict_images(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    inputs: list[str],
+    preprocessing: Preprocessing,
+    class_names: list[str] | int,
+    *,
+    probabilities: bool = False,
+    topk: int = 5,
+    batch_size: int = 64,
+    strict: bool = False,
+) -> list[dict]:
+    """Run ``forward`` (preprocessed float NCHW batch → logits, or probabilities when ``probabilities``) over the
+    images in ``inputs`` (files and directories) and return each one's top-``topk`` classes in input order."""
+    names = [str(i) for i in range(class_names)] if isinstance(class_names, int) else list(class_names)
     k = min(topk, len(names))
     if k < 1:
         raise ConfigError(f"--topk must be >= 1, got {topk}")
@@ -82,7 +106,7 @@ def predict(
         chunk, tensors, ok = paths[i : i + batch_size], [], []
         for p in chunk:
             try:
-                tensors.append(eval_image(load_image(p), meta.preprocessing))
+                tensors.append(eval_image(load_image(p), preprocessing))
                 ok.append(p)
             except ImageError as e:
                 if strict:
@@ -90,8 +114,8 @@ def predict(
                 results.append({"path": str(p), "error": str(e)})
         if not tensors:
             continue
-        out = model(torch.stack(tensors))
-        probs = out if model.config.output == "softmax" else out.softmax(dim=1)
+        out = forward(torch.stack(tensors)).float()
+        probs = out if probabilities else out.softmax(dim=1)
         top = probs.topk(k, dim=1)
         for p, vals, idxs in zip(ok, top.values, top.indices):
             results.append(

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from mnv2.checkpoint import CheckpointMeta, atomic_write, save_checkpoint, unwrap
 from mnv2.data.loaders import build_data, epoch_seed, fashion_preprocessing, folder_preprocessing
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.engine import finetune
+from mnv2.engine import finetune, qat
 from mnv2.engine.config import TrainConfig
 from mnv2.engine.metrics import confusion_matrix, summarize, topk_correct
 from mnv2.engine.optim import ModelEma, build_optimizer, lr_factor
@@ -274,6 +274,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
         raise ConfigError(
             f"{str(out)!r} already holds a run; continue it with `mnv2 train --resume {out}` or choose another --out"
         )
+    if config.qat and not config.init:
+        raise ConfigError("--qat fine-tunes a trained model: give --init CHECKPOINT")
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
     torch.manual_seed(config.seed)
@@ -287,7 +289,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
         from mnv2.checkpoint import read_checkpoint_meta
 
         src = read_checkpoint_meta(config.init).preprocessing
-        data_pre = dataclasses.replace(data_pre, mean=src.mean, std=src.std)
+        # QAT adapts the model to rounding on the data it was trained for: exactly its preprocessing and size.
+        data_pre = src if config.qat else dataclasses.replace(data_pre, mean=src.mean, std=src.std)
     data = build_data(
         config.data, data_pre, config.augment, config.batch_size // world, config.eval_batch_size,
         data_root=config.data_root, val_split=config.val_split, strict=config.strict, workers=config.workers,
@@ -297,6 +300,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
     if data.report.message() and rank == 0:
         log(f"data: {data.report.message()}")
     model, pre = build_model(config, len(data.class_names), data.preprocessing)
+    if config.qat:  # simulate the deployed INT8 model (mnv2 quantize) while fine-tuning
+        model = qat.prepare_qat(model)
     frozen = finetune.apply_freeze(model, config.freeze, config.bn)
     model.to(device)
     if config.channels_last:
@@ -329,7 +334,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
             f"mnv2 train: {config.recipe} recipe, width {model.config.width_mult} @{pre.input_size}px "
             f"(stem stride {model.config.stem_stride}), {n_params:,} params, {len(data.class_names)} classes, "
             f"{data.train.num_samples} train / {data.val.num_samples} {data.val_name} images, "
-            f"{config.epochs} epochs, batch {config.batch_size}, {'bf16' if dtype else 'fp32'}, "
+            f"{config.epochs} epochs, batch {config.batch_size}, {'bf16' if dtype else 'fp32'}"
+            f"{' with simulated INT8 (QAT)' if config.qat else ''}, "
             f"{world} process(es) x {torch.get_num_threads()} thread(s)"
         )
     meta = CheckpointMeta(
@@ -346,6 +352,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
             ema=ema, frozen=frozen, dtype=dtype, device=device, rank=rank,
         )  # fmt: skip
         eval_model = ema.module if ema is not None else model
+        if config.qat:
+            qat.observe(eval_model, False)  # validation must not fit the INT8 ranges
         val = evaluate(
             eval_model, data.val, data.class_names, device=device, dtype=dtype, desc=f"{data.val_name}", rank=rank
         )
@@ -354,6 +362,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
             "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
             "epoch_s": time.perf_counter() - t0, "img_s": img_s,
         }  # fmt: skip
+        if config.qat:
+            qat.observe(eval_model, True)
         history.append(row)
         if rank == 0:
             metrics = {
@@ -365,10 +375,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
                 "data": config.data,
             }
             emeta = dataclasses.replace(meta, metrics=metrics)
-            save_checkpoint(out / "last.safetensors", eval_model, emeta)
+            plain = qat.convert_qat(eval_model) if config.qat else eval_model  # the plain architecture's keys
+            save_checkpoint(out / "last.safetensors", plain, emeta)
             if val["top1"] > best:
                 best = val["top1"]
-                save_checkpoint(out / "best.safetensors", eval_model, emeta)
+                save_checkpoint(out / "best.safetensors", plain, emeta)
                 plot_confusion(
                     val["confusion"],
                     data.class_names,

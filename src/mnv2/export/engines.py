@@ -39,6 +39,7 @@ from mnv2.errors import ConfigError
 
 ENGINES = ("onnxruntime", "openvino", "litert", "torch")
 PRECISIONS = ("fp32", "bf16", "int8")
+ONNX_ENGINES = ("onnxruntime", "openvino")
 # Measured order on this project's machine kind (BENCHMARKS.md, Deployment, interleaved `mnv2 bench`): fp32,
 # LiteRT/XNNPACK was fastest at batch 32 (1.9x ONNX Runtime) and on par at batch 1, then ONNX Runtime without
 # spinning, then OpenVINO; torch eager, even BN-folded, is far behind. INT8: OpenVINO's VNNI kernels ran the same
@@ -258,10 +259,14 @@ def load_engine(
         raise ConfigError(f"{str(path)!r} is not an INT8 model; make one with `mnv2 quantize`")
     if file_precision == "int8" and precision != "int8":
         raise ConfigError(f"{str(path)!r} is an INT8 model; it runs only with precision int8")
-    name = pick_engine(precision) if engine == "auto" else engine
+    if engine == "auto":  # an ONNX file runs on the engines that read ONNX
+        usable = [e for e in installed_engines() if not is_onnx or e in ONNX_ENGINES]
+        name = pick_engine(precision, usable)
+    else:
+        name = engine
     if name not in installed_engines():
         raise ConfigError(f"engine {name!r} is not installed here (installed: {', '.join(installed_engines())})")
-    if name in ("torch", "litert") and (is_onnx or precision != "fp32"):
+    if name not in ONNX_ENGINES and (is_onnx or precision != "fp32"):
         raise ConfigError(f"engine {name!r} runs fp32 checkpoints (.safetensors), not ONNX files or int8/bf16")
     if name == "onnxruntime" and precision == "bf16":
         raise ConfigError("precision 'bf16' is only offered by engine 'openvino'")
@@ -295,3 +300,52 @@ def clear_cache() -> None:
     """Drop every cached engine (sessions are freed when no caller holds them)."""
     with _LOCK:
         _CACHE.clear()
+
+
+def predict(
+    source: str | Path,
+    inputs: list[str],
+    engine: str = "auto",
+    precision: str | None = None,
+    *,
+    topk: int = 5,
+    batch_size: int = 64,
+    strict: bool = False,
+    threads: int | None = None,
+) -> list[dict]:
+    """``mnv2 predict --engine``: top-``topk`` classes of image files with ``source`` (a checkpoint or an ONNX file
+    from ``mnv2 export``/``mnv2 quantize``) run by ``engine``; preprocessing and class names come from the file's
+    own metadata. Same result format as :func:`mnv2.engine.evaluate.predict`."""
+    from mnv2.checkpoint import read_checkpoint_meta
+    from mnv2.engine.evaluate import predict_images
+    from mnv2.export.onnx_export import read_onnx_metadata
+
+    path = Path(source)
+    if path.suffix == ".onnx":
+        meta = read_onnx_metadata(path)
+        if "preprocessing" not in meta:
+            raise ConfigError(f"{str(path)!r} has no mnv2 metadata (preprocessing, class names); export it with mnv2")
+        if meta.get("baked_preprocessing"):
+            raise ConfigError(
+                f"{str(path)!r} has preprocessing baked in (uint8 HWC input); predict with its checkpoint or a plain "
+                "export, or feed it decoded images yourself"
+            )
+        pre, names, probabilities = (
+            meta["preprocessing"],
+            meta.get("class_names"),
+            meta.get("output") == "probabilities",
+        )
+        if names is None:
+            names = int(meta["model_config"]["num_classes"])
+    else:
+        cmeta = read_checkpoint_meta(path)
+        pre, probabilities = cmeta.preprocessing, cmeta.model_config.output == "softmax"
+        names = cmeta.class_names or cmeta.model_config.num_classes
+    run = load_engine(path, engine, precision, threads)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run(x.numpy()))
+
+    return predict_images(
+        forward, inputs, pre, names, probabilities=probabilities, topk=topk, batch_size=batch_size, strict=strict
+    )

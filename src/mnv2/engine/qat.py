@@ -7,9 +7,11 @@ ReLU6, so the (0, 6) range is learnt as is), on the residual sums and on the mod
 §3.2; torchvision's QAT recipe freezes BN stats after a few epochs), which keeps the small fine-tuning batches
 from disturbing them.
 
-Use: ``qat = prepare_qat(model)``; fine-tune ``qat`` with the usual loss (the ``mnv2 train --qat`` wiring is the
-training engine's; see README, Deployment); ``model = convert_qat(qat)`` gives back a plain ``MobileNetV2``
-with the fine-tuned weights, which ``mnv2.export.quantize.quantize`` then turns into the INT8 ONNX file.
+Use: ``mnv2 train --qat --init CHECKPOINT`` (the engine wraps the model with :func:`prepare_qat`, validates the
+simulated INT8 model and saves plain checkpoints through :func:`convert_qat`), then ``mnv2 quantize`` on the
+result. From Python: ``qat = prepare_qat(model)``; fine-tune ``qat`` with the usual loss; ``model = convert_qat(qat)``
+gives back a plain ``MobileNetV2`` with the fine-tuned weights, which ``mnv2.export.quantize.quantize`` then turns
+into the INT8 ONNX file.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+from torch.ao.quantization import (
+    FakeQuantize,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    disable_observer,
+    enable_observer,
+)
 
 from mnv2.layers import ConvNormAct
 from mnv2.models.mobilenetv2 import InvertedResidual, MobileNetV2
@@ -102,6 +110,20 @@ def prepare_qat(model: MobileNetV2) -> MobileNetV2:
             m.register_forward_hook(_fq_output_hook)
     qat.train()
     return qat
+
+
+def is_qat(model: nn.Module) -> bool:
+    """Whether ``model`` was made by :func:`prepare_qat`."""
+    return hasattr(model, "qat_in_fq")
+
+
+def observe(model: nn.Module, enabled: bool) -> None:
+    """Let the fake-quant observers update their ranges (training) or freeze them (validation).
+
+    ``FakeQuantize`` observes whenever it runs, in eval mode too; without this, validating would fit the
+    activation ranges to the validation images.
+    """
+    model.apply(enable_observer if enabled else disable_observer)
 
 
 def convert_qat(qat: MobileNetV2) -> MobileNetV2:
