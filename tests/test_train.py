@@ -189,3 +189,55 @@ def test_qat_fine_tunes_the_simulated_int8_model_that_quantize_deploys(tmp_path,
     assert report["drop"] <= 1.0
     # what QAT validated (the simulated INT8 model, 1000 test images) is what the deployed INT8 file delivers
     assert abs(result["best_top1"] - report["int8_top1"]) <= 4.0
+
+
+def test_grad_clip_bounds_every_update(tmp_path):
+    from mnv2 import CheckpointMeta, mobilenet_v2, save_checkpoint
+    from mnv2.data.fashion_mnist import CLASS_NAMES
+    from mnv2.data.loaders import fashion_preprocessing
+
+    model = mobilenet_v2(width_mult=0.35, num_classes=10, stem_stride=1)
+    start = save_checkpoint(
+        tmp_path / "start.safetensors", model, CheckpointMeta(model.config, fashion_preprocessing(32), CLASS_NAMES)
+    )
+    moved = {}
+    for clip in (0.0, 1e-9):
+        config = tiny(init=str(start), train_limit=256, val_limit=64, epochs=1, weight_decay=0.0, grad_clip=clip)
+        train(config, tmp_path / f"clip{clip}", **QUIET)
+        trained = load_checkpoint(tmp_path / f"clip{clip}" / "last.safetensors")
+        moved[clip] = max((p - model.get_parameter(k)).abs().max().item() for k, p in trained.named_parameters())
+    assert moved[0.0] > 1e-3  # the unclipped run learns
+    assert moved[1e-9] < 1e-6  # 8 SGD steps, each with a global gradient norm of at most 1e-9
+
+
+def test_compiled_training_saves_plain_keys_and_logs_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny(train_limit=128, val_limit=64, epochs=2, batch_size=32, compile=True)
+    result = train(config, tmp_path / "run", **QUIET)
+    state = load_file(tmp_path / "run" / "best.safetensors")
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state)
+    assert load_checkpoint(tmp_path / "run" / "best.safetensors").meta.config["compile"] is True
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    val = [e.value for e in events.Scalars("val_top1")]
+    assert len(val) == 2 and max(val) == pytest.approx(result["best_top1"])
+    assert {"train_loss", "lr", "img_s"} <= set(events.Tags()["scalars"])
+
+
+def test_auto_threads_counts_jobs_running_now():
+    import os
+    import subprocess
+    import sys
+
+    from mnv2.engine.loop import auto_threads, runnable_others
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 3\nwhile time.time() < t: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert runnable_others() >= 1  # the spinning child, whatever else runs
+        assert auto_threads() <= max(1, (os.cpu_count() or 1) - 1)
+    finally:
+        busy.kill()
+        busy.wait()
