@@ -229,7 +229,7 @@ def test_auto_threads_counts_jobs_running_now():
     import subprocess
     import sys
 
-    from mnv2.engine.loop import auto_threads, runnable_others
+    from mnv2.cpu import auto_threads, runnable_others
 
     busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 3\nwhile time.time() < t: pass"])
     try:

@@ -230,7 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _set_threads() -> None:
     import torch
 
-    from mnv2.engine.loop import auto_threads
+    from mnv2.cpu import auto_threads
 
     torch.set_num_threads(auto_threads())
 

@@ -6,8 +6,9 @@
 Engines (all fp32-accurate unless the precision says otherwise):
 
 - ``onnxruntime``: the checkpoint exported once (BN folded, verified) and cached on disk; ORT CPU session with
-  full graph optimizations (NCHWc layout on AVX-512), ``threads`` intra-op threads, no inter-op pool, and no
-  thread spinning (idle workers sleep instead of busy-waiting: 1.5-2.7x faster on a shared 2-core machine).
+  full graph optimizations (NCHWc layout on AVX-512), ``threads`` intra-op threads, no inter-op pool, and thread
+  spinning only when no other job runs at session creation (sleeping workers were 1.5-2.7x faster on a shared
+  2-core machine; spinning ones 1.35x faster for INT8 on an idle one).
 - ``openvino``: the same ONNX compiled by OpenVINO's CPU plugin (oneDNN; int8 via VNNI, bf16 via AVX512-BF16 or
   AMX), with the LATENCY hint for batch 1 and the THROUGHPUT hint (several streams) for larger batches.
   ``precision="bf16"`` is *not* fp32-accurate and is reported separately.
@@ -125,11 +126,15 @@ class TorchEngine(Engine):
 
 
 class OrtEngine(Engine):
-    def __init__(self, onnx_path: Path, precision: str, threads: int | None) -> None:
+    def __init__(self, onnx_path: Path, precision: str, threads: int | None, spin: bool | None = None) -> None:
+        from mnv2.cpu import runnable_others
         from mnv2.export.onnx_export import ort_session
 
         super().__init__("onnxruntime", precision, str(onnx_path), threads)
-        self.session = ort_session(onnx_path, threads, spin=False)
+        # Spinning workers are faster on idle cores (INT8 batch 32: 1.35x) and much slower on shared ones
+        # (fp32 batch 1: 2.7x); decide by what runs now (BENCHMARKS.md, Deployment).
+        self.spin = runnable_others() == 0 if spin is None else spin
+        self.session = ort_session(onnx_path, threads, spin=self.spin)
         self.input = self.session.get_inputs()[0].name
 
     def run(self, x: np.ndarray) -> np.ndarray:
