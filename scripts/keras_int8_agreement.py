@@ -30,9 +30,10 @@ from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
 
 
 def arrays(split: str, pre: Preprocessing, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    from mnv2.export.quantize import materialize
+
     batches, _, _ = build_eval_data("fashion-mnist", pre, 1000, split=split, limit=limit)
-    xs, ys = zip(*((x.contiguous().numpy(), y.numpy()) for x, y in batches.epoch(0)))
-    return np.concatenate(xs), np.concatenate(ys)
+    return materialize(batches.epoch(0))
 
 
 def main() -> None:

@@ -331,7 +331,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _quantize_data(model, data: str, calibration: bool, limit: int | None, workers: int) -> list:
-    """``(x, y)`` numpy batches of ``data`` through ``mnv2.data`` with the checkpoint's preprocessing; calibration
+    """``(x, y)`` batches of ``data`` through ``mnv2.data`` with the checkpoint's preprocessing; calibration
     reads the training part (Fashion-MNIST's train split, a folder's train/), evaluation the held-out part."""
     from pathlib import Path
 
@@ -348,7 +348,7 @@ def _quantize_data(model, data: str, calibration: bool, limit: int | None, worke
         raise ConfigError(f"{data!r} has classes {classes[:5]}..., the checkpoint {list(names)[:5]}...")
     if report.message():
         print(f"{data}: {report.message()}", file=sys.stderr)
-    return [(x.numpy(), y.numpy()) for x, y in batches.epoch(0)]
+    return list(batches.epoch(0))  # quantize() collects them into arrays
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ per-layer table is typed by hand: the block list comes from Table 2 via ``block_
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mnv2.checkpoint import CheckpointError, CheckpointMeta
+from mnv2.data.download import sha256_file
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH
 from mnv2.models.mobilenetv2 import BlockSpec, MobileNetV2, MobileNetV2Config, block_plan
@@ -208,14 +208,6 @@ def build_model(remapped: Remapped, config: MobileNetV2Config, source: str) -> M
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_magic(path: Path, n: int = 8) -> bytes:

@@ -196,15 +196,18 @@ _LOCK = threading.Lock()
 
 
 def cache_dir() -> Path:
-    """Where exported ONNX files of checkpoints are kept (``$MNV2_CACHE`` or ``~/.cache/mnv2``)."""
-    return Path(os.environ.get("MNV2_CACHE", Path.home() / ".cache" / "mnv2")) / "onnx"
+    """Where exported ONNX files of checkpoints are kept: ``onnx/`` in mnv2's cache (``data.download.cache_dir``)."""
+    from mnv2.data import download
+
+    return download.cache_dir() / "onnx"
 
 
 def _onnx_for_checkpoint(path: Path) -> Path:
     """Export a checkpoint once (keyed by its content hash) and reuse the file afterwards."""
-    from mnv2.export.onnx_export import ExportOptions, export_onnx, file_sha256
+    from mnv2.data.download import sha256_file
+    from mnv2.export.onnx_export import ExportOptions, export_onnx
 
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     out = cache_dir() / f"{digest[:24]}-fp32.onnx"
     if not out.is_file():
         export_onnx(
@@ -216,10 +219,11 @@ def _onnx_for_checkpoint(path: Path) -> Path:
 def _tflite_for_checkpoint(path: Path) -> Path:
     """Convert a checkpoint once to TFLite (batch 1, parity-checked) and reuse the file afterwards."""
     from mnv2.checkpoint import load_checkpoint
+    from mnv2.data.download import sha256_file
     from mnv2.export.formats import export_other
-    from mnv2.export.onnx_export import ExportOptions, file_sha256
+    from mnv2.export.onnx_export import ExportOptions
 
-    out = cache_dir() / f"{file_sha256(path)[:24]}-fp32-b1.tflite"
+    out = cache_dir() / f"{sha256_file(path)[:24]}-fp32-b1.tflite"
     if not out.is_file():
         export_other("tflite", load_checkpoint(path), out, ExportOptions(dynamic_batch=False))
     return out

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from mnv2.checkpoint import CheckpointMeta, atomic_write, load_checkpoint
+from mnv2.data.download import sha256_file
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.errors import ConfigError, Mnv2Error
 from mnv2.export.fold import fold_batchnorm
@@ -398,14 +398,6 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export(
     checkpoint: str | Path | nn.Module,
     out: str | Path,
@@ -419,7 +411,7 @@ def export(
     extra = {}
     if isinstance(checkpoint, (str, Path)):
         path, checkpoint = checkpoint, load_checkpoint(checkpoint)
-        extra["checkpoint_sha256"] = file_sha256(path)
+        extra["checkpoint_sha256"] = sha256_file(path)
     if fmt == "onnx":
         return export_onnx(checkpoint, out, options, extra_metadata=extra)
     from mnv2.export import formats
