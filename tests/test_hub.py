@@ -10,6 +10,7 @@ import torch
 import mnv2
 from mnv2 import hub
 from mnv2.convert import ConvertError
+from mnv2.data.download import DownloadError
 from mnv2.errors import ConfigError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "interop" / "timm_035_c10.pth"
@@ -72,10 +73,10 @@ def test_checksum_mismatch_and_truncated_downloads_are_errors(entry, http_server
     assert not list((tmp_path / "downloads").rglob("*.pth"))
     serve(files, URL, data)
     files.short.add(f"/{urlparse(URL).netloc}{urlparse(URL).path}")
-    with pytest.raises(ConvertError, match="cut short"):
+    with pytest.raises(DownloadError, match="cut short"):
         mnv2.create_model("mobilenetv2_035", weights="test_timm", cache_dir=tmp_path, mirror=base, progress=False)
     assert not list((tmp_path / "downloads").rglob("*.pth"))
-    with pytest.raises(ConvertError, match=r"download of .* failed"):
+    with pytest.raises(DownloadError, match=r"could not download .*mobilenetv2_140"):
         mnv2.create_model("mobilenetv2_140", weights="ra_in1k", cache_dir=tmp_path, mirror=base, progress=False)
 
 

@@ -8,33 +8,31 @@ so ``RemoteFile.sha256`` is ``None`` for all of them. Where a publisher put a ha
 (torchvision, timm: torch.hub's ``-<first 8 hex of sha256>`` convention) it is checked. Otherwise the first
 download's SHA-256 is recorded beside the file (trust on first use) and every later use is checked against it.
 
-The cache is ``$MNV2_CACHE_DIR`` (default ``~/.cache/mnv2``). ``$MNV2_WEIGHTS_MIRROR`` (or ``mirror=``) fetches
-``{mirror}/{host}/{path}`` instead of each URL, e.g. for an internal mirror or a test server.
+The cache is mnv2's one cache directory (``$MNV2_CACHE``, else ``$XDG_CACHE_HOME/mnv2``, else ``~/.cache/mnv2``).
+``$MNV2_WEIGHTS_MIRROR`` (or ``mirror=``) fetches ``{mirror}/{host}/{path}`` instead of each URL, e.g. for an
+internal mirror or a test server.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
-from tqdm.auto import tqdm
 
-from mnv2.checkpoint import CheckpointError, atomic_write, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from mnv2.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from mnv2.convert import convert_source
-from mnv2.convert.common import ConvertError, sha256_file
+from mnv2.convert.common import ConvertError
+from mnv2.data.download import cache_dir, download, sha256_file
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mnv2.errors import ConfigError
 from mnv2.models import registry
 from mnv2.models.mobilenetv2 import MobileNetV2
 
-CACHE_ENV = "MNV2_CACHE_DIR"
 MIRROR_ENV = "MNV2_WEIGHTS_MIRROR"
 DOWNLOAD_TIMEOUT_S = 60
 # Options that change no weight's shape, so they combine with published weights.
@@ -185,8 +183,8 @@ def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
 
 
 def cache_root(override: str | Path | None = None) -> Path:
-    """The cache directory: ``override``, else ``$MNV2_CACHE_DIR``, else ``~/.cache/mnv2``."""
-    return Path(override or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mnv2")
+    """The cache directory: ``override``, else mnv2's cache (:func:`mnv2.data.download.cache_dir`)."""
+    return Path(override) if override else cache_dir()
 
 
 def _resolve_url(url: str, mirror: str | None) -> str:
@@ -197,34 +195,12 @@ def _resolve_url(url: str, mirror: str | None) -> str:
     return f"{mirror.rstrip('/')}/{u.netloc}{u.path}"
 
 
-def download(url: str, dest: Path, *, progress: bool = True) -> Path:
-    """Fetch ``url`` to ``dest`` atomically with a progress bar; a short read is an error, not a file."""
-
-    def write(tmp: str) -> None:
-        try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as f:
-                total = int(r.headers.get("Content-Length") or 0) or None
-                done = 0
-                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                    while chunk := r.read(1 << 16):
-                        f.write(chunk)
-                        done += len(chunk)
-                        bar.update(len(chunk))
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            raise ConvertError(f"download of {url} failed: {e}") from e
-        if total is not None and done != total:
-            raise ConvertError(f"download of {url} was cut short: {done} of {total} bytes")
-
-    atomic_write(dest, write)
-    return dest
-
-
 def fetch(file: RemoteFile, directory: Path, *, mirror: str | None = None, progress: bool = True) -> tuple[Path, str]:
     """The verified local copy of ``file`` (downloaded if absent) and how it was verified."""
     path = directory / file.filename
     record = path.with_name(path.name + ".sha256")  # trust-on-first-use record
     if not path.is_file():
-        download(_resolve_url(file.url, mirror), path, progress=progress)
+        download(_resolve_url(file.url, mirror), path, timeout=DOWNLOAD_TIMEOUT_S, progress=progress)
         record.unlink(missing_ok=True)
     digest = sha256_file(path)
     if file.sha256 and digest != file.sha256:
