@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -11,8 +12,11 @@ from deploy_data import accuracy, batches, make_images
 from mnv2.checkpoint import load_checkpoint
 from mnv2.cli import main
 from mnv2.engine.qat import convert_qat, prepare_qat
+from mnv2.errors import ConfigError
 from mnv2.export import read_onnx_metadata
-from mnv2.export.quantize import AUTO_ORDER, quantize
+from mnv2.export.engines import load_engine
+from mnv2.export.onnx_export import read_model_metadata
+from mnv2.export.quantize import AUTO_ORDER, TFLITE_AUTO_ORDER, quantize
 
 MAX_DROP = 1.0  # points of top-1, the bound
 
@@ -51,6 +55,39 @@ def test_quantize_cli_with_npz(tiny_checkpoint, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["method"] == "percentile" and report["n_eval"] == 400
     assert report["drop"] <= MAX_DROP and out.is_file()
+
+
+def test_quantize_tflite_int8_keeps_accuracy_and_runs_on_litert(tiny_checkpoint, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = tmp_path / "int8.tflite"
+    report = quantize(tiny_checkpoint, out, batches(512, seed=3), held_out=batches(1000, seed=7))
+    assert report.output_format == "tflite" and [c.method for c in report.candidates] == list(TFLITE_AUTO_ORDER)
+    assert report.method == max(report.candidates, key=lambda c: (c.agreement, c.top1)).method
+    assert report.fp32_top1 > 70 and report.drop <= MAX_DROP and report.agreement >= 90
+    # really INT8: int8 conv kernels with one scale per output channel (52 convs in MobileNetV2 0.35)
+    tensors = Interpreter(str(out)).get_tensor_details()
+    per_channel = [
+        t for t in tensors
+        if t["dtype"] == np.int8 and len(t["shape"]) == 4 and len(t["quantization_parameters"]["scales"]) > 1
+    ]  # fmt: skip
+    assert len(per_channel) >= 50
+    meta = read_model_metadata(out)
+    assert meta["precision"] == "int8" and meta["quantization"]["method"] == report.method
+    assert meta["class_names"] is not None and meta["preprocessing"].input_size == 32
+    # the engine layer runs it as INT8 LiteRT, and only there
+    engine = load_engine(out)
+    assert (engine.name, engine.precision) == ("litert", "int8")
+    data = batches(300, seed=11)
+    got = np.concatenate([engine(x) for x, _ in data]).argmax(1)
+    ref = np.concatenate([load_engine(tiny_checkpoint, "torch")(x) for x, _ in data]).argmax(1)
+    assert (got == ref).mean() >= 0.9
+    with pytest.raises(ConfigError, match="does not read .tflite"):
+        load_engine(out, "onnxruntime")
+    with pytest.raises(ConfigError, match="name it .onnx or .tflite"):
+        quantize(tiny_checkpoint, tmp_path / "x.pb", batches(64, seed=3))
+    with pytest.raises(ConfigError, match="unknown calibration method 'entropy' for tflite"):
+        quantize(tiny_checkpoint, out, batches(64, seed=3), method="entropy")
 
 
 def test_qat_prepare_train_convert(tiny_checkpoint):

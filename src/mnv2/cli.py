@@ -462,15 +462,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("quantize", help="INT8 (QDQ ONNX) with calibrated ranges and an fp32-vs-INT8 report")
+    p = sub.add_parser("quantize", help="INT8 (QDQ ONNX or TFLite) with calibrated ranges and an fp32-vs-INT8 report")
     p.add_argument("checkpoint", help="mnv2 checkpoint (.safetensors)")
     p.add_argument(
         "--calibration", required=True,
         help="fashion-mnist (its train split), an image folder (its train/ part if any) or an .npz of x, y",
     )  # fmt: skip
     p.add_argument("--eval", default=None, help="held-out data for the report: fashion-mnist (test), folder, .npz")
-    p.add_argument("--out", required=True, help="INT8 .onnx file to write")
-    p.add_argument("--method", default="auto", help="auto (measure all), percentile, entropy, distribution, minmax")
+    p.add_argument("--out", required=True, help="INT8 file: .onnx (ONNX Runtime, OpenVINO) or .tflite (LiteRT)")
+    p.add_argument(
+        "--method", default="auto",
+        help="auto (measure all); .onnx: percentile, entropy, distribution, minmax; .tflite: histogram, minmax",
+    )  # fmt: skip
     p.add_argument("--num-calibration", type=int, default=512, help="images used to calibrate ranges")
     p.add_argument("--max-calibration", type=int, default=2048, help="images read from --calibration")
     p.add_argument("--max-eval", type=int, default=None, help="images read from --eval (default all)")

@@ -142,10 +142,10 @@ class OrtEngine(Engine):
 
 
 class LiteRtEngine(Engine):
-    def __init__(self, tflite_path: Path, threads: int | None) -> None:
+    def __init__(self, tflite_path: Path, threads: int | None, precision: str = "fp32") -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        super().__init__("litert", "fp32", str(tflite_path), threads)
+        super().__init__("litert", precision, str(tflite_path), threads)
         self.interp = Interpreter(str(tflite_path), num_threads=threads or os.cpu_count() or 1)
         self.interp.allocate_tensors()
         self.input = self.interp.get_input_details()[0]["index"]
@@ -229,10 +229,14 @@ def _tflite_for_checkpoint(path: Path) -> Path:
     return out
 
 
-def _is_int8(onnx_path: Path) -> bool:
-    from mnv2.export.onnx_export import read_onnx_metadata
+def _is_int8(path: Path) -> bool:
+    from mnv2.export.onnx_export import read_model_metadata
 
-    return read_onnx_metadata(onnx_path).get("precision") == "int8"
+    return read_model_metadata(path).get("precision") == "int8"
+
+
+# Which engines read which exported file (a checkpoint runs on every engine, converted and cached as needed).
+FILE_ENGINES = {".onnx": ONNX_ENGINES, ".tflite": ("litert",)}
 
 
 def load_engine(
@@ -241,12 +245,12 @@ def load_engine(
     precision: str | None = None,
     threads: int | None = None,
 ) -> Engine:
-    """A warm engine for ``source`` (checkpoint ``.safetensors``, exported ``.onnx``, or an mnv2 model).
+    """A warm engine for ``source`` (checkpoint ``.safetensors``, exported ``.onnx``/``.tflite``, or an mnv2 model).
 
     Args:
         engine: ``auto`` (fastest installed for the precision, see :func:`pick_engine`) or one of :data:`ENGINES`.
         precision: ``fp32`` (default for checkpoints), ``bf16`` (OpenVINO only; not fp32-accurate) or ``int8``
-            (implied by an INT8 ONNX file from ``mnv2 quantize``).
+            (implied by an INT8 ONNX or TFLite file from ``mnv2 quantize``).
         threads: intra-op threads (default: the engine's own default, all cores).
     """
     if engine != "auto" and engine not in ENGINES:
@@ -260,23 +264,27 @@ def load_engine(
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"model file {str(path)!r} does not exist")
-    is_onnx = path.suffix == ".onnx"
-    file_precision = ("int8" if _is_int8(path) else "fp32") if is_onnx else "fp32"
+    file_engines = FILE_ENGINES.get(path.suffix)  # None: a checkpoint
+    file_precision = ("int8" if _is_int8(path) else "fp32") if file_engines else "fp32"
     if precision is None:
         precision = file_precision
     if precision == "int8" and file_precision != "int8":
         raise ConfigError(f"{str(path)!r} is not an INT8 model; make one with `mnv2 quantize`")
     if file_precision == "int8" and precision != "int8":
         raise ConfigError(f"{str(path)!r} is an INT8 model; it runs only with precision int8")
-    if engine == "auto":  # an ONNX file runs on the engines that read ONNX
-        usable = [e for e in installed_engines() if not is_onnx or e in ONNX_ENGINES]
-        name = pick_engine(precision, usable)
+    if engine == "auto":  # an exported file runs on the engines that read its format
+        usable = [e for e in installed_engines() if not file_engines or e in file_engines]
+        name = "litert" if file_engines == ("litert",) and "litert" in usable else pick_engine(precision, usable)
     else:
         name = engine
     if name not in installed_engines():
         raise ConfigError(f"engine {name!r} is not installed here (installed: {', '.join(installed_engines())})")
-    if name not in ONNX_ENGINES and (is_onnx or precision != "fp32"):
-        raise ConfigError(f"engine {name!r} runs fp32 checkpoints (.safetensors), not ONNX files or int8/bf16")
+    if file_engines and name not in file_engines:
+        raise ConfigError(f"engine {name!r} does not read {path.suffix} files; use {' or '.join(file_engines)}")
+    if not file_engines and name not in ONNX_ENGINES and precision != "fp32":
+        raise ConfigError(
+            f"engine {name!r} runs checkpoints in fp32 only; for int8 run `mnv2 quantize` and pass its file"
+        )
     if name == "onnxruntime" and precision == "bf16":
         raise ConfigError("precision 'bf16' is only offered by engine 'openvino'")
     stat = path.stat()
@@ -290,9 +298,9 @@ def load_engine(
 
         made: Engine = TorchEngine(load_checkpoint(path), str(path), threads)
     elif name == "litert":
-        made = LiteRtEngine(_tflite_for_checkpoint(path), threads)
+        made = LiteRtEngine(path if file_engines else _tflite_for_checkpoint(path), threads, precision)
     else:
-        onnx_path = path if is_onnx else _onnx_for_checkpoint(path)
+        onnx_path = path if file_engines else _onnx_for_checkpoint(path)
         made = (
             OrtEngine(onnx_path, precision, threads)
             if name == "onnxruntime"
@@ -322,16 +330,16 @@ def predict(
     strict: bool = False,
     threads: int | None = None,
 ) -> list[dict]:
-    """``mnv2 predict --engine``: top-``topk`` classes of image files with ``source`` (a checkpoint or an ONNX file
-    from ``mnv2 export``/``mnv2 quantize``) run by ``engine``; preprocessing and class names come from the file's
-    own metadata. Same result format as :func:`mnv2.engine.evaluate.predict`."""
+    """``mnv2 predict --engine``: top-``topk`` classes of image files with ``source`` (a checkpoint, or an ONNX or
+    TFLite file from ``mnv2 export``/``mnv2 quantize``) run by ``engine``; preprocessing and class names come from
+    the file's own metadata. Same result format as :func:`mnv2.engine.evaluate.predict`."""
     from mnv2.checkpoint import read_checkpoint_meta
     from mnv2.engine.evaluate import predict_images
-    from mnv2.export.onnx_export import read_onnx_metadata
+    from mnv2.export.onnx_export import read_model_metadata
 
     path = Path(source)
-    if path.suffix == ".onnx":
-        meta = read_onnx_metadata(path)
+    if path.suffix in FILE_ENGINES:
+        meta = read_model_metadata(path)
         if "preprocessing" not in meta:
             raise ConfigError(f"{str(path)!r} has no mnv2 metadata (preprocessing, class names); export it with mnv2")
         if meta.get("baked_preprocessing"):

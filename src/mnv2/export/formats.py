@@ -5,7 +5,9 @@
   torch (or uint8 NHWC with ``bake_preprocessing``).
 - ``executorch``: ``.pte`` program lowered to the XNNPACK backend, run by ExecuTorch's Python runtime.
 
-Both packages install alongside torch 2.13 here (extra ``formats``). Core ML is not offered: coremltools converts on
+Both packages install alongside torch 2.13 here (extra ``formats``). Their native converters have crashed (segfault) a
+long-lived Python process that ran both one after the other; ``mnv2 export`` runs one per process, and so should
+scripts that export both formats (the tests do). Core ML is not offered: coremltools converts on
 Linux but only runs models on macOS, so the parity check cannot run (see README, Deployment).
 """
 

@@ -376,6 +376,20 @@ def export_onnx(
     )
 
 
+def _decode_metadata(pairs: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs.items():
+        if not k.startswith(METADATA_PREFIX):
+            continue
+        try:
+            out[k[len(METADATA_PREFIX) :]] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k[len(METADATA_PREFIX) :]] = v
+    if "preprocessing" in out:
+        out["preprocessing"] = Preprocessing.from_dict(out["preprocessing"])
+    return out
+
+
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The ``mnv2.*`` metadata of an exported ONNX file, JSON values decoded (``preprocessing`` as the dataclass)."""
     import onnx
@@ -384,18 +398,23 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"ONNX file {str(path)!r} does not exist")
     proto = onnx.load(str(path), load_external_data=False)
-    out: dict[str, Any] = {}
-    for p in proto.metadata_props:
-        if not p.key.startswith(METADATA_PREFIX):
-            continue
-        key = p.key[len(METADATA_PREFIX) :]
-        try:
-            out[key] = json.loads(p.value)
-        except json.JSONDecodeError:
-            out[key] = p.value
-    if "preprocessing" in out:
-        out["preprocessing"] = Preprocessing.from_dict(out["preprocessing"])
-    return out
+    return _decode_metadata({p.key: p.value for p in proto.metadata_props})
+
+
+def read_model_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``mnv2.*`` metadata of an exported file: in the graph for ONNX, in ``<file>.json`` for TFLite/ExecuTorch
+    (their converters fill no free-form metadata table). Empty when a non-ONNX file has no such sidecar."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return read_onnx_metadata(path)
+    sidecar = Path(str(path) + ".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        pairs = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{str(sidecar)!r} is not mnv2 metadata JSON ({e})") from e
+    return _decode_metadata(pairs)
 
 
 def export(

@@ -13,8 +13,16 @@ Why MobileNetV2 INT8 often collapses, and what this module does about each (../s
 - ReLU6 (0, 6) clipping is kept as the quantization range of the conv it follows (ORT's QDQ quantizer drops the
   Clip when the range represents it), as tf#52583 restored.
 
-The engine is ONNX Runtime's static QDQ quantizer (``onnxruntime.quantization``): the result is a standard QDQ
-ONNX file that ONNX Runtime and OpenVINO both run with int8 kernels (VNNI).
+Two output formats, chosen by the file name:
+
+- ``.onnx``: ONNX Runtime's static QDQ quantizer (``onnxruntime.quantization``); a standard QDQ file that ONNX
+  Runtime and OpenVINO both run with int8 kernels (VNNI).
+- ``.tflite``: PyTorch 2 export quantization with litert-torch's quantizer (what LiteRT documents for PyTorch
+  models), converted by litert-torch to a fully int8 TFLite file for phones, run by LiteRT's XNNPACK int8 kernels.
+  Weights per channel (symmetric int8), activations int8 with a zero point. Range methods: ``histogram``
+  (HistogramObserver: the range that minimises the L2 quantization error of a 2048-bin histogram) and ``minmax``,
+  chosen by measurement as above. Float NCHW in and float out, like the fp32 TFLite export; the metadata goes to
+  ``<file>.json`` beside it.
 
 Data: ``calibration`` and ``held_out`` are iterables of ``(x, labels)`` with ``x`` a preprocessed float NCHW batch
 (numpy or torch), exactly what the model's forward takes.
@@ -23,6 +31,7 @@ Data: ``calibration`` and ``held_out`` are iterables of ``(x, labels)`` with ``x
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -41,11 +50,14 @@ from mnv2.checkpoint import CheckpointMeta, atomic_write, load_checkpoint
 from mnv2.errors import ConfigError, Mnv2Error
 from mnv2.export.onnx_export import METADATA_PREFIX, ExportOptions, export_onnx, ort_session
 
+FORMATS = ("onnx", "tflite")
 METHODS = ("minmax", "percentile", "entropy", "distribution")
 # Tried by ``method="auto"`` in this order. The winner has the highest top-1 agreement with fp32 on the selection
 # split (the quantity quantization should preserve, and less noisy on a few hundred images than top-1 itself),
 # then the higher top-1, then the earlier entry. MinMax is last on purpose (vision#2849) but measured like the rest.
 AUTO_ORDER = ("percentile", "entropy", "distribution", "minmax")
+TFLITE_METHODS = ("histogram", "minmax")
+TFLITE_AUTO_ORDER = ("histogram", "minmax")
 # ORT's default 99.999th percentile: clips the rare outliers of ReLU6-free projection outputs, keeps the rest.
 PERCENTILE = 99.999
 
@@ -78,6 +90,7 @@ class QuantizeReport:
     n_eval: int
     eval_split: str
     candidates: list[MethodResult] = field(default_factory=list)
+    output_format: str = "onnx"
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -220,6 +233,120 @@ def quantize_onnx_static(
     return Path(out)
 
 
+def quantize_tflite_static(
+    model: nn.Module, out: str | Path, calibration: np.ndarray, method: str = "histogram", per_channel: bool = True
+) -> Path:
+    """Static INT8 TFLite of a BN-folded fp32 ``model`` via PT2E quantization and litert-torch.
+
+    Weights: int8 symmetric, per output channel. Activations: int8 asymmetric, ranges from ``method``
+    (:data:`TFLITE_METHODS`) over ``calibration`` (a preprocessed float NCHW array). Batch 1, static shapes (the
+    interpreter resizes the batch at run time).
+    """
+    import dataclasses
+
+    import litert_torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if method not in TFLITE_METHODS:
+        raise ConfigError(f"unknown TFLite calibration method {method!r}; choose from {', '.join(TFLITE_METHODS)}")
+    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False)  # histogram activations
+    if method == "minmax":
+        act = dataclasses.replace(
+            config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12)
+        )
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    quantizer = PT2EQuantizer().set_global(config)
+    example = (torch.from_numpy(np.ascontiguousarray(calibration[:1])),)
+    with _quiet(), torch.no_grad():
+        prepared = prepare_pt2e(torch.export.export(model.eval(), example).module(), quantizer)
+        for i in range(len(calibration)):  # batch 1: the exported graph is specialised to the example's shape
+            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + 1])))
+        converted = convert_pt2e(prepared, fold_quantize=False)
+        edge = litert_torch.convert(converted, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        with tempfile.TemporaryDirectory() as d:
+            edge.export(str(Path(d) / "int8.tflite"))
+            data = (Path(d) / "int8.tflite").read_bytes()
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+    return Path(out)
+
+
+def predict_tflite(path: str | Path, x: np.ndarray, batch: int = 64, threads: int | None = None) -> np.ndarray:
+    """Model outputs for ``x`` through LiteRT's interpreter (XNNPACK), in batches."""
+    from mnv2.export.engines import LiteRtEngine
+
+    engine = LiteRtEngine(Path(path), threads)
+    return np.concatenate([engine(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+class _OnnxBackend:
+    """fp32 reference and INT8 candidates as ONNX files run by ONNX Runtime."""
+
+    methods, auto_order, suffix = METHODS, AUTO_ORDER, ".onnx"
+
+    def __init__(self, model: nn.Module, meta: CheckpointMeta | None, workdir: Path, threads: int | None) -> None:
+        self.fp32_path, self.threads = workdir / "fp32.onnx", threads
+        export_onnx(model, self.fp32_path, ExportOptions(fold_bn=True, dynamic_batch=True), meta=meta)
+        self.fp32_session = ort_session(self.fp32_path, threads)
+
+    def fp32(self, x: np.ndarray) -> np.ndarray:
+        return predict_onnx(self.fp32_session, x)
+
+    def make(self, method: str, calibration: np.ndarray, path: Path, per_channel: bool) -> None:
+        quantize_onnx_static(self.fp32_path, path, calibration, method, per_channel)
+
+    def run(self, path: Path, x: np.ndarray) -> np.ndarray:
+        return predict_onnx(ort_session(path, self.threads), x)
+
+    def finish(self, path: Path, out: str | Path, summary: dict) -> None:
+        _copy_metadata(self.fp32_path, path, {"quantization": json.dumps(summary), "precision": "int8"})
+        data = path.read_bytes()
+        atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+
+
+class _TfliteBackend:
+    """fp32 reference: the BN-folded torch model (what the fp32 TFLite export matches to 1e-4); INT8 candidates as
+    TFLite files run by LiteRT."""
+
+    methods, auto_order, suffix = TFLITE_METHODS, TFLITE_AUTO_ORDER, ".tflite"
+
+    def __init__(self, model: nn.Module, meta: CheckpointMeta | None, workdir: Path, threads: int | None) -> None:
+        from mnv2.export.onnx_export import _io, _meta_for, check_options, prepare_for_export
+
+        for module, package in (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert")):
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"INT8 TFLite needs the {package!r} package: pip install 'mnv2[formats]'")
+        self.meta = _meta_for(model, meta)
+        self.options = ExportOptions(dynamic_batch=False)
+        size = check_options(model, self.meta, self.options, "tflite")
+        self.spec = _io(self.meta.model_config, self.meta, self.options, size)
+        self.model = prepare_for_export(model, self.meta, self.options)
+        self.threads = threads
+
+    def fp32(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
+        with torch.inference_mode():
+            return np.concatenate(
+                [self.model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+            )
+
+    def make(self, method: str, calibration: np.ndarray, path: Path, per_channel: bool) -> None:
+        quantize_tflite_static(self.model, path, calibration, method, per_channel)
+
+    def run(self, path: Path, x: np.ndarray) -> np.ndarray:
+        return predict_tflite(path, x, threads=self.threads)
+
+    def finish(self, path: Path, out: str | Path, summary: dict) -> None:
+        from mnv2.export.onnx_export import metadata_props
+
+        extra = {"quantization": json.dumps(summary), "precision": "int8"}
+        props = metadata_props(self.meta, self.spec, self.options, extra)
+        data = path.read_bytes()
+        atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+        atomic_write(Path(str(out) + ".json"), lambda tmp: Path(tmp).write_text(json.dumps(props, indent=1)))
+
+
 def _copy_metadata(src: str | Path, dst: str | Path, extra: dict[str, str]) -> None:
     import onnx
 
@@ -244,23 +371,32 @@ def quantize(
     per_channel: bool = True,
     meta: CheckpointMeta | None = None,
     threads: int | None = None,
+    fmt: str | None = None,
 ) -> QuantizeReport:
-    """Quantize a checkpoint (or model) to an INT8 QDQ ONNX file and report fp32 vs INT8 accuracy.
+    """Quantize a checkpoint (or model) to an INT8 file and report fp32 vs INT8 accuracy.
 
     Args:
         model: an mnv2 model or a checkpoint path.
-        out: the INT8 ``.onnx`` to write.
+        out: the INT8 file to write: ``.onnx`` (QDQ, ONNX Runtime/OpenVINO) or ``.tflite`` (LiteRT).
         calibration: ``(x, labels)`` batches. With ``method="auto"``, a ``selection_fraction`` of it (disjoint
             from the calibration images) picks the method by agreement with fp32 (then top-1).
         held_out: ``(x, labels)`` batches for the final fp32-vs-INT8 report (e.g. the test split). Without it the
             report uses the selection split, and says so.
-        method: ``auto`` (measure all of :data:`METHODS`) or one of them.
+        method: ``auto`` (measure every method of the format) or one of :data:`METHODS` (ONNX) /
+            :data:`TFLITE_METHODS` (TFLite).
         num_calibration: at most this many images calibrate the ranges.
         per_channel: per-output-channel weight scales (per-tensor only to demonstrate the depthwise collapse).
+        fmt: ``onnx`` or ``tflite``; default from the suffix of ``out``.
     """
     t0 = time.perf_counter()
-    if method != "auto" and method not in METHODS:
-        raise ConfigError(f"unknown calibration method {method!r}; choose from auto, {', '.join(METHODS)}")
+    fmt = fmt or Path(out).suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"INT8 output {str(out)!r}: name it .onnx or .tflite (formats: {', '.join(FORMATS)})")
+    backend_cls = _OnnxBackend if fmt == "onnx" else _TfliteBackend
+    if method != "auto" and method not in backend_cls.methods:
+        raise ConfigError(
+            f"unknown calibration method {method!r} for {fmt}; choose from auto, {', '.join(backend_cls.methods)}"
+        )
     if not 0 < selection_fraction < 1:
         raise ConfigError(f"selection_fraction must be in (0, 1), got {selection_fraction!r}")
     if isinstance(model, (str, Path)):
@@ -278,35 +414,33 @@ def quantize(
     else:
         x_sel = y_sel = None
         x_cal = x_all[:num_calibration]
-    candidates = list(AUTO_ORDER) if method == "auto" else [method]
+    candidates = list(backend_cls.auto_order) if method == "auto" else [method]
     with tempfile.TemporaryDirectory() as d:
-        fp32 = Path(d) / "fp32.onnx"
-        export_onnx(model, fp32, ExportOptions(fold_bn=True, dynamic_batch=True), meta=meta)
-        fp32_sess = ort_session(fp32, threads)
+        backend = backend_cls(model, meta, Path(d), threads)
         results: list[MethodResult] = []
         best: tuple[float, float, int] | None = None
         chosen = candidates[0]
+        f_sel = backend.fp32(x_sel) if x_sel is not None and len(candidates) > 1 else None
         for i, m in enumerate(candidates):
-            path = Path(d) / f"int8-{m}.onnx"
-            quantize_onnx_static(fp32, path, x_cal, m, per_channel)
-            if x_sel is None:
+            path = Path(d) / f"int8-{m}{backend.suffix}"
+            backend.make(m, x_cal, path, per_channel)
+            if f_sel is None:
                 continue
-            q = predict_onnx(ort_session(path, threads), x_sel)
-            f = predict_onnx(fp32_sess, x_sel)
-            r = MethodResult(m, top1(q, y_sel), agreement(q, f))
+            q = backend.run(path, x_sel)
+            r = MethodResult(m, top1(q, y_sel), agreement(q, f_sel))
             results.append(r)
             key = (r.agreement, r.top1, -i)
             if best is None or key > best:
                 best, chosen = key, m
-        int8_path = Path(d) / f"int8-{chosen}.onnx"
+        int8_path = Path(d) / f"int8-{chosen}{backend.suffix}"
         if held_out is not None:
             x_ev, y_ev = materialize(held_out)
             split = "held-out data"
         else:
             x_ev, y_ev = x_sel, y_sel
             split = "selection split of the calibration data"
-        f = predict_onnx(fp32_sess, x_ev)
-        q = predict_onnx(ort_session(int8_path, threads), x_ev)
+        f = backend.fp32(x_ev)
+        q = backend.run(int8_path, x_ev)
         report = QuantizeReport(
             path=str(out),
             method=chosen,
@@ -321,10 +455,9 @@ def quantize(
             n_eval=len(x_ev),
             eval_split=split,
             candidates=results,
+            output_format=fmt,
         )
         report.seconds = time.perf_counter() - t0
         summary: dict[str, Any] = {k: v for k, v in report.to_dict().items() if k not in ("path",)}
-        _copy_metadata(fp32, int8_path, {"quantization": json.dumps(summary), "precision": "int8"})
-        data = int8_path.read_bytes()
-    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+        backend.finish(int8_path, out, summary)
     return report
