@@ -82,9 +82,9 @@ def test_quantize_tflite_int8_keeps_accuracy_and_runs_on_litert(tiny_checkpoint,
     got = np.concatenate([engine(x) for x, _ in data]).argmax(1)
     ref = np.concatenate([load_engine(tiny_checkpoint, "torch")(x) for x, _ in data]).argmax(1)
     assert (got == ref).mean() >= 0.9
-    with pytest.raises(ConfigError, match="does not read .tflite"):
+    with pytest.raises(ConfigError, match=r"does not read \.tflite"):
         load_engine(out, "onnxruntime")
-    with pytest.raises(ConfigError, match="name it .onnx or .tflite"):
+    with pytest.raises(ConfigError, match=r"name it \.onnx or \.tflite"):
         quantize(tiny_checkpoint, tmp_path / "x.pb", batches(64, seed=3))
     with pytest.raises(ConfigError, match="unknown calibration method 'entropy' for tflite"):
         quantize(tiny_checkpoint, out, batches(64, seed=3), method="entropy")
