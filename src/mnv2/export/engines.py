@@ -142,18 +142,27 @@ class OrtEngine(Engine):
 
 
 class LiteRtEngine(Engine):
+    """LiteRT's interpreter (XNNPACK). A fully-integer file (``mnv2 quantize --out x.tflite``) takes int8 input and
+    gives int8 output, as TFLite integer models do on phones: the engine quantizes the float batch with the input
+    tensor's own scale and zero point and dequantizes the output, so callers see float in and out either way."""
+
     def __init__(self, tflite_path: Path, threads: int | None, precision: str = "fp32") -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         super().__init__("litert", precision, str(tflite_path), threads)
         self.interp = Interpreter(str(tflite_path), num_threads=threads or os.cpu_count() or 1)
         self.interp.allocate_tensors()
-        self.input = self.interp.get_input_details()[0]["index"]
-        self.output = self.interp.get_output_details()[0]["index"]
+        inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
+        self.input, self.output = inp["index"], out["index"]
+        self.in_dtype, self.in_q = inp["dtype"], inp["quantization"]  # (scale, zero_point); scale 0: float
+        self.out_q = out["quantization"] if np.issubdtype(out["dtype"], np.integer) else (0.0, 0)
         self.batch = 1
         self.lock = threading.Lock()
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        if self.in_q[0]:
+            info = np.iinfo(self.in_dtype)
+            x = np.clip(np.round(x / self.in_q[0]) + self.in_q[1], info.min, info.max).astype(self.in_dtype)
         with self.lock:
             if len(x) != self.batch:  # XNNPACK re-plans for the new shape; the graph has no fixed batch
                 self.interp.resize_tensor_input(self.input, list(x.shape))
@@ -161,7 +170,10 @@ class LiteRtEngine(Engine):
                 self.batch = len(x)
             self.interp.set_tensor(self.input, x)
             self.interp.invoke()
-            return self.interp.get_tensor(self.output).copy()
+            y = self.interp.get_tensor(self.output).copy()
+        if self.out_q[0]:
+            return (y.astype(np.float32) - self.out_q[1]) * np.float32(self.out_q[0])
+        return y
 
 
 class OpenVinoEngine(Engine):
