@@ -155,6 +155,18 @@ def build_candidates(
             out.append(
                 Candidate("mnv2 openvino", False, "int8", once(lambda: OpenVinoEngine(q, "int8", threads)), note)
             )
+    if int8 and "litert" in installed:
+
+        def litert_int8():
+            from mnv2.export.quantize import quantize_tflite_static
+
+            tfl = workdir / "mnv2-int8.tflite"
+            calib = np.random.default_rng(0).standard_normal((16, 3, resolution, resolution), dtype=np.float32)
+            quantize_tflite_static(fold_batchnorm(model), tfl, calib, "minmax")
+            return LiteRtEngine(tfl, threads, "int8")
+
+        note = "PT2E int8 TFLite (XNNPACK), calibrated on random data (speed only)"
+        out.append(Candidate("mnv2 litert", False, "int8", once(litert_int8), note))
     if not peers:
         return out
 
