@@ -112,7 +112,8 @@ def test_predict_with_an_engine_matches_torch(checkpoint, image_folder, tmp_path
         assert [t["prob"] for t in g["top"]] == pytest.approx([t["prob"] for t in w["top"]], abs=1e-4)
 
 
-def test_predict_runs_exported_onnx_files_and_refuses_baked_ones(checkpoint, image_folder, tmp_path, capsys):
+@pytest.mark.isolated  # converts with litert-torch in-process; see the marker's note in pyproject.toml
+def test_predict_runs_exported_onnx_and_tflite_files_and_refuses_baked_ones(checkpoint, image_folder, tmp_path, capsys):
     from mnv2.export.engines import clear_cache
 
     clear_cache()
@@ -123,6 +124,12 @@ def test_predict_runs_exported_onnx_files_and_refuses_baked_ones(checkpoint, ima
     assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(baked), "--bake-preprocessing"]) == 0
     capsys.readouterr()
     assert main(["predict", str(plain), *files, "--topk", "1", "--json"]) == 0  # ONNX: engine auto
+    got = json.loads(capsys.readouterr().out)
+    assert [g["top"][0]["class"] for g in got] == [w["top"][0]["class"] for w in want]
+    tfl = tmp_path / "m.tflite"  # TFLite: metadata from the sidecar, run by LiteRT
+    assert main(["export", str(checkpoint), "--format", "tflite", "--static-batch", "--out", str(tfl)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(tfl), *files, "--topk", "1", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert [g["top"][0]["class"] for g in got] == [w["top"][0]["class"] for w in want]
     assert main(["predict", str(baked), *files]) == 2

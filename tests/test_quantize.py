@@ -57,6 +57,7 @@ def test_quantize_cli_with_npz(tiny_checkpoint, tmp_path, capsys):
     assert report["drop"] <= MAX_DROP and out.is_file()
 
 
+@pytest.mark.isolated  # converts with litert-torch in-process; see the marker's note in pyproject.toml
 def test_quantize_tflite_int8_keeps_accuracy_and_runs_on_litert(tiny_checkpoint, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 

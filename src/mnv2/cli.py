@@ -261,9 +261,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mnv2.engine.evaluate import format_predictions, predict
 
-    is_onnx = args.checkpoint.endswith(".onnx")
-    engine = args.engine or ("auto" if is_onnx else "torch")
-    if engine == "torch" and args.precision in (None, "fp32") and not is_onnx:
+    exported = args.checkpoint.endswith((".onnx", ".tflite"))  # an exported file runs on its own engines
+    engine = args.engine or ("auto" if exported else "torch")
+    if engine == "torch" and args.precision in (None, "fp32") and not exported:
         _set_threads()
         results = predict(args.checkpoint, args.inputs, topk=args.topk, strict=args.strict)
     else:
@@ -429,14 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="class names and probabilities for images")
-    p.add_argument("checkpoint", help="mnv2 checkpoint (.safetensors) or an ONNX file from mnv2 export/quantize")
+    p.add_argument("checkpoint", help="mnv2 checkpoint (.safetensors), or an .onnx/.tflite from mnv2 export/quantize")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument(
         "--engine", default=None, help="auto (fastest installed), onnxruntime, openvino, litert or torch "
-        "(default: torch for checkpoints, auto for ONNX files)",
+        "(default: torch for checkpoints, auto for .onnx/.tflite files)",
     )  # fmt: skip
-    p.add_argument("--precision", default=None, help="fp32, bf16 (openvino) or int8 (an INT8 ONNX file)")
+    p.add_argument("--precision", default=None, help="fp32, bf16 (openvino) or int8 (an INT8 file)")
     p.add_argument("--threads", type=int, default=None, help="engine intra-op threads (default: all cores)")
     p.add_argument("--strict", action="store_true", help="fail on an undecodable image instead of reporting it")
     p.add_argument("--json", action="store_true")

@@ -44,7 +44,9 @@ ONNX_ENGINES = ("onnxruntime", "openvino")
 # Measured order on this project's machine kind (BENCHMARKS.md, Deployment, interleaved `mnv2 bench`): fp32,
 # LiteRT/XNNPACK was fastest at batch 32 (1.9x ONNX Runtime) and on par at batch 1, then ONNX Runtime without
 # spinning, then OpenVINO; torch eager, even BN-folded, is far behind. INT8: OpenVINO's VNNI kernels ran the same
-# QDQ file 1.7x faster than ONNX Runtime at batch 32 (equal at batch 1).
+# QDQ file 1.7x faster than ONNX Runtime at batch 32 (equal at batch 1) under load, slower when idle. An INT8 TFLite
+# file (``mnv2 quantize --out x.tflite``) runs on LiteRT only, the fastest INT8 path measured (1.4x ONNX Runtime's
+# int8, 2.4x the best fp32, at batch 32).
 FP32_PREFERENCE = ("litert", "onnxruntime", "openvino", "torch")
 INT8_PREFERENCE = ("openvino", "onnxruntime")
 CACHE_SIZE = 8
