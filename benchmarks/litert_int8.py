@@ -2,8 +2,9 @@
 
 Builds MobileNetV2 1.0 @224 (random weights, non-trivial BN statistics), exports mnv2's fp32 TFLite (BN folded,
 the `mnv2 litert` engine of `mnv2 bench`), quantizes it with Google's ai-edge-quantizer (static int8 weights and
-activations, per-channel weights, min/max calibration on N(0,1) inputs: this measures speed, not accuracy), and
-times fp32 vs int8 on the same XNNPACK interpreter at batch 1 and 32, calls taken in turn.
+activations, per-channel weights, min/max calibration on N(0,1) inputs: this measures speed, not accuracy) and
+with mnv2's own path (``quantize_tflite_static``: PT2E + litert-torch, as ``mnv2 quantize --out x.tflite``), and
+times fp32 vs both int8 files on the same XNNPACK interpreter at batch 1 and 32, calls taken in turn.
 
     python benchmarks/litert_int8.py [--rounds 5]
 """
@@ -25,6 +26,7 @@ from mnv2.export.engines import LiteRtEngine
 from mnv2.export.fold import fold_batchnorm
 from mnv2.export.formats import export_other
 from mnv2.export.onnx_export import ExportOptions
+from mnv2.export.quantize import quantize_tflite_static
 from mnv2.models.registry import mobilenet_v2
 
 
@@ -41,23 +43,6 @@ def quantize_tflite(float_path: Path, out: Path, samples: int = 16) -> None:
     qt = quantizer.Quantizer(str(float_path))
     qt.load_quantization_recipe(recipe.static_wi8_ai8())
     qt.quantize(qt.calibrate(data), enable_progress_report=False).export_model(str(out), overwrite=True)
-
-
-def quantize_pt2e(model: torch.nn.Module, out: Path, samples: int = 16) -> None:
-    """The PT2E route: torch observers (HistogramObserver for activations, per-channel weights), then litert-torch."""
-    import litert_torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    example = (torch.randn(1, 3, 224, 224),)
-    prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
-    with torch.no_grad():
-        for _ in range(samples):
-            prepared(torch.randn(1, 3, 224, 224))
-    converted = convert_pt2e(prepared, fold_quantize=False)
-    litert_torch.convert(converted, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(out))
 
 
 def main() -> None:
@@ -82,7 +67,8 @@ def main() -> None:
         sizes = f"{fp32.stat().st_size >> 10} KiB -> {int8.stat().st_size >> 10} KiB"
         print(f"quantized in {time.perf_counter() - t0:.1f} s: {sizes}")
         t0 = time.perf_counter()
-        quantize_pt2e(fold_batchnorm(model), pt2e)
+        calib = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype(np.float32)
+        quantize_tflite_static(fold_batchnorm(model), pt2e, calib, "histogram")  # what `mnv2 quantize` runs
         print(f"pt2e-quantized in {time.perf_counter() - t0:.1f} s: {pt2e.stat().st_size >> 10} KiB")
         engines = {k: LiteRtEngine(p, args.threads) for k, p in (("fp32", fp32), ("int8", int8), ("pt2e", pt2e))}
         x1 = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)

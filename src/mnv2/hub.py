@@ -34,7 +34,6 @@ from mnv2.models import registry
 from mnv2.models.mobilenetv2 import MobileNetV2
 
 MIRROR_ENV = "MNV2_WEIGHTS_MIRROR"
-DOWNLOAD_TIMEOUT_S = 60
 # Options that change no weight's shape, so they combine with published weights.
 SHAPE_PRESERVING = {"output_stride", "dropout", "output"}
 
@@ -200,7 +199,7 @@ def fetch(file: RemoteFile, directory: Path, *, mirror: str | None = None, progr
     path = directory / file.filename
     record = path.with_name(path.name + ".sha256")  # trust-on-first-use record
     if not path.is_file():
-        download(_resolve_url(file.url, mirror), path, timeout=DOWNLOAD_TIMEOUT_S, progress=progress)
+        download(_resolve_url(file.url, mirror), path, progress=progress)
         record.unlink(missing_ok=True)
     digest = sha256_file(path)
     if file.sha256 and digest != file.sha256:

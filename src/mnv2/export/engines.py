@@ -44,11 +44,11 @@ ONNX_ENGINES = ("onnxruntime", "openvino")
 # Measured order on this project's machine kind (BENCHMARKS.md, Deployment, interleaved `mnv2 bench`): fp32,
 # LiteRT/XNNPACK was fastest at batch 32 (1.9x ONNX Runtime) and on par at batch 1, then ONNX Runtime without
 # spinning, then OpenVINO; torch eager, even BN-folded, is far behind. INT8: OpenVINO's VNNI kernels ran the same
-# QDQ file 1.7x faster than ONNX Runtime at batch 32 (equal at batch 1) under load, slower when idle. An INT8 TFLite
-# file (``mnv2 quantize --out x.tflite``) runs on LiteRT only, the fastest INT8 path measured (1.4x ONNX Runtime's
-# int8, 2.4x the best fp32, at batch 32).
+# QDQ file 1.7x faster than ONNX Runtime at batch 32 (equal at batch 1) under load, slower when idle. LiteRT runs
+# only INT8 TFLite files (``mnv2 quantize --out x.tflite``), the fastest INT8 path measured (1.4x ONNX Runtime's
+# int8, 2.4x the best fp32, at batch 32). ``load_engine`` picks among the engines that read the file's format.
 FP32_PREFERENCE = ("litert", "onnxruntime", "openvino", "torch")
-INT8_PREFERENCE = ("openvino", "onnxruntime")
+INT8_PREFERENCE = ("litert", "openvino", "onnxruntime")
 CACHE_SIZE = 8
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert", "torch": "torch"}
 
@@ -93,7 +93,9 @@ def pick_engine(precision: str = "fp32", installed: list[str] | None = None) -> 
     for name in order:
         if name in installed:
             return name
-    raise ConfigError(f"no installed engine runs precision {precision!r}; install openvino or onnxruntime")
+    raise ConfigError(
+        f"no installed engine runs precision {precision!r} here; install openvino, onnxruntime or ai-edge-litert"
+    )
 
 
 @dataclass
@@ -288,7 +290,7 @@ def load_engine(
         raise ConfigError(f"{str(path)!r} is an INT8 model; it runs only with precision int8")
     if engine == "auto":  # an exported file runs on the engines that read its format
         usable = [e for e in installed_engines() if not file_engines or e in file_engines]
-        name = "litert" if file_engines == ("litert",) and "litert" in usable else pick_engine(precision, usable)
+        name = pick_engine(precision, usable)
     else:
         name = engine
     if name not in installed_engines():

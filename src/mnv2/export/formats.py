@@ -39,7 +39,7 @@ from mnv2.export.onnx_export import (
 )
 
 
-def _require(module: str, package: str, fmt: str) -> None:
+def require_package(module: str, package: str, fmt: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
@@ -54,8 +54,8 @@ def _quiet():
 
 
 def _tflite(module: nn.Module, example, out: Path) -> tuple[bytes, object]:
-    _require("litert_torch", "litert-torch", "tflite")
-    _require("ai_edge_litert", "ai-edge-litert", "tflite")
+    require_package("litert_torch", "litert-torch", "tflite")
+    require_package("ai_edge_litert", "ai-edge-litert", "tflite")
     import litert_torch
     from ai_edge_litert.interpreter import Interpreter
 
@@ -78,7 +78,7 @@ def _tflite(module: nn.Module, example, out: Path) -> tuple[bytes, object]:
 
 
 def _executorch(module: nn.Module, example, out: Path) -> tuple[bytes, object]:
-    _require("executorch", "executorch", "executorch")
+    require_package("executorch", "executorch", "executorch")
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower

@@ -381,10 +381,11 @@ def _decode_metadata(pairs: dict[str, str]) -> dict[str, Any]:
     for k, v in pairs.items():
         if not k.startswith(METADATA_PREFIX):
             continue
+        key = k[len(METADATA_PREFIX) :]
         try:
-            out[k[len(METADATA_PREFIX) :]] = json.loads(v)
+            out[key] = json.loads(v)
         except json.JSONDecodeError:
-            out[k[len(METADATA_PREFIX) :]] = v
+            out[key] = v
     if "preprocessing" in out:
         out["preprocessing"] = Preprocessing.from_dict(out["preprocessing"])
     return out

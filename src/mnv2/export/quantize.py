@@ -31,7 +31,6 @@ Data: ``calibration`` and ``held_out`` are iterables of ``(x, labels)`` with ``x
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -57,7 +56,7 @@ METHODS = ("minmax", "percentile", "entropy", "distribution")
 # then the higher top-1, then the earlier entry. MinMax is last on purpose (vision#2849) but measured like the rest.
 AUTO_ORDER = ("percentile", "entropy", "distribution", "minmax")
 TFLITE_METHODS = ("histogram", "minmax")
-TFLITE_AUTO_ORDER = ("histogram", "minmax")
+TFLITE_AUTO_ORDER = TFLITE_METHODS  # as for ONNX: MinMax last
 # ORT's default 99.999th percentile: clips the rare outliers of ReLU6-free projection outputs, keeps the rest.
 PERCENTILE = 99.999
 
@@ -346,11 +345,11 @@ class _TfliteBackend:
     methods, auto_order, suffix = TFLITE_METHODS, TFLITE_AUTO_ORDER, ".tflite"
 
     def __init__(self, model: nn.Module, meta: CheckpointMeta | None, workdir: Path, threads: int | None) -> None:
+        from mnv2.export.formats import require_package
         from mnv2.export.onnx_export import _io, _meta_for, check_options, prepare_for_export
 
-        for module, package in (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert")):
-            if importlib.util.find_spec(module) is None:
-                raise ConfigError(f"INT8 TFLite needs the {package!r} package: pip install 'mnv2[formats]'")
+        require_package("litert_torch", "litert-torch", "tflite")
+        require_package("ai_edge_litert", "ai-edge-litert", "tflite")
         self.meta = _meta_for(model, meta)
         self.options = ExportOptions(dynamic_batch=False)
         size = check_options(model, self.meta, self.options, "tflite")
