@@ -8,18 +8,22 @@ from mnv2.export.fold import fold_batchnorm
 from mnv2.export.onnx_export import (
     ExportError,
     ExportOptions,
+    ExportPlan,
     ExportReport,
     export,
     export_onnx,
+    plan_export,
     read_onnx_metadata,
 )
 
 __all__ = [
     "ExportError",
     "ExportOptions",
+    "ExportPlan",
     "ExportReport",
     "export",
     "export_onnx",
     "fold_batchnorm",
+    "plan_export",
     "read_onnx_metadata",
 ]

@@ -26,15 +26,11 @@ from torch import nn
 from mnv2.checkpoint import CheckpointMeta, atomic_write
 from mnv2.errors import ConfigError
 from mnv2.export.onnx_export import (
-    BakedPreprocessing,
     ExportOptions,
     ExportReport,
-    _io,
-    _meta_for,
-    check_options,
     check_parity,
     metadata_props,
-    prepare_for_export,
+    plan_export,
     sample_input,
 )
 
@@ -112,18 +108,11 @@ def export_other(
     import json
 
     t0 = time.perf_counter()
-    meta = _meta_for(model, meta)
-    size = check_options(model, meta, options, fmt)
-    spec = _io(meta.model_config, meta, options, size)
-    reference = (
-        BakedPreprocessing(model, meta.preprocessing, meta.model_config.in_chans)
-        if options.bake_preprocessing
-        else model
-    ).eval()
-    module = prepare_for_export(model, meta, options)
-    data, run = CONVERTERS[fmt](module, sample_input(spec, 1, size), Path(out))
-    worst = check_parity(reference, run, spec, (1,), size, options.parity_atol, fmt)
-    props = metadata_props(meta, spec, options)
+    plan = plan_export(model, meta, options, fmt)
+    size, spec = plan.size, plan.io
+    data, run = CONVERTERS[fmt](plan.module, sample_input(spec, 1, size), Path(out))
+    worst = check_parity(plan.reference, run, spec, (1,), size, options.parity_atol, fmt)
+    props = metadata_props(plan.meta, spec, options)
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
     sidecar = Path(str(out) + ".json")
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(props, indent=1)))

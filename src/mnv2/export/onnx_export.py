@@ -125,16 +125,6 @@ class BakedPreprocessing(nn.Module):
         return y.softmax(dim=-1) if self.softmax else y
 
 
-def _meta_for(model: nn.Module, meta: CheckpointMeta | None) -> CheckpointMeta:
-    if meta is not None:
-        return meta
-    if getattr(model, "meta", None) is not None:
-        return model.meta
-    if isinstance(model, MobileNetV2):
-        return CheckpointMeta(model_config=model.config)
-    raise ConfigError("exporting a module that is not an mnv2 MobileNetV2 needs its CheckpointMeta")
-
-
 def check_options(model: nn.Module, meta: CheckpointMeta, options: ExportOptions, fmt: str = "onnx") -> int:
     """Validate ``options`` for ``model``; return the spatial size to export. Raises ``ConfigError`` naming why."""
     if fmt not in FORMATS:
@@ -166,9 +156,11 @@ def prepare_for_export(model: nn.Module, meta: CheckpointMeta, options: ExportOp
     return model
 
 
-def _io(model_config, meta: CheckpointMeta, options: ExportOptions, size: int) -> dict[str, Any]:
+def io_spec(meta: CheckpointMeta, options: ExportOptions, size: int) -> dict[str, Any]:
+    """The exported graph's input/output names, shape, dtype and layout (what runtimes and the metadata state)."""
+    cfg = meta.model_config
     if options.bake_preprocessing:
-        c = 1 if meta.preprocessing.grayscale else model_config.in_chans
+        c = 1 if meta.preprocessing.grayscale else cfg.in_chans
         return {
             "input_name": "image",
             "input_shape": ["batch" if options.dynamic_batch else 1, size, size, c],
@@ -180,12 +172,48 @@ def _io(model_config, meta: CheckpointMeta, options: ExportOptions, size: int) -
     spatial = "height" if options.dynamic_size else size, "width" if options.dynamic_size else size
     return {
         "input_name": "input",
-        "input_shape": ["batch" if options.dynamic_batch else 1, model_config.in_chans, *spatial],
+        "input_shape": ["batch" if options.dynamic_batch else 1, cfg.in_chans, *spatial],
         "input_dtype": "float32",
         "layout": "NCHW",
-        "output_name": "probabilities" if model_config.output == "softmax" else "logits",
-        "output": "probabilities" if model_config.output == "softmax" else "logits",
+        "output_name": "probabilities" if cfg.output == "softmax" else "logits",
+        "output": "probabilities" if cfg.output == "softmax" else "logits",
     }
+
+
+@dataclass
+class ExportPlan:
+    """What every exporter (ONNX, TFLite, ExecuTorch, INT8 TFLite) resolves the same way before converting.
+
+    Attributes:
+        meta: the model's metadata (preprocessing, class names, architecture) written with the file.
+        size: the spatial input size the graph is exported for.
+        io: input/output spec from :func:`io_spec`.
+        reference: the eval-mode module the exported file must match (with preprocessing when it is baked).
+        module: the module that is traced: BN folded (optionally), preprocessing baked (optionally), eval mode.
+    """
+
+    meta: CheckpointMeta
+    size: int
+    io: dict[str, Any]
+    reference: nn.Module
+    module: nn.Module
+
+
+def plan_export(model: nn.Module, meta: CheckpointMeta | None, options: ExportOptions, fmt: str) -> ExportPlan:
+    """Validate ``options`` for ``model`` and ``fmt`` and resolve what the exporter needs (raises ``ConfigError``)."""
+    if meta is None:
+        meta = getattr(model, "meta", None)
+    if meta is None:
+        if not isinstance(model, MobileNetV2):
+            raise ConfigError("exporting a module that is not an mnv2 MobileNetV2 needs its CheckpointMeta")
+        meta = CheckpointMeta(model_config=model.config)
+    size = check_options(model, meta, options, fmt)
+    reference = (
+        BakedPreprocessing(model, meta.preprocessing, meta.model_config.in_chans)
+        if options.bake_preprocessing
+        else model
+    ).eval()
+    return ExportPlan(meta, size, io_spec(meta, options, size), reference, prepare_for_export(model, meta, options))
 
 
 def sample_input(io: dict[str, Any], batch: int, size: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -321,18 +349,10 @@ def export_onnx(
     options = options or ExportOptions()
     if isinstance(model, (str, Path)):
         model = load_checkpoint(model)
-    meta = _meta_for(model, meta)
-    size = check_options(model, meta, options, "onnx")
-    io_spec = _io(meta.model_config, meta, options, size)
-    reference = (
-        BakedPreprocessing(model, meta.preprocessing, meta.model_config.in_chans)
-        if (options.bake_preprocessing)
-        else model
-    )
-    reference.eval()
-    module = prepare_for_export(model, meta, options)
-    proto = to_onnx_model(module, sample_input(io_spec, 2, size), io_spec, options)
-    props = metadata_props(meta, io_spec, options, extra_metadata)
+    plan = plan_export(model, meta, options, "onnx")
+    size, spec, reference = plan.size, plan.io, plan.reference
+    proto = to_onnx_model(plan.module, sample_input(spec, 2, size), spec, options)
+    props = metadata_props(plan.meta, spec, options, extra_metadata)
     onnx.helper.set_model_props(proto, props)
     proto.producer_name = "mnv2"
     proto.doc_string = "MobileNetV2 (arXiv:1801.04381) exported by mnv2; see metadata_props mnv2.*"
@@ -342,10 +362,10 @@ def export_onnx(
         raise ExportError(f"onnx.checker rejected the exported graph: {e}") from e
     data = proto.SerializeToString()
     session = ort_session(data)
-    name = io_spec["input_name"]
+    name = spec["input_name"]
     batches = (1, 3) if options.dynamic_batch else (1,)
     worst = check_parity(
-        reference, lambda x: session.run(None, {name: x})[0], io_spec, batches, size, options.parity_atol, "onnx"
+        reference, lambda x: session.run(None, {name: x})[0], spec, batches, size, options.parity_atol, "onnx"
     )
     if options.dynamic_size:  # also at a size other than the traced one
         worst = max(
@@ -353,7 +373,7 @@ def export_onnx(
             check_parity(
                 reference,
                 lambda x: session.run(None, {name: x})[0],
-                io_spec,
+                spec,
                 (2,),
                 size + 32,
                 options.parity_atol,
@@ -365,10 +385,10 @@ def export_onnx(
         path=str(out),
         format="onnx",
         input_name=name,
-        input_shape=io_spec["input_shape"],
-        input_dtype=io_spec["input_dtype"],
-        output_name=io_spec["output_name"],
-        output=io_spec["output"],
+        input_shape=spec["input_shape"],
+        input_dtype=spec["input_dtype"],
+        output_name=spec["output_name"],
+        output=spec["output"],
         parity_max_abs=worst,
         parity_batches=list(batches),
         seconds=time.perf_counter() - t0,

@@ -62,7 +62,7 @@ PERCENTILE = 99.999
 
 
 class QuantizationError(Mnv2Error):
-    """Quantization could not run on the given model or data."""
+    """Quantization could not run on the given model or data, or its output failed a consistency check."""
 
 
 @dataclass
@@ -301,8 +301,46 @@ def quantize_tflite_static(
         with tempfile.TemporaryDirectory() as d:
             edge.export(str(Path(d) / "int8.tflite"))
             data = (Path(d) / "int8.tflite").read_bytes()
+    check_tflite_bias_scales(data)
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
     return Path(out)
+
+
+# TFLite's quantization spec: an int8 conv/FC's int32 bias has scale input_scale x weight_scale (per channel) and
+# zero point 0 (https://ai.google.dev/edge/litert/models/quantization_spec).
+BIAS_SCALED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def check_tflite_bias_scales(model: bytes | str | Path, rtol: float = 1e-3) -> int:
+    """Raise :class:`QuantizationError` if an int8 conv/FC of a TFLite file breaks bias scale = input x weight scale.
+
+    A converter that loses a requantization between two ops leaves the consumer reading its input at the
+    producer's scale while its bias was quantized for the other one: the file runs and silently computes
+    something else (litert-torch 0.10 after ``MEAN``, see :func:`_fixed_size_global_pool`). Returns how many ops
+    were checked.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model) if isinstance(model, bytes) else Interpreter(str(model))
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    checked = 0
+    for op in interp._get_ops_details():  # the public API has no op list; this is what the LiteRT tools use
+        if op["op_name"] not in BIAS_SCALED_OPS or len(op["inputs"]) < 3 or op["inputs"][2] < 0:
+            continue
+        x, w, b = (details[i] for i in op["inputs"][:3])
+        if b["dtype"] != np.int32:  # a float op (not quantized): nothing to check
+            continue
+        s_in, s_w, s_b = (t["quantization_parameters"]["scales"] for t in (x, w, b))
+        expected = s_in * s_w
+        if not np.allclose(s_b, expected, rtol=rtol, atol=0):
+            ratio = float(np.median(s_b / expected))
+            raise QuantizationError(
+                f"the converter wrote an inconsistent int8 {op['op_name']} (op {op['index']}, output "
+                f"{details[op['outputs'][0]]['name']!r}): its bias scale is {ratio:.3g}x input x weight scale, so "
+                "it would compute with the wrong scale. A requantization before it was lost in conversion"
+            )
+        checked += 1
+    return checked
 
 
 def predict_tflite(path: str | Path, x: np.ndarray, batch: int = 64, threads: int | None = None) -> np.ndarray:
@@ -346,15 +384,13 @@ class _TfliteBackend:
 
     def __init__(self, model: nn.Module, meta: CheckpointMeta | None, workdir: Path, threads: int | None) -> None:
         from mnv2.export.formats import require_package
-        from mnv2.export.onnx_export import _io, _meta_for, check_options, prepare_for_export
+        from mnv2.export.onnx_export import plan_export
 
         require_package("litert_torch", "litert-torch", "tflite")
         require_package("ai_edge_litert", "ai-edge-litert", "tflite")
-        self.meta = _meta_for(model, meta)
         self.options = ExportOptions(dynamic_batch=False)
-        size = check_options(model, self.meta, self.options, "tflite")
-        self.spec = _io(self.meta.model_config, self.meta, self.options, size)
-        self.model = prepare_for_export(model, self.meta, self.options)
+        plan = plan_export(model, meta, self.options, "tflite")
+        self.meta, self.spec, self.model = plan.meta, plan.io, plan.module
         self.threads = threads
 
     def fp32(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
