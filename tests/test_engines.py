@@ -29,6 +29,9 @@ def test_engines_match_torch_and_are_cached(tiny_checkpoint):
         assert eng.name == name and eng.precision == "fp32"
         assert np.abs(eng(x) - want).max() <= 1e-4, name
         assert load_engine(tiny_checkpoint, engine=name, threads=1) is eng  # warm cache
+    lanes = load_engine(tiny_checkpoint, engine="litert", threads=2)  # batch >= 4: two single-thread lanes
+    assert np.abs(lanes(x) - want).max() <= 1e-4 and len(lanes.lanes) == 2
+    assert np.abs(lanes(x[:3]) - want[:3]).max() <= 1e-4  # a small batch: one 2-thread interpreter
     auto = load_engine(tiny_checkpoint, threads=1)
     assert auto.name == pick_engine("fp32") and auto.precision == "fp32"
     bf16 = load_engine(tiny_checkpoint, engine="openvino", precision="bf16", threads=1)

@@ -13,7 +13,8 @@ Engines (all fp32-accurate unless the precision says otherwise):
   AMX), with the LATENCY hint for batch 1 and the THROUGHPUT hint (several streams) for larger batches.
   ``precision="bf16"`` is *not* fp32-accurate and is reported separately.
 - ``litert``: the checkpoint converted once to TFLite (litert-torch, parity-checked) and run by the LiteRT
-  interpreter with XNNPACK, resized to each batch size; the same kernels as the TFLite peer.
+  interpreter with XNNPACK; the same kernels as the TFLite peer. Batch 1 runs on one interpreter with ``threads``
+  threads; larger batches are split over one single-thread interpreter per thread, fed image by image.
 - ``torch``: fallback needing nothing else: BN folded into the convs, channels_last, ``inference_mode``.
 
 INT8: pass an INT8 ONNX file from ``mnv2 quantize`` (``onnxruntime`` or ``openvino`` run its QDQ graph).
@@ -162,22 +163,57 @@ class LiteRtEngine(Engine):
         self.out_q = out["quantization"] if np.issubdtype(out["dtype"], np.integer) else (0.0, 0)
         self.batch = 1
         self.lock = threading.Lock()
+        self.lanes: list | None = None  # one single-thread interpreter per thread, made at the first batch
+        self.pool: Any = None  # the lanes' worker threads
+        self.single_image_file = int(inp["shape"][0]) == 1  # mnv2's and litert-torch's exports: batch 1
 
     def run(self, x: np.ndarray) -> np.ndarray:
         if self.in_q[0]:
             info = np.iinfo(self.in_dtype)
             x = np.clip(np.round(x / self.in_q[0]) + self.in_q[1], info.min, info.max).astype(self.in_dtype)
+        n_lanes = self.threads or os.cpu_count() or 1
         with self.lock:
-            if len(x) != self.batch:  # XNNPACK re-plans for the new shape; the graph has no fixed batch
-                self.interp.resize_tensor_input(self.input, list(x.shape))
-                self.interp.allocate_tensors()
-                self.batch = len(x)
-            self.interp.set_tensor(self.input, x)
-            self.interp.invoke()
-            y = self.interp.get_tensor(self.output).copy()
+            if n_lanes > 1 and len(x) >= 2 * n_lanes and self.single_image_file:
+                y = self._run_lanes(x, n_lanes)
+            else:
+                if len(x) != self.batch:  # XNNPACK re-plans for the new shape; the graph has no fixed batch
+                    self.interp.resize_tensor_input(self.input, list(x.shape))
+                    self.interp.allocate_tensors()
+                    self.batch = len(x)
+                y = self._invoke(self.interp, x)
         if self.out_q[0]:
             return (y.astype(np.float32) - self.out_q[1]) * np.float32(self.out_q[0])
         return y
+
+    def _invoke(self, interp: Any, x: np.ndarray) -> np.ndarray:
+        interp.set_tensor(self.input, x)
+        interp.invoke()
+        return interp.get_tensor(self.output).copy()
+
+    def _run_lanes(self, x: np.ndarray, n_lanes: int) -> np.ndarray:
+        """A batch as ``n_lanes`` contiguous shards, each streamed image by image through its own single-thread
+        interpreter, the lanes in parallel (``invoke`` releases the GIL).
+
+        Why: one image's activations (≤ 4.8 MB fp32 at 224 px) stay in cache where a whole batch's (150 MB at
+        batch 32) stream through memory, and the lanes never wait for each other between ops. Measured 1.31x the
+        one-interpreter, 2-thread batch-32 throughput on this project's 2-core machine (BENCHMARKS.md).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ai_edge_litert.interpreter import Interpreter
+
+        if self.lanes is None or len(self.lanes) != n_lanes:
+            self.lanes = [Interpreter(self.source, num_threads=1) for _ in range(n_lanes)]
+            for lane in self.lanes:  # the file is exported at batch 1, so a lane never resizes
+                lane.allocate_tensors()
+            self.pool = ThreadPoolExecutor(n_lanes, thread_name_prefix="mnv2-litert")
+        shards = np.array_split(np.arange(len(x)), n_lanes)
+
+        def work(lane: Any, idx: np.ndarray) -> list[np.ndarray]:
+            return [self._invoke(lane, x[i : i + 1]) for i in idx]
+
+        parts = self.pool.map(work, self.lanes, shards)
+        return np.concatenate([y for part in parts for y in part])
 
 
 class OpenVinoEngine(Engine):
