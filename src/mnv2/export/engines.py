@@ -155,7 +155,8 @@ class LiteRtEngine(Engine):
         from ai_edge_litert.interpreter import Interpreter
 
         super().__init__("litert", precision, str(tflite_path), threads)
-        self.interp = Interpreter(str(tflite_path), num_threads=threads or os.cpu_count() or 1)
+        self.n_threads = threads or os.cpu_count() or 1
+        self.interp = Interpreter(str(tflite_path), num_threads=self.n_threads)
         self.interp.allocate_tensors()
         inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
         self.input, self.output = inp["index"], out["index"]
@@ -163,7 +164,7 @@ class LiteRtEngine(Engine):
         self.out_q = out["quantization"] if np.issubdtype(out["dtype"], np.integer) else (0.0, 0)
         self.batch = 1
         self.lock = threading.Lock()
-        self.lanes: list | None = None  # one single-thread interpreter per thread, made at the first batch
+        self.lanes: list | None = None  # one single-thread interpreter per thread, made at the first large batch
         self.pool: Any = None  # the lanes' worker threads
         self.single_image_file = int(inp["shape"][0]) == 1  # mnv2's and litert-torch's exports: batch 1
 
@@ -171,10 +172,9 @@ class LiteRtEngine(Engine):
         if self.in_q[0]:
             info = np.iinfo(self.in_dtype)
             x = np.clip(np.round(x / self.in_q[0]) + self.in_q[1], info.min, info.max).astype(self.in_dtype)
-        n_lanes = self.threads or os.cpu_count() or 1
         with self.lock:
-            if n_lanes > 1 and len(x) >= 2 * n_lanes and self.single_image_file:
-                y = self._run_lanes(x, n_lanes)
+            if self.n_threads > 1 and len(x) >= 2 * self.n_threads and self.single_image_file:
+                y = self._run_lanes(x)
             else:
                 if len(x) != self.batch:  # XNNPACK re-plans for the new shape; the graph has no fixed batch
                     self.interp.resize_tensor_input(self.input, list(x.shape))
@@ -190,8 +190,8 @@ class LiteRtEngine(Engine):
         interp.invoke()
         return interp.get_tensor(self.output).copy()
 
-    def _run_lanes(self, x: np.ndarray, n_lanes: int) -> np.ndarray:
-        """A batch as ``n_lanes`` contiguous shards, each streamed image by image through its own single-thread
+    def _run_lanes(self, x: np.ndarray) -> np.ndarray:
+        """A batch as one contiguous shard per thread, each streamed image by image through its own single-thread
         interpreter, the lanes in parallel (``invoke`` releases the GIL).
 
         Why: one image's activations (≤ 4.8 MB fp32 at 224 px) stay in cache where a whole batch's (150 MB at
@@ -202,12 +202,12 @@ class LiteRtEngine(Engine):
 
         from ai_edge_litert.interpreter import Interpreter
 
-        if self.lanes is None or len(self.lanes) != n_lanes:
-            self.lanes = [Interpreter(self.source, num_threads=1) for _ in range(n_lanes)]
+        if self.lanes is None:
+            self.lanes = [Interpreter(self.source, num_threads=1) for _ in range(self.n_threads)]
             for lane in self.lanes:  # the file is exported at batch 1, so a lane never resizes
                 lane.allocate_tensors()
-            self.pool = ThreadPoolExecutor(n_lanes, thread_name_prefix="mnv2-litert")
-        shards = np.array_split(np.arange(len(x)), n_lanes)
+            self.pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="mnv2-litert")
+        shards = np.array_split(np.arange(len(x)), self.n_threads)
 
         def work(lane: Any, idx: np.ndarray) -> list[np.ndarray]:
             return [self._invoke(lane, x[i : i + 1]) for i in idx]
