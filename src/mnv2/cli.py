@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="speed: throughput batch (default 32); memory: default 1")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (speed default 2; memory: torch's)")
     p.add_argument("--json", action="store_true", help="speed: a list of records; memory: one object (best split)")
-    p.add_argument("--rounds", type=int, default=3, help="speed: interleaved rounds; figures are medians")
+    p.add_argument("--rounds", type=int, default=3, help="speed: rounds (engine order alternates); figures are medians")
     p.add_argument("--iters", type=int, default=30, help="speed: timed batch-1 calls per round")
     p.add_argument("--engines", nargs="*", default=None, help="speed: only engines whose name contains one of these")
     p.add_argument("--no-peers", action="store_true", help="speed: skip the peers")

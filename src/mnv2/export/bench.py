@@ -1,9 +1,9 @@
-"""Inference speed: mnv2's engines against the peers that install here, measured interleaved in one run.
+"""Inference speed: mnv2's engines against the peers that install here, measured in one run.
 
-Each round times every engine with calls interleaved one by one (batch-1 latency: median/p90 of ``iters_1``
-calls after warm-up; batch-N throughput: ``iters_n`` calls), so machine-wide noise (the CI/dev machine is shared)
-hits all engines alike.
-Figures are medians over rounds; ratios against the fastest peer are taken *within* each round, then the median.
+Each round times every engine in turn, each in a block of consecutive calls after its own warm-up (batch-1
+latency: median/p90 of ``iters_1`` calls; batch-N throughput: ``iters_n`` calls); rounds alternate the engine
+order. Figures are medians over rounds; ratios against the fastest peer are taken *within* each round, then the
+median, so drift in machine-wide load (the CI/dev machine is shared) cancels out of the ratios.
 
 Peers (``peer=True``): ONNX Runtime on a plain ``torch.onnx.export`` with a default session, TFLite (LiteRT
 interpreter, XNNPACK) on a plain ``litert-torch`` conversion, torch eager (the unfused torchvision-style model),
@@ -60,29 +60,26 @@ class Candidate:
     note: str = ""
 
 
-def _interleaved(runs: dict, x: np.ndarray, iters: int, warmup: int, slow_ms: float) -> dict:
-    """Per-call times (ms) of every engine, calls interleaved one by one (A, B, C, A, B, C, ...).
+def _blocks(runs: dict, x: np.ndarray, iters: int, warmup: int, slow_ms: float) -> dict:
+    """Per-call times (ms) of every engine, engine by engine: ``warmup`` untimed calls, then ``iters`` in a row.
 
-    On a shared machine, load changes within seconds; interleaving single calls gives every engine the same
-    conditions, so within-round ratios stay meaningful even when absolute times move. An engine slower than
-    ``slow_ms`` per call (torch/HF eager) is timed only 3 times per round, spread over the loop.
+    Why blocks, not calls interleaved one by one across engines (this bench's first design): an engine called
+    right after another one finds the other's worker threads still busy. ONNX Runtime's spin by default, and
+    LiteRT's batch-1 call took 4.6-5.4 ms right after an ORT call against 2.2 ms after its own (BENCHMARKS.md,
+    Deployment). Its caches also hold the other engine's weights. A deployed engine runs warm and alone.
+    An engine slower than ``slow_ms`` per call (torch/HF eager) is timed 3 times.
     """
-    for run in runs.values():
+    times: dict = {}
+    for key, run in runs.items():
         for _ in range(warmup):
             run(x)
-    times: dict = {k: [] for k in runs}
-    slow: set = set()
-    spots = {0, iters // 2, iters - 1}
-    for i in range(iters):
-        for key, run in runs.items():
-            if key in slow and i not in spots:
-                continue
+        times[key] = []
+        for _ in range(iters):
             t = time.perf_counter()
             run(x)
-            dt = (time.perf_counter() - t) * 1e3
-            times[key].append(dt)
-            if dt > slow_ms:
-                slow.add(key)
+            times[key].append((time.perf_counter() - t) * 1e3)
+            if times[key][0] > slow_ms and len(times[key]) == 3:
+                break
     return times
 
 
@@ -252,7 +249,7 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
     slow_ms: float = 200.0,
 ) -> list[BenchRecord]:
-    """Measure every candidate at batch 1 and ``batch``, interleaved over ``rounds``; return the records."""
+    """Measure every candidate at batch 1 and ``batch``, in blocks over ``rounds``; return the records."""
     if rounds < 1 or batch < 1 or iters_1 < 1 or iters_n < 1 or threads < 1:
         raise ConfigError("rounds, batch, iters and threads must all be >= 1")
     with tempfile.TemporaryDirectory() as d:
@@ -269,9 +266,10 @@ def run_bench(
             for b in (1, batch):
                 if progress:
                     progress(f"round {r + 1}/{rounds}: batch {b}, {len(cands)} engines")
-                runs = {(c.name, c.precision): c.make(b) for c in cands}
+                order = cands if r % 2 == 0 else cands[::-1]
+                runs = {(c.name, c.precision): c.make(b) for c in order}
                 n = iters_1 if b == 1 else iters_n
-                times = _interleaved(runs, inputs[b], n, warmup=3 if b == 1 else 1, slow_ms=slow_ms * b)
+                times = _blocks(runs, inputs[b], n, warmup=3 if b == 1 else 1, slow_ms=slow_ms * b)
                 for key, ts in times.items():
                     lat.setdefault(key, {}).setdefault(b, []).append(ts)
     return summarize(cands, lat, batch, rounds)

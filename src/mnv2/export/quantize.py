@@ -264,6 +264,36 @@ def _fixed_size_global_pool(model: nn.Module, example: torch.Tensor) -> nn.Modul
     return model
 
 
+def _litert_quantizer(config):
+    """litert-torch's ``PT2EQuantizer`` with ``config``, plus an annotator for the residual adds (paper §3.3).
+
+    Why: litert-torch 0.10 finds adds through the FX ``source_fn_stack`` metadata, which ``torch.export`` in torch
+    2.13 no longer records (only ``torch_fn``), so it left every shortcut add unannotated. The TFLite file then ran
+    each one in float, ``DEQUANTIZE``, ``ADD``, ``QUANTIZE`` (9 of MobileNetV2's 10). Annotating the aten op the way
+    litert-torch's own ``add`` annotator would (int8 inputs and output, the config's activation spec) makes them
+    int8 ``ADD`` ops (BENCHMARKS.md, INT8 TFLite).
+    """
+    import torch.fx
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+    from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    class _Quantizer(PT2EQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                if node.target is torch.ops.aten.add.Tensor and "quantization_annotation" not in node.meta:
+                    inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+                    node.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map=dict.fromkeys(inputs, get_input_act_qspec(config)),
+                        output_qspec=get_output_act_qspec(config),
+                        _annotated=True,
+                    )
+            return model
+
+    return _Quantizer().set_global(config)
+
+
 def quantize_tflite_static(
     model: nn.Module, out: str | Path, calibration: np.ndarray, method: str = "histogram", per_channel: bool = True
 ) -> Path:
@@ -276,7 +306,7 @@ def quantize_tflite_static(
     import dataclasses
 
     import litert_torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.observer import MinMaxObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -289,7 +319,7 @@ def quantize_tflite_static(
             config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12)
         )
         config = dataclasses.replace(config, input_activation=act, output_activation=act)
-    quantizer = PT2EQuantizer().set_global(config)
+    quantizer = _litert_quantizer(config)
     example = (torch.from_numpy(np.ascontiguousarray(calibration[:1])),)
     model = _fixed_size_global_pool(model.eval(), example[0])
     with _quiet(), torch.no_grad():
