@@ -42,12 +42,12 @@ from mnv2.errors import ConfigError
 ENGINES = ("onnxruntime", "openvino", "litert", "torch")
 PRECISIONS = ("fp32", "bf16", "int8")
 ONNX_ENGINES = ("onnxruntime", "openvino")
-# Measured order on this project's machine kind (BENCHMARKS.md, Deployment, interleaved `mnv2 bench`): fp32,
-# LiteRT/XNNPACK was fastest at batch 32 (1.45x ONNX Runtime with lanes, idle) and on par at batch 1, then ONNX Runtime
-# without spinning, then OpenVINO; torch eager, even BN-folded, is far behind. INT8: OpenVINO's VNNI kernels ran the
-# same QDQ file 1.7x faster than ONNX Runtime at batch 32 (equal at batch 1) under load, slower when idle. LiteRT runs
-# only INT8 TFLite files (``mnv2 quantize --out x.tflite``), the fastest INT8 path measured (1.3-1.4x ONNX Runtime's
-# int8, 1.75x the best fp32, at batch 32). ``load_engine`` picks among the engines that read the file's format.
+# Measured order on this project's machine kind (BENCHMARKS.md, Deployment, `mnv2 bench`): fp32, LiteRT/XNNPACK was
+# fastest at batch 32 (1.7x ONNX Runtime with lanes, idle) and on par at batch 1, then ONNX Runtime, then OpenVINO;
+# torch eager, even BN-folded, is far behind. INT8: OpenVINO's VNNI kernels ran the same QDQ file 1.7x faster than
+# ONNX Runtime at batch 32 under load, 0.7x when idle (equal at batch 1). LiteRT runs only INT8 TFLite files
+# (``mnv2 quantize --out x.tflite``), the fastest INT8 path measured (1.25x ONNX Runtime's int8, 1.9-2.0x the best
+# fp32, at batch 32). ``load_engine`` picks among the engines that read the file's format.
 FP32_PREFERENCE = ("litert", "onnxruntime", "openvino", "torch")
 INT8_PREFERENCE = ("litert", "openvino", "onnxruntime")
 CACHE_SIZE = 8
