@@ -19,6 +19,7 @@ from mnv2.export.onnx_export import read_model_metadata
 from mnv2.export.quantize import (
     AUTO_ORDER,
     TFLITE_AUTO_ORDER,
+    QuantizationError,
     check_tflite_bias_scales,
     quantize,
 )
@@ -93,6 +94,19 @@ def test_quantize_tflite_int8_keeps_accuracy_and_runs_on_litert(tiny_checkpoint,
     assert (got == ref).mean() >= 0.9
     # every int8 conv/classifier is self-consistent: bias scale = input scale x weight scale (per channel)
     assert check_tflite_bias_scales(out) >= 50
+    # ... and a file that breaks it, as litert-torch's lost requantization did (bias scale 0.11x), is refused
+    data = out.read_bytes()
+    interp = Interpreter(str(out))
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    op = max(
+        (o for o in interp._get_ops_details() if o["op_name"] == "CONV_2D"),
+        key=lambda o: len(details[o["inputs"][2]]["quantization_parameters"]["scales"]),
+    )
+    scales = details[op["inputs"][2]]["quantization_parameters"]["scales"].astype("<f4")
+    assert data.count(scales.tobytes()) == 1  # the bias's scale vector, stored once in the flatbuffer
+    broken = data.replace(scales.tobytes(), (scales * np.float32(0.11)).tobytes())
+    with pytest.raises(QuantizationError, match=rf"inconsistent int8 CONV_2D \(op {op['index']}, .*0\.11x input"):
+        check_tflite_bias_scales(broken)
     with pytest.raises(ConfigError, match=r"does not read \.tflite"):
         load_engine(out, "onnxruntime")
     with pytest.raises(ConfigError, match=r"name it \.onnx or \.tflite"):
