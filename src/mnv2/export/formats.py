@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -116,16 +115,4 @@ def export_other(
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
     sidecar = Path(str(out) + ".json")
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(props, indent=1)))
-    return ExportReport(
-        path=os.fspath(out),
-        format=fmt,
-        input_name=spec["input_name"],
-        input_shape=spec["input_shape"],
-        input_dtype=spec["input_dtype"],
-        output_name=spec["output_name"],
-        output=spec["output"],
-        parity_max_abs=worst,
-        parity_batches=[1],
-        seconds=time.perf_counter() - t0,
-        metadata=props,
-    )
+    return plan.report(out, fmt, worst, [1], t0, props)

@@ -198,6 +198,25 @@ class ExportPlan:
     reference: nn.Module
     module: nn.Module
 
+    def report(
+        self, out: str | Path, fmt: str, parity: float, batches: list[int], t0: float, props: dict[str, str]
+    ) -> ExportReport:
+        """The :class:`ExportReport` of a verified export of this plan (``t0``: its ``time.perf_counter()`` start)."""
+        io = self.io
+        return ExportReport(
+            path=str(out),
+            format=fmt,
+            input_name=io["input_name"],
+            input_shape=io["input_shape"],
+            input_dtype=io["input_dtype"],
+            output_name=io["output_name"],
+            output=io["output"],
+            parity_max_abs=parity,
+            parity_batches=list(batches),
+            seconds=time.perf_counter() - t0,
+            metadata=props,
+        )
+
 
 def plan_export(model: nn.Module, meta: CheckpointMeta | None, options: ExportOptions, fmt: str) -> ExportPlan:
     """Validate ``options`` for ``model`` and ``fmt`` and resolve what the exporter needs (raises ``ConfigError``)."""
@@ -381,19 +400,7 @@ def export_onnx(
             ),
         )
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
-    return ExportReport(
-        path=str(out),
-        format="onnx",
-        input_name=name,
-        input_shape=spec["input_shape"],
-        input_dtype=spec["input_dtype"],
-        output_name=spec["output_name"],
-        output=spec["output"],
-        parity_max_abs=worst,
-        parity_batches=list(batches),
-        seconds=time.perf_counter() - t0,
-        metadata=props,
-    )
+    return plan.report(out, "onnx", worst, list(batches), t0, props)
 
 
 def _decode_metadata(pairs: dict[str, str]) -> dict[str, Any]:
