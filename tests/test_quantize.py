@@ -73,7 +73,8 @@ def test_quantize_tflite_int8_keeps_accuracy_and_runs_on_litert(tiny_checkpoint,
     assert report.method == max(report.candidates, key=lambda c: (c.agreement, c.top1)).method
     assert report.fp32_top1 > 70 and report.drop <= MAX_DROP and report.agreement >= 90
     # really INT8: int8 conv kernels with one scale per output channel (52 convs in MobileNetV2 0.35)
-    tensors = Interpreter(str(out)).get_tensor_details()
+    interp = Interpreter(str(out))
+    tensors = interp.get_tensor_details()
     per_channel = [
         t for t in tensors
         if t["dtype"] == np.int8 and len(t["shape"]) == 4 and len(t["quantization_parameters"]["scales"]) > 1
@@ -95,16 +96,15 @@ def test_quantize_tflite_int8_keeps_accuracy_and_runs_on_litert(tiny_checkpoint,
     # every int8 conv/classifier is self-consistent: bias scale = input scale x weight scale (per channel)
     assert check_tflite_bias_scales(out) >= 50
     # ... and a file that breaks it, as litert-torch's lost requantization did (bias scale 0.11x), is refused
-    data = out.read_bytes()
-    interp = Interpreter(str(out))
-    details = {t["index"]: t for t in interp.get_tensor_details()}
+    blob = out.read_bytes()
+    details = {t["index"]: t for t in tensors}
     op = max(
         (o for o in interp._get_ops_details() if o["op_name"] == "CONV_2D"),
         key=lambda o: len(details[o["inputs"][2]]["quantization_parameters"]["scales"]),
     )
     scales = details[op["inputs"][2]]["quantization_parameters"]["scales"].astype("<f4")
-    assert data.count(scales.tobytes()) == 1  # the bias's scale vector, stored once in the flatbuffer
-    broken = data.replace(scales.tobytes(), (scales * np.float32(0.11)).tobytes())
+    assert blob.count(scales.tobytes()) == 1  # the bias's scale vector, stored once in the flatbuffer
+    broken = blob.replace(scales.tobytes(), (scales * np.float32(0.11)).tobytes())
     with pytest.raises(QuantizationError, match=rf"inconsistent int8 CONV_2D \(op {op['index']}, .*0\.11x input"):
         check_tflite_bias_scales(broken)
     with pytest.raises(ConfigError, match=r"does not read \.tflite"):

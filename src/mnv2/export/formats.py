@@ -115,4 +115,4 @@ def export_other(
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
     sidecar = Path(str(out) + ".json")
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(props, indent=1)))
-    return plan.report(out, fmt, worst, [1], t0, props)
+    return plan.report(out, fmt, worst, (1,), t0, props)

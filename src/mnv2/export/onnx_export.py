@@ -19,6 +19,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,7 @@ class ExportPlan:
     module: nn.Module
 
     def report(
-        self, out: str | Path, fmt: str, parity: float, batches: list[int], t0: float, props: dict[str, str]
+        self, out: str | Path, fmt: str, parity: float, batches: Sequence[int], t0: float, props: dict[str, str]
     ) -> ExportReport:
         """The :class:`ExportReport` of a verified export of this plan (``t0``: its ``time.perf_counter()`` start)."""
         io = self.io
@@ -400,7 +401,7 @@ def export_onnx(
             ),
         )
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
-    return plan.report(out, "onnx", worst, list(batches), t0, props)
+    return plan.report(out, "onnx", worst, batches, t0, props)
 
 
 def _decode_metadata(pairs: dict[str, str]) -> dict[str, Any]:
