@@ -10,6 +10,7 @@ from mnv2 import CheckpointMeta, Preprocessing, load_checkpoint, mobilenet_v2, s
 from mnv2.cli import main
 from mnv2.data.transforms import eval_image, load_image
 from mnv2.engine.evaluate import evaluate_checkpoint, predict
+from mnv2.errors import ConfigError
 
 CLASSES = ["blue", "green", "red"]
 
@@ -18,10 +19,16 @@ CLASSES = ["blue", "green", "red"]
 def checkpoint(tmp_path):
     torch.manual_seed(3)
     model = mobilenet_v2(width_mult=0.35, num_classes=3, dropout=0.0)
-    for m in model.modules():  # random BN statistics so that outputs differ between images
+    # BN statistics of real activations and non-zero BN scales (init zeroes some): with arbitrary statistics each
+    # block damps the input's share of its output and every image scores the same
+    for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the calibration batch
+            m.weight.data.uniform_(0.5, 1.5)
+    with torch.no_grad():
+        model.train()(torch.randn(32, 3, 32, 32))
+    model.eval()
     pre = Preprocessing(input_size=32, crop_pct=0.875)
     return save_checkpoint(tmp_path / "m.safetensors", model, CheckpointMeta(model.config, pre, CLASSES))
 
@@ -46,6 +53,35 @@ def test_eval_matches_hand_computation(checkpoint, image_folder):
     assert r["per_class"] == pytest.approx({c: 100 * a / b for c, (a, b) in per_class.items()})
     assert r["skipped"] == {"corrupt": 0, "non_image": 0}
     assert Image.open(r["confusion_png"]).size[0] > 100
+
+
+def test_eval_flip_tta_matches_hand_computation(checkpoint, image_folder, capsys):
+    model = load_checkpoint(checkpoint)
+    r = evaluate_checkpoint(checkpoint, str(image_folder), tta="flip")
+    single = evaluate_checkpoint(checkpoint, str(image_folder))
+    correct, nll = 0, []
+    for label, c in enumerate(CLASSES):
+        for f in sorted((image_folder / "val" / c).iterdir()):
+            x = eval_image(load_image(f), model.meta.preprocessing)[None]
+            p = (model(x).softmax(1) + model(torch.flip(x, dims=[3])).softmax(1))[0] / 2  # dim 3: width
+            correct += int(p.argmax() == label)
+            nll.append(-p[label].log().item())
+    assert r["tta"] == "flip" and r["n"] == 12
+    assert r["top1"] == pytest.approx(100 * correct / 12)
+    assert r["loss"] == pytest.approx(sum(nll) / 12, rel=1e-4)
+    assert abs(r["loss"] - single["loss"]) > 1e-3  # the mirror images really were scored
+    assert main(["eval", str(checkpoint), "--data", str(image_folder), "--tta", "flip", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == r["top1"]
+
+
+def test_eval_flip_tta_warns_for_a_model_trained_without_flips(tmp_path, image_folder):
+    model = mobilenet_v2(width_mult=0.35, num_classes=3)
+    meta = CheckpointMeta(model.config, Preprocessing(input_size=32), CLASSES, config={"augment": {"hflip": 0.0}})
+    path = save_checkpoint(tmp_path / "noflip.safetensors", model, meta)
+    with pytest.warns(UserWarning, match="not trained with horizontal flips"):
+        evaluate_checkpoint(path, str(image_folder), tta="flip")
+    with pytest.raises(ConfigError, match="unknown test-time augmentation"):
+        evaluate_checkpoint(path, str(image_folder), tta="crops")
 
 
 def test_eval_cli_json_and_class_mismatch(checkpoint, image_folder, tmp_path, capsys):

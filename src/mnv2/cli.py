@@ -241,14 +241,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _set_threads()
     r = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, workers=args.workers,
-        strict=args.strict, confusion_png=args.confusion,
+        strict=args.strict, confusion_png=args.confusion, tta=args.tta,
     )  # fmt: skip
     if args.json:
         print(json.dumps(r))
         return 0
     print(
         f"{r['checkpoint']} on {r['data']}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  n={r['n']}  "
-        f"loss {r['loss']:.4f}"
+        f"loss {r['loss']:.4f}" + ("  (flip test-time augmentation)" if r["tta"] == "flip" else "")
     )
     for name, acc in r["per_class"].items():
         print(f"  {name:<20} {'-' if acc is None else f'{acc:6.2f}%'}")
@@ -425,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--strict", action="store_true", help="fail on corrupt or non-image files")
     p.add_argument("--confusion", default=None, help="PNG path (default: next to the checkpoint)")
+    p.add_argument(
+        "--tta", choices=("none", "flip"), default="none",
+        help="test-time augmentation: flip averages each image with its mirror image (default none: single view)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object: top1, top5, n, loss, per_class, ...")
     p.set_defaults(func=cmd_eval)
 

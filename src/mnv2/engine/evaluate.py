@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,9 +21,12 @@ from mnv2.errors import ConfigError
 
 def evaluate_checkpoint(
     checkpoint: str | Path, data: str, *, split: str | None = None, batch_size: int = 250, workers: int = 2,
-    strict: bool = False, confusion_png: str | Path | None = None,
+    strict: bool = False, confusion_png: str | Path | None = None, tta: str = "none",
 ) -> dict:  # fmt: skip
     """Evaluate ``checkpoint`` on ``data`` (``fashion-mnist``: its test split; or an image folder).
+
+    ``tta="flip"`` averages each image's class probabilities with its mirror image's; a checkpoint trained without
+    horizontal flips gets a warning, since mirrored inputs were never in its training data.
 
     Returns ``top1``, ``top5`` (percent), ``n``, ``loss``, ``per_class`` (percent by class name), ``skipped``
     (corrupt/non-image files) and ``confusion_png`` (the path written).
@@ -40,13 +44,26 @@ def evaluate_checkpoint(
             f"the checkpoint's classes {list(meta.class_names)[:5]}... differ from the data's {classes[:5]}... "
             f"({len(meta.class_names)} vs {len(classes)} classes)"
         )
-    result = evaluate(model, batches, classes)
+    if tta == "flip" and not _trained_with_flips(meta):
+        warnings.warn(
+            f"{str(checkpoint)!r} was not trained with horizontal flips (its config has augment.hflip 0 or none): "
+            "flip test-time augmentation shows it images unlike its training data",
+            stacklevel=2,
+        )
+    result = evaluate(model, batches, classes, tta=tta)
     png = Path(confusion_png) if confusion_png else Path(checkpoint).with_suffix(".confusion.png")
     plot_confusion(
         result.pop("confusion"), classes, png, f"{Path(checkpoint).name} on {data}: top-1 {result['top1']:.2f}%"
     )
-    result.update({"confusion_png": str(png), "skipped": _skipped(report), "checkpoint": str(checkpoint), "data": data})
+    result.update(tta=tta, confusion_png=str(png), skipped=_skipped(report), checkpoint=str(checkpoint), data=data)
     return result
+
+
+def _trained_with_flips(meta) -> bool:
+    """Whether the checkpoint's training config flipped images (imported weights: ImageNet training did)."""
+    if meta.config is None:
+        return True
+    return float((meta.config.get("augment") or {}).get("hflip", 0) or 0) > 0
 
 
 def _skipped(report: ScanReport) -> dict:

@@ -42,6 +42,7 @@ from mnv2.models.registry import model_info
 
 STATE_FILE = "train_state.pt"
 CPU = torch.device("cpu")
+TTA_MODES = ("none", "flip")  # test-time augmentation in evaluate()
 CSV_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "epoch_s", "img_s")
 
 
@@ -185,21 +186,35 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, class_names: list[str], *, device=CPU, dtype=None, desc="eval", rank=0) -> dict:
-    """top-1/top-5/per-class accuracy (percent), mean loss, n and the confusion matrix over ``batches``."""
+def evaluate(
+    model: nn.Module, batches, class_names: list[str], *, device=CPU, dtype=None, desc="eval", rank=0, tta: str = "none"
+) -> dict:
+    """top-1/top-5/per-class accuracy (percent), mean loss, n and the confusion matrix over ``batches``.
+
+    ``tta="flip"`` scores each image by the mean of its and its mirror image's class probabilities (test-time
+    augmentation; the loss is that mixture's cross-entropy). Only meaningful for a model trained with flips.
+    """
+    if tta not in TTA_MODES:
+        raise ConfigError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
     model.eval()
     k = len(class_names)
     confusion = torch.zeros(k, k, dtype=torch.int64)
     top5 = 0
     loss_sum = torch.zeros((), dtype=torch.float64)
+    softmax_out = getattr(unwrap(model), "config", None) is not None and unwrap(model).config.output == "softmax"
+
+    def log_scores(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = model(x).float().cpu()
+        if out.shape[1] != k:
+            raise ConfigError(f"the model has {out.shape[1]} outputs but the data has {k} classes")
+        return out.clamp_min(1e-12).log() if softmax_out else out
+
     for x, y in tqdm(batches.epoch(0), total=len(batches), desc=desc, disable=rank != 0, leave=False):
         x = x.to(device)
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits = model(x).float().cpu()
-        if logits.shape[1] != k:
-            raise ConfigError(f"the model has {logits.shape[1]} outputs but the data has {k} classes")
-        if getattr(unwrap(model), "config", None) is not None and unwrap(model).config.output == "softmax":
-            logits = logits.clamp_min(1e-12).log()
+        logits = log_scores(x)
+        if tta == "flip":  # log of the mean probability: still a log-distribution, so cross_entropy applies
+            logits = torch.logaddexp(logits.log_softmax(1), log_scores(x.flip(-1)).log_softmax(1)) - math.log(2)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         confusion += confusion_matrix(logits.argmax(1), y, k)
         top5 += topk_correct(logits, y, (5,))[5]
