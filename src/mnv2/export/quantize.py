@@ -57,6 +57,8 @@ METHODS = ("minmax", "percentile", "entropy", "distribution")
 AUTO_ORDER = ("percentile", "entropy", "distribution", "minmax")
 TFLITE_METHODS = ("histogram", "minmax")
 TFLITE_AUTO_ORDER = TFLITE_METHODS  # as for ONNX: MinMax last
+# The global average pool as torch.export writes it (``AdaptiveAvgPool2d(1)`` → ``mean.dim``); see _litert_quantizer
+GLOBAL_POOL_OPS = (torch.ops.aten.mean.dim, torch.ops.aten.adaptive_avg_pool2d.default)
 # ORT's default 99.999th percentile: clips the rare outliers of ReLU6-free projection outputs, keeps the rest.
 PERCENTILE = 99.999
 
@@ -232,56 +234,42 @@ def quantize_onnx_static(
     return Path(out)
 
 
-def _fixed_size_global_pool(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` whose global ``AdaptiveAvgPool2d(1)`` is an ``AvgPool2d`` over the (static) feature map.
-
-    Why: PT2E gives the global mean its input's scale, and the classifier's input its own observed scale. With the
-    mean (TFLite ``MEAN``), litert-torch 0.10 dropped the requantization between the two (its converter warns
-    "quantizer's output has another quantizer as consumer"), so the classifier read its input at the head conv's
-    scale while its bias was quantized for the other: on the Fashion-MNIST checkpoint (0.75 @32, stem stride 1) the
-    int8 bias scale was 0.11x input x weight scale and top-1 fell from 94.9 % to 18 %. With ``AVERAGE_POOL_2D`` the
-    converter keeps a ``QUANTIZE`` op between them and INT8 gives 94.8 % (BENCHMARKS.md).
-    """
-    import copy
-
-    model = copy.deepcopy(model)
-    sizes: dict[str, tuple[int, int]] = {}
-    pools = {
-        name: m for name, m in model.named_modules()
-        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))
-    }  # fmt: skip
-    hooks = [
-        m.register_forward_hook(lambda mod, args, out, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:])))
-        for name, m in pools.items()
-    ]
-    with torch.no_grad():
-        model(example)
-    for h in hooks:
-        h.remove()
-    for name in pools:
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        setattr(parent, name.rpartition(".")[2], nn.AvgPool2d(sizes[name]))
-    return model
-
-
 def _litert_quantizer(config):
-    """litert-torch's ``PT2EQuantizer`` with ``config``, plus an annotator for the residual adds (paper §3.3).
+    """litert-torch's ``PT2EQuantizer`` with ``config``, plus annotations for the residual adds (paper §3.3) and the
+    global pool.
 
-    Why: litert-torch 0.10 finds adds through the FX ``source_fn_stack`` metadata, which ``torch.export`` in torch
-    2.13 no longer records (only ``torch_fn``), so it left every shortcut add unannotated. The TFLite file then ran
-    each one in float, ``DEQUANTIZE``, ``ADD``, ``QUANTIZE`` (9 of MobileNetV2's 10). Annotating the aten op the way
-    litert-torch's own ``add`` annotator would (int8 inputs and output, the config's activation spec) makes them
-    int8 ``ADD`` ops (BENCHMARKS.md, INT8 TFLite).
+    Why the adds: litert-torch 0.10 finds adds through the FX ``source_fn_stack`` metadata, which ``torch.export``
+    in torch 2.13 no longer records (only ``torch_fn``), so it left every shortcut add unannotated. The TFLite file
+    then ran each one in float, ``DEQUANTIZE``, ``ADD``, ``QUANTIZE`` (9 of MobileNetV2's 10). Annotating the aten op
+    the way litert-torch's own ``add`` annotator would (int8 inputs and output, the config's activation spec) makes
+    them int8 ``ADD`` ops (BENCHMARKS.md, INT8 TFLite).
+
+    Why the pool: its own annotator misses it for the same reason, and litert-torch's fallback gives the mean its
+    input's scale at both ends, while the classifier observes its input at another scale. The converter then
+    dropped the requantization between the two (TFLite ``MEAN`` → ``FULLY_CONNECTED``), so the classifier read
+    its input at the wrong scale: its int8 bias scale came out 0.11x input x weight scale, and Fashion-MNIST top-1
+    fell from 94.9 % to 18 %. Here the mean keeps its input's scale on the way in and gets the config's output
+    spec, the classifier's input spec, on the way out: one observer, and ``MEAN`` requantizes (int8 ``MEAN`` may
+    change scale). :func:`check_tflite_bias_scales` catches the bug if it comes back.
     """
     import torch.fx
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
     from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
     class _Quantizer(PT2EQuantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
             for node in model.graph.nodes:
+                if node.target in GLOBAL_POOL_OPS and isinstance(node.args[0], torch.fx.Node):
+                    src = node.args[0].meta.get("quantization_annotation")
+                    shared = src is not None and src.output_qspec is not None  # as litert-torch's pool annotator
+                    in_spec = SharedQuantizationSpec(node.args[0]) if shared else get_input_act_qspec(config)
+                    node.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={node.args[0]: in_spec},
+                        output_qspec=get_output_act_qspec(config),
+                        _annotated=True,
+                    )
                 if node.target is torch.ops.aten.add.Tensor and "quantization_annotation" not in node.meta:
                     inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
                     node.meta["quantization_annotation"] = QuantizationAnnotation(
@@ -321,7 +309,7 @@ def quantize_tflite_static(
         config = dataclasses.replace(config, input_activation=act, output_activation=act)
     quantizer = _litert_quantizer(config)
     example = (torch.from_numpy(np.ascontiguousarray(calibration[:1])),)
-    model = _fixed_size_global_pool(model.eval(), example[0])
+    model = model.eval()
     with _quiet(), torch.no_grad():
         prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
         for i in range(len(calibration)):  # batch 1: the exported graph is specialised to the example's shape
@@ -346,7 +334,7 @@ def check_tflite_bias_scales(model: bytes | str | Path, rtol: float = 1e-3) -> i
 
     A converter that loses a requantization between two ops leaves the consumer reading its input at the
     producer's scale while its bias was quantized for the other one: the file runs and silently computes
-    something else (litert-torch 0.10 after ``MEAN``, see :func:`_fixed_size_global_pool`). Returns how many ops
+    something else (litert-torch 0.10 after ``MEAN``, see :func:`_litert_quantizer`). Returns how many ops
     were checked.
     """
     from ai_edge_litert.interpreter import Interpreter
