@@ -46,8 +46,8 @@ ONNX_ENGINES = ("onnxruntime", "openvino")
 # fastest at batch 32 (1.7x ONNX Runtime with lanes, idle) and on par at batch 1, then ONNX Runtime, then OpenVINO;
 # torch eager, even BN-folded, is far behind. INT8: OpenVINO's VNNI kernels ran the same QDQ file 1.7x faster than
 # ONNX Runtime at batch 32 under load, 0.7x when idle (equal at batch 1). LiteRT runs only INT8 TFLite files
-# (``mnv2 quantize --out x.tflite``), the fastest INT8 path measured (1.25x ONNX Runtime's int8, 1.9-2.0x the best
-# fp32, at batch 32). ``load_engine`` picks among the engines that read the file's format.
+# (``mnv2 quantize --out x.tflite``), the fastest INT8 path measured (1.25-1.5x ONNX Runtime's int8, 1.9-2.04x the
+# best fp32, at batch 32). ``load_engine`` picks among the engines that read the file's format.
 FP32_PREFERENCE = ("litert", "onnxruntime", "openvino", "torch")
 INT8_PREFERENCE = ("litert", "openvino", "onnxruntime")
 CACHE_SIZE = 8

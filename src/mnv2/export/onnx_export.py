@@ -203,15 +203,15 @@ class ExportPlan:
         self, out: str | Path, fmt: str, parity: float, batches: Sequence[int], t0: float, props: dict[str, str]
     ) -> ExportReport:
         """The :class:`ExportReport` of a verified export of this plan (``t0``: its ``time.perf_counter()`` start)."""
-        io = self.io
+        spec = self.io  # not ``io``: that name is the stdlib module in this file
         return ExportReport(
             path=str(out),
             format=fmt,
-            input_name=io["input_name"],
-            input_shape=io["input_shape"],
-            input_dtype=io["input_dtype"],
-            output_name=io["output_name"],
-            output=io["output"],
+            input_name=spec["input_name"],
+            input_shape=spec["input_shape"],
+            input_dtype=spec["input_dtype"],
+            output_name=spec["output_name"],
+            output=spec["output"],
             parity_max_abs=parity,
             parity_batches=list(batches),
             seconds=time.perf_counter() - t0,
