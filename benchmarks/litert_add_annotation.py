@@ -22,7 +22,7 @@ from litert_torch.quantize.quant_config import QuantConfig
 from torch import nn
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-from mnv2.export.quantize import _litert_quantizer
+from mnv2.deploy.quantize import _litert_quantizer
 
 
 class TwoResiduals(nn.Module):

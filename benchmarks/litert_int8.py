@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnv2.checkpoint import CheckpointMeta
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.export.engines import LiteRtEngine
-from mnv2.export.fold import fold_batchnorm
-from mnv2.export.formats import export_other
-from mnv2.export.onnx_export import ExportOptions
-from mnv2.export.quantize import quantize_tflite_static
+from mnv2.deploy.engines import LiteRtEngine
+from mnv2.deploy.formats import export_other
+from mnv2.deploy.onnx_export import ExportOptions
+from mnv2.deploy.quantize import quantize_tflite_static
+from mnv2.models.fold import fold_batchnorm
 from mnv2.models.registry import mobilenet_v2
+from mnv2.weights.checkpoint import CheckpointMeta
 
 
 def quantize_tflite(float_path: Path, out: Path, samples: int = 16) -> None:

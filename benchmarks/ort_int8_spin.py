@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from mnv2 import create_model
-from mnv2.export.onnx_export import ExportOptions, export_onnx, ort_session
-from mnv2.export.quantize import quantize_onnx_static
+from mnv2.deploy.onnx_export import ExportOptions, export_onnx, ort_session
+from mnv2.deploy.quantize import quantize_onnx_static
 
 
 def main(rounds: int = 6, batch: int = 32) -> None:

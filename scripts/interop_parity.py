@@ -24,7 +24,7 @@ from keras.src.legacy.saving import legacy_h5_format
 from safetensors.torch import load_file
 from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
 
-from mnv2.convert import convert
+from mnv2.weights.convert import convert
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"

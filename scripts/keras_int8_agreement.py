@@ -30,7 +30,7 @@ from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
 
 
 def arrays(split: str, pre: Preprocessing, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    from mnv2.export.quantize import materialize
+    from mnv2.deploy.quantize import materialize
 
     batches, _, _ = build_eval_data("fashion-mnist", pre, 1000, split=split, limit=limit)
     return materialize(batches.epoch(0))
@@ -47,9 +47,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import keras
 
-    from mnv2.convert import convert
-    from mnv2.export.engines import load_engine
-    from mnv2.export.quantize import quantize
+    from mnv2.deploy.engines import load_engine
+    from mnv2.deploy.quantize import quantize
+    from mnv2.weights.convert import convert
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

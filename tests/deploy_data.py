@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mnv2.checkpoint import CheckpointMeta, save_checkpoint
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.models import mobilenet_v2
+from mnv2.weights.checkpoint import CheckpointMeta, save_checkpoint
 
 SIZE = 32
 NUM_CLASSES = 8

@@ -3,8 +3,8 @@ import torch
 from safetensors.torch import save_file
 
 import mnv2
-from mnv2.checkpoint import CheckpointError, CheckpointMeta, read_checkpoint_meta
 from mnv2.data import TF_MEAN, TF_STD
+from mnv2.weights.checkpoint import CheckpointError, CheckpointMeta, read_checkpoint_meta
 
 
 def test_roundtrip_rebuilds_model_from_file_alone(tmp_path):
@@ -59,7 +59,7 @@ def test_architecture_mismatch_is_named(tmp_path):
     model = mnv2.mobilenet_v2(width_mult=0.35)
     from safetensors.torch import load_file
 
-    from mnv2.checkpoint import load_state_dict_checked
+    from mnv2.weights.checkpoint import load_state_dict_checked
 
     with pytest.raises(
         CheckpointError,

@@ -8,9 +8,9 @@ from transformers import MobileNetV2Config as HFConfig
 from transformers import MobileNetV2ForImageClassification, MobileNetV2Model
 
 import mnv2
-from mnv2.convert import ConvertError, convert
 from mnv2.data import TF_MEAN
-from mnv2.layers import BN_MOMENTUM_TF_SLIM
+from mnv2.models.layers import BN_MOMENTUM_TF_SLIM
+from mnv2.weights.convert import ConvertError, convert
 
 LOGIT_ATOL = 1e-5
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import mnv2
-from mnv2.convert import ConvertError, convert
 from mnv2.data import TF_MEAN, TF_STD
-from mnv2.layers import BN_MOMENTUM_KERAS
+from mnv2.models.layers import BN_MOMENTUM_KERAS
+from mnv2.weights.convert import ConvertError, convert
 
 PROB_ATOL, LOGIT_ATOL = 1e-6, 1e-5  # the issue's bounds
 KERAS2 = Path(__file__).parent / "fixtures" / "keras2"
@@ -227,7 +227,7 @@ def test_official_keras_entry_downloads_converts_once(keras, app_035_96, http_se
     """The registry's real entry for keras' 0.35/96 file, served from 127.0.0.1 (same name, same layout)."""
     model, path = app_035_96
     base, files = http_server
-    entry = mnv2.hub.get_pretrained("mobilenetv2_035.keras_in1k_r96")
+    entry = mnv2.weights.hub.get_pretrained("mobilenetv2_035.keras_in1k_r96")
     assert entry.files[0].url.endswith(path.name) and entry.files[0].sha256 is None
     u = urlparse(entry.files[0].url)
     files.routes[f"/{u.netloc}{u.path}"] = path.read_bytes()
@@ -240,7 +240,9 @@ def test_official_keras_entry_downloads_converts_once(keras, app_035_96, http_se
     mnv2.create_model("mobilenetv2_035", **kw)
     assert len(files.requests) == 1
     cached = next((tmp_path / "downloads").rglob(path.name))
-    assert cached.with_name(cached.name + ".sha256").read_text().strip() == mnv2.convert.common.sha256_file(path)
+    assert cached.with_name(cached.name + ".sha256").read_text().strip() == mnv2.weights.convert.common.sha256_file(
+        path
+    )
     with open(cached, "r+b") as f:  # the cached file changes after its first download
         f.seek(5000)
         f.write(b"\x00" * 16)

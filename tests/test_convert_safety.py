@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from mnv2.cli import main
-from mnv2.convert import ConvertError, convert
+from mnv2.weights.convert import ConvertError, convert
 
 FIXTURES = Path(__file__).parent / "fixtures" / "interop"
 MARKER = "mnv2-test-pickle-ran"

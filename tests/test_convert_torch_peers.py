@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import mnv2
-from mnv2.convert import ConvertError, convert, detect_format
 from mnv2.data import IMAGENET_MEAN
+from mnv2.weights.convert import ConvertError, convert, detect_format
 
 FIXTURES = Path(__file__).parent / "fixtures" / "interop"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from deploy_data import batches
-from mnv2.checkpoint import load_checkpoint
 from mnv2.cli import main
+from mnv2.deploy.engines import clear_cache, installed_engines, load_engine, pick_engine
 from mnv2.errors import ConfigError
-from mnv2.export.engines import clear_cache, installed_engines, load_engine, pick_engine
+from mnv2.weights.checkpoint import load_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def test_engines_match_torch_and_are_cached(tiny_checkpoint):
 
 
 def test_int8_engines_run_quantized_file(tiny_checkpoint, tmp_path):
-    from mnv2.export.quantize import quantize
+    from mnv2.deploy.quantize import quantize
 
     q = tmp_path / "int8.onnx"
     quantize(tiny_checkpoint, q, batches(256, seed=3), held_out=batches(256, seed=7), method="percentile")

@@ -150,7 +150,7 @@ def test_predict_with_an_engine_matches_torch(checkpoint, image_folder, tmp_path
 
 @pytest.mark.isolated  # converts with litert-torch in-process; see the marker's note in pyproject.toml
 def test_predict_runs_exported_onnx_and_tflite_files_and_refuses_baked_ones(checkpoint, image_folder, tmp_path, capsys):
-    from mnv2.export.engines import clear_cache
+    from mnv2.deploy.engines import clear_cache
 
     clear_cache()
     files = [str(f) for f in sorted((image_folder / "val" / "green").iterdir())]

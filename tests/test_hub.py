@@ -9,9 +9,9 @@ import torch
 
 import mnv2
 from mnv2 import hub
-from mnv2.convert import ConvertError
 from mnv2.data.download import DownloadError
 from mnv2.errors import ConfigError
+from mnv2.weights.convert import ConvertError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "interop" / "timm_035_c10.pth"
 URL = "https://example.invalid/weights/timm_035_c10.pth"
@@ -47,7 +47,7 @@ def test_download_verify_convert_once_and_reuse(entry, http_server, tmp_path, ca
     assert len(files.requests) == 1 and not model.training
     assert model.meta.metrics == {"top1": 12.5} and model.meta.source["integrity"] == "sha256"
     assert model.meta.preprocessing.input_size == 160 and model.meta.source["pretrained"] == e.name
-    reference = mnv2.convert.convert(FIXTURE)
+    reference = mnv2.weights.convert.convert(FIXTURE)
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
     converted = tmp_path / "converted" / f"{e.name}.safetensors"

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from mnv2.errors import ConfigError
-from mnv2.layers import (
+from mnv2.models.layers import (
     BN_MOMENTUM_KERAS,
     BN_MOMENTUM_TF_SLIM,
     ConvNormAct,

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 import mnv2
+from mnv2.bench.profile import summarize
 from mnv2.errors import ConfigError
 from mnv2.models import TABLE2, block_plan
-from mnv2.profile import summarize
 
 # TF-slim README table (tensorflow/models research/slim/nets/mobilenet/README.md).
 # width, resolution, MACs (M), Params (M)

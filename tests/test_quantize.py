@@ -9,20 +9,20 @@ import torch
 import torch.nn.functional as F
 
 from deploy_data import accuracy, batches, make_images
-from mnv2.checkpoint import load_checkpoint
 from mnv2.cli import main
-from mnv2.engine.qat import convert_qat, prepare_qat
-from mnv2.errors import ConfigError
-from mnv2.export import read_onnx_metadata
-from mnv2.export.engines import load_engine
-from mnv2.export.onnx_export import read_model_metadata
-from mnv2.export.quantize import (
+from mnv2.deploy import read_onnx_metadata
+from mnv2.deploy.engines import load_engine
+from mnv2.deploy.onnx_export import read_model_metadata
+from mnv2.deploy.quantize import (
     AUTO_ORDER,
     TFLITE_AUTO_ORDER,
     QuantizationError,
     check_tflite_bias_scales,
     quantize,
 )
+from mnv2.engine.qat import convert_qat, prepare_qat
+from mnv2.errors import ConfigError
+from mnv2.weights.checkpoint import load_checkpoint
 
 MAX_DROP = 1.0  # points of top-1, the bound
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import mnv2
+from mnv2.bench.memory import measure_peak, memory_report
+from mnv2.bench.memory_bench import dense_peak, streamed_peak
 from mnv2.cli import main
 from mnv2.errors import ConfigError
-from mnv2.memory import measure_peak, memory_report
-from mnv2.memory_bench import dense_peak, streamed_peak
 
 
 def randomize_bn(model: torch.nn.Module) -> torch.nn.Module:

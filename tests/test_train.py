@@ -102,7 +102,7 @@ def load_recipe_model():
 
 def test_init_from_another_architecture_is_a_clear_error(tmp_path, image_folder):
     from mnv2 import CheckpointError, mobilenet_v2, save_checkpoint
-    from mnv2.checkpoint import CheckpointMeta
+    from mnv2.weights.checkpoint import CheckpointMeta
 
     ckpt = tmp_path / "other.safetensors"
     model = mobilenet_v2(width_mult=0.5, num_classes=3)

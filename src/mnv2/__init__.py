@@ -1,40 +1,49 @@
-"""mnv2: MobileNetV2 (Sandler et al., CVPR 2018, arXiv:1801.04381) as practical software."""
+"""mnv2: MobileNetV2 (Sandler et al., CVPR 2018, arXiv:1801.04381) as practical software.
 
-from mnv2.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
-from mnv2.data.preprocessing import Preprocessing
-from mnv2.errors import ConfigError, Mnv2Error
-from mnv2.hub import create_model, list_pretrained
-from mnv2.memory_efficient import StreamingMobileNetV2, streaming
-from mnv2.models import (
-    FeatureInfo,
-    MobileNetV2,
-    MobileNetV2Config,
-    MobileNetV2Features,
-    list_models,
-    mobilenet_v2,
-    model_info,
-)
+The names below are loaded on first use (PEP 562), so ``import mnv2.deploy.engines`` or ``mnv2 --help`` does not
+pull in the training engine, the converters or torch's distributed package.
+"""
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError",
-    "CheckpointMeta",
-    "ConfigError",
-    "FeatureInfo",
-    "Mnv2Error",
-    "MobileNetV2",
-    "MobileNetV2Config",
-    "MobileNetV2Features",
-    "Preprocessing",
-    "StreamingMobileNetV2",
-    "__version__",
-    "create_model",
-    "list_models",
-    "list_pretrained",
-    "load_checkpoint",
-    "mobilenet_v2",
-    "model_info",
-    "save_checkpoint",
-    "streaming",
-]
+import importlib
+
+from mnv2._version import __version__
+
+# public name -> module that defines it
+_EXPORTS = {
+    "CheckpointError": "mnv2.weights.checkpoint",
+    "CheckpointMeta": "mnv2.weights.checkpoint",
+    "load_checkpoint": "mnv2.weights.checkpoint",
+    "save_checkpoint": "mnv2.weights.checkpoint",
+    "Preprocessing": "mnv2.data.preprocessing",
+    "ConfigError": "mnv2.errors",
+    "Mnv2Error": "mnv2.errors",
+    "create_model": "mnv2.weights.hub",
+    "list_pretrained": "mnv2.weights.hub",
+    "StreamingMobileNetV2": "mnv2.deploy.memory_efficient",
+    "streaming": "mnv2.deploy.memory_efficient",
+    "FeatureInfo": "mnv2.models",
+    "MobileNetV2": "mnv2.models",
+    "MobileNetV2Config": "mnv2.models",
+    "MobileNetV2Features": "mnv2.models",
+    "list_models": "mnv2.models",
+    "mobilenet_v2": "mnv2.models",
+    "model_info": "mnv2.models",
+    "TASKS": "mnv2.tasks",
+    "get_task": "mnv2.tasks",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mnv2' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -50,7 +50,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _print_pretrained(as_json: bool) -> int:
-    from mnv2.hub import describe, get_pretrained, list_pretrained
+    from mnv2.weights.hub import describe, get_pretrained, list_pretrained
 
     entries = [describe(get_pretrained(n)) for n in list_pretrained()]
     if as_json:
@@ -69,8 +69,8 @@ def _print_pretrained(as_json: bool) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from mnv2.checkpoint import save_checkpoint
-    from mnv2.convert import convert_source
+    from mnv2.weights.checkpoint import save_checkpoint
+    from mnv2.weights.convert import convert_source
 
     converted = convert_source(args.source, format=args.format, output=args.output)
     path = save_checkpoint(args.out, converted.model, converted.meta)
@@ -97,14 +97,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from mnv2.bench.profile import summarize
     from mnv2.models.mobilenetv2 import check_resolution
-    from mnv2.profile import summarize
 
     if args.resolution is not None:
         check_resolution(args.resolution)
     model, resolution = _build_from_args(args)
     if args.memory:
-        from mnv2.memory import memory_report
+        from mnv2.bench.memory import memory_report
 
         report = memory_report(model, resolution, args.splits)
         print(
@@ -267,7 +267,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _set_threads()
         results = predict(args.checkpoint, args.inputs, topk=args.topk, strict=args.strict)
     else:
-        from mnv2.export import engines
+        from mnv2.deploy import engines
 
         results = engines.predict(
             args.checkpoint, args.inputs, engine, args.precision, topk=args.topk, strict=args.strict,
@@ -278,7 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _bench_memory(args: argparse.Namespace) -> int:
-    from mnv2 import memory_bench
+    from mnv2.bench import memory_bench
 
     if args.threads is not None:
         import torch
@@ -308,7 +308,7 @@ def _bench_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mnv2.export import ExportOptions, export
+    from mnv2.deploy import ExportOptions, export
 
     options = ExportOptions(
         bake_preprocessing=args.bake_preprocessing,
@@ -352,8 +352,8 @@ def _quantize_data(model, data: str, calibration: bool, limit: int | None, worke
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from mnv2.checkpoint import load_checkpoint
-    from mnv2.export.quantize import quantize
+    from mnv2.deploy.quantize import quantize
+    from mnv2.weights.checkpoint import load_checkpoint
 
     model = load_checkpoint(args.checkpoint)
     calib = _quantize_data(model, args.calibration, True, args.max_calibration, args.workers)
@@ -367,8 +367,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _bench_speed(args: argparse.Namespace) -> int:
+    from mnv2.bench.speed import format_table, run_bench
     from mnv2.errors import ConfigError
-    from mnv2.export.bench import format_table, run_bench
 
     memory_only = [f"--{k}" for k in ("width", "splits", "plot") if getattr(args, k) is not None]
     if memory_only:
@@ -395,7 +395,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mnv2 import __version__
+    from mnv2._version import __version__
 
     parser = argparse.ArgumentParser(prog="mnv2", description="MobileNetV2 (arXiv:1801.04381) as practical software.")
     parser.add_argument("--version", action="version", version=f"mnv2 {__version__}")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from mnv2.checkpoint import load_checkpoint
 from mnv2.data.folder import ScanReport
 from mnv2.data.loaders import build_eval_data
 from mnv2.data.preprocessing import Preprocessing
@@ -17,6 +16,7 @@ from mnv2.data.transforms import IMAGE_EXTENSIONS, ImageError, eval_image, load_
 from mnv2.engine.loop import evaluate
 from mnv2.engine.plots import plot_confusion
 from mnv2.errors import ConfigError
+from mnv2.weights.checkpoint import load_checkpoint
 
 
 def evaluate_checkpoint(
@@ -91,7 +91,7 @@ def predict(
     checkpoint: str | Path, inputs: list[str], topk: int = 5, batch_size: int = 64, strict: bool = False
 ) -> list[dict]:
     """Top-``topk`` classes and probabilities for every image, with the PyTorch model of ``checkpoint``;
-    undecodable files get an ``error`` entry (or raise with ``strict``). Other engines: ``mnv2.export.engines``."""
+    undecodable files get an ``error`` entry (or raise with ``strict``). Other engines: ``mnv2.deploy.engines``."""
     model = load_checkpoint(checkpoint)
     return predict_images(
         model, inputs, model.meta.preprocessing, model.meta.class_names or model.config.num_classes,

@@ -8,9 +8,9 @@ import dataclasses
 
 from torch import nn
 
-from mnv2.checkpoint import load_checkpoint
 from mnv2.engine.config import parse_freeze
 from mnv2.models.mobilenetv2 import MobileNetV2
+from mnv2.weights.checkpoint import load_checkpoint
 
 
 def init_from_checkpoint(path: str, num_classes: int, dropout: float) -> tuple[MobileNetV2, bool]:

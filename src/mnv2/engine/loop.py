@@ -27,7 +27,6 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from mnv2.checkpoint import CheckpointMeta, atomic_write, save_checkpoint, unwrap
 from mnv2.cpu import auto_threads
 from mnv2.data.loaders import build_data, epoch_seed, fashion_preprocessing, folder_preprocessing
 from mnv2.data.preprocessing import Preprocessing
@@ -39,6 +38,7 @@ from mnv2.engine.plots import plot_confusion, plot_curves
 from mnv2.errors import ConfigError, Mnv2Error
 from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
+from mnv2.weights.checkpoint import CheckpointMeta, atomic_write, save_checkpoint, unwrap
 
 STATE_FILE = "train_state.pt"
 CPU = torch.device("cpu")
@@ -294,7 +294,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
     else:
         data_pre = folder_preprocessing(config.resolution)
     if config.init:
-        from mnv2.checkpoint import read_checkpoint_meta
+        from mnv2.weights.checkpoint import read_checkpoint_meta
 
         src = read_checkpoint_meta(config.init).preprocessing
         # QAT adapts the model to rounding on the data it was trained for: exactly its preprocessing and size.

@@ -1,6 +1,6 @@
 """Quantization-aware fine-tuning pieces: fake-quantize an mnv2 model the way ``mnv2 quantize`` will quantize it.
 
-The simulated INT8 scheme mirrors the deployed one (``mnv2.export.quantize``): BatchNorm folded into each conv,
+The simulated INT8 scheme mirrors the deployed one (``mnv2.deploy.quantize``): BatchNorm folded into each conv,
 weights int8 symmetric per output channel, activations uint8 asymmetric per tensor after every conv (after its
 ReLU6, so the (0, 6) range is learnt as is), on the residual sums and on the model input. BN statistics are frozen
 (the folded form uses running statistics; γ and β still train), the usual last phase of QAT (Jacob et al. 2018
@@ -10,7 +10,7 @@ from disturbing them.
 Use: ``mnv2 train --qat --init CHECKPOINT`` (the engine wraps the model with :func:`prepare_qat`, validates the
 simulated INT8 model and saves plain checkpoints through :func:`convert_qat`), then ``mnv2 quantize`` on the
 result. From Python: ``qat = prepare_qat(model)``; fine-tune ``qat`` with the usual loss; ``model = convert_qat(qat)``
-gives back a plain ``MobileNetV2`` with the fine-tuned weights, which ``mnv2.export.quantize.quantize`` then turns
+gives back a plain ``MobileNetV2`` with the fine-tuned weights, which ``mnv2.deploy.quantize.quantize`` then turns
 into the INT8 ONNX file.
 """
 
@@ -29,7 +29,7 @@ from torch.ao.quantization import (
     enable_observer,
 )
 
-from mnv2.layers import ConvNormAct
+from mnv2.models.layers import ConvNormAct
 from mnv2.models.mobilenetv2 import InvertedResidual, MobileNetV2
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mnv2.errors import ConfigError
-from mnv2.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH, ConvNormAct, check_padding_mode, make_divisible
+from mnv2.models.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH, ConvNormAct, check_padding_mode, make_divisible
 
 # Table 2 of the paper, bottleneck rows: expansion t, output channels c, repeats n, stride s of the first repeat.
 # fmt: off
@@ -49,7 +49,7 @@ class MobileNetV2Config:
         in_chans: input channels.
         dropout: dropout before the classifier (the paper gives no rate; 0.2 as torchvision and TF-slim).
         padding: ``"torch"`` (symmetric) or ``"tf"`` (TF "SAME", needed for exact parity with TF/Keras weights).
-        bn_eps: BatchNorm epsilon (1e-5 PyTorch, 1e-3 TF; see ``mnv2.layers``).
+        bn_eps: BatchNorm epsilon (1e-5 PyTorch, 1e-3 TF; see ``mnv2.models.layers``).
         bn_momentum: BatchNorm momentum in PyTorch semantics (use ``tf_decay_to_torch_momentum`` for TF decays).
         output_stride: 32 as published; 16 or 8 trade the last strides for dilation (§6.3, DeepLabv3).
         round_nearest: channel divisor.

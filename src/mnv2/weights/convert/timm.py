@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnv2.convert.common import Converted, SourceLayout, convert_torch_state_dict
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mnv2.models.mobilenetv2 import BlockSpec
+from mnv2.weights.convert.common import Converted, SourceLayout, convert_torch_state_dict
 
 # timm's pretrained_cfg for mobilenetv2_*: 224 px, crop_pct 0.875, bicubic, ImageNet mean/std (paper.md §6).
 TIMM_PREPROCESSING = Preprocessing(224, 0.875, "bicubic", IMAGENET_MEAN, IMAGENET_STD)

@@ -117,7 +117,7 @@ class Engine:
 
 class TorchEngine(Engine):
     def __init__(self, model: nn.Module, source: str, threads: int | None) -> None:
-        from mnv2.export.fold import fold_batchnorm
+        from mnv2.models.fold import fold_batchnorm
 
         super().__init__("torch", "fp32", source, threads)
         self.model = fold_batchnorm(model).to(memory_format=torch.channels_last)
@@ -133,7 +133,7 @@ class TorchEngine(Engine):
 class OrtEngine(Engine):
     def __init__(self, onnx_path: Path, precision: str, threads: int | None, spin: bool | None = None) -> None:
         from mnv2.cpu import runnable_others
-        from mnv2.export.onnx_export import ort_session
+        from mnv2.deploy.onnx_export import ort_session
 
         super().__init__("onnxruntime", precision, str(onnx_path), threads)
         # Spinning workers are faster on idle cores (INT8 batch 32: 1.35x) and much slower on shared ones
@@ -257,7 +257,7 @@ def cache_dir() -> Path:
 def _onnx_for_checkpoint(path: Path) -> Path:
     """Export a checkpoint once (keyed by its content hash) and reuse the file afterwards."""
     from mnv2.data.download import sha256_file
-    from mnv2.export.onnx_export import ExportOptions, export_onnx
+    from mnv2.deploy.onnx_export import ExportOptions, export_onnx
 
     digest = sha256_file(path)
     out = cache_dir() / f"{digest[:24]}-fp32.onnx"
@@ -270,10 +270,10 @@ def _onnx_for_checkpoint(path: Path) -> Path:
 
 def _tflite_for_checkpoint(path: Path) -> Path:
     """Convert a checkpoint once to TFLite (batch 1, parity-checked) and reuse the file afterwards."""
-    from mnv2.checkpoint import load_checkpoint
     from mnv2.data.download import sha256_file
-    from mnv2.export.formats import export_other
-    from mnv2.export.onnx_export import ExportOptions
+    from mnv2.deploy.formats import export_other
+    from mnv2.deploy.onnx_export import ExportOptions
+    from mnv2.weights.checkpoint import load_checkpoint
 
     out = cache_dir() / f"{sha256_file(path)[:24]}-fp32-b1.tflite"
     if not out.is_file():
@@ -282,7 +282,7 @@ def _tflite_for_checkpoint(path: Path) -> Path:
 
 
 def _is_int8(path: Path) -> bool:
-    from mnv2.export.onnx_export import read_model_metadata
+    from mnv2.deploy.onnx_export import read_model_metadata
 
     return read_model_metadata(path).get("precision") == "int8"
 
@@ -346,7 +346,7 @@ def load_engine(
             _CACHE.move_to_end(key)
             return _CACHE[key]
     if name == "torch":
-        from mnv2.checkpoint import load_checkpoint
+        from mnv2.weights.checkpoint import load_checkpoint
 
         made: Engine = TorchEngine(load_checkpoint(path), str(path), threads)
     elif name == "litert":
@@ -385,9 +385,9 @@ def predict(
     """``mnv2 predict --engine``: top-``topk`` classes of image files with ``source`` (a checkpoint, or an ONNX or
     TFLite file from ``mnv2 export``/``mnv2 quantize``) run by ``engine``; preprocessing and class names come from
     the file's own metadata. Same result format as :func:`mnv2.engine.evaluate.predict`."""
-    from mnv2.checkpoint import read_checkpoint_meta
+    from mnv2.deploy.onnx_export import read_model_metadata
     from mnv2.engine.evaluate import predict_images
-    from mnv2.export.onnx_export import read_model_metadata
+    from mnv2.weights.checkpoint import read_checkpoint_meta
 
     path = Path(source)
     if path.suffix in FILE_ENGINES:

@@ -105,7 +105,7 @@ def atomic_write(path: str | Path, write) -> None:
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) -> Path:
     """Write ``model``'s weights and ``meta`` to ``path`` (a ``.safetensors`` file), atomically."""
-    from mnv2 import __version__
+    from mnv2._version import __version__
 
     model = unwrap(model)
     meta = dataclasses.replace(meta, package_version=__version__)

@@ -35,7 +35,7 @@ What bounds peak memory in PyTorch, and what this module does about it:
 * temporaries are dropped as soon as the next op has consumed them (``del``);
 * a one-channel slice (``splits="full"``) runs its depthwise as 9 strided in-place multiply-adds: oneDNN treats a
   1-channel grouped conv as an ordinary conv and allocates a 9x im2col buffer;
-* TF "SAME" padding (``padding="tf"``) is applied by the layers' own :meth:`~mnv2.layers.ConvNormAct.pad`: once to
+* TF "SAME" padding (``padding="tf"``) is applied by the layers' own `ConvNormAct.pad`: once to
   the (3-channel) image for the stem, and to each expansion slice before a stride-2 depthwise (a slice-sized
   copy; padding the narrow block input instead would cost a copy of the whole input, the largest live tensor of
   those blocks, and the border would need re-zeroing after BN+ReLU6 since ReLU6(shift) is not zero).
@@ -57,7 +57,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from mnv2.errors import ConfigError
-from mnv2.layers import ConvNormAct
+from mnv2.models.layers import ConvNormAct
 from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Features, check_input_size
 
 SPLITS_FULL = "full"  # one inner channel per slice: "Using n = t we end up having to keep only a single channel" (§5.1)

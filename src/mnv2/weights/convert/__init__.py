@@ -1,7 +1,7 @@
 """Import MobileNetV2 weights from Keras, torchvision, timm and Hugging Face into mnv2 checkpoints.
 
 Example:
-    >>> from mnv2.convert import convert
+    >>> from mnv2.weights.convert import convert
     >>> model = convert("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5", out="keras_100_224.safetensors")
     >>> model.meta.preprocessing.mean   # the source's preprocessing travels with the weights
     (0.5, 0.5, 0.5)
@@ -16,16 +16,16 @@ import dataclasses
 import zipfile
 from pathlib import Path
 
-from mnv2.checkpoint import save_checkpoint
-from mnv2.convert.common import HDF5_MAGIC, ZIP_MAGIC, Converted, ConvertError, load_tensors, read_magic
 from mnv2.models.mobilenetv2 import MobileNetV2
+from mnv2.weights.checkpoint import save_checkpoint
+from mnv2.weights.convert.common import HDF5_MAGIC, ZIP_MAGIC, Converted, ConvertError, load_tensors, read_magic
 
 FORMATS = ("keras", "torchvision", "timm", "huggingface")
 
 
 def detect_format(path: str | Path) -> tuple[str, dict | None]:
     """Return ``(format, tensors)``: the source format of ``path`` and, for tensor files, the loaded tensors."""
-    from mnv2.convert import huggingface, timm, torchvision
+    from mnv2.weights.convert import huggingface, timm, torchvision
 
     path = Path(path)
     if path.is_dir():
@@ -65,10 +65,10 @@ def detect_format(path: str | Path) -> tuple[str, dict | None]:
 
 def convert_source(source: str | Path, *, format: str | None = None, output: str | None = None) -> Converted:
     """Convert ``source`` (file or Hugging Face directory) into a model plus checkpoint metadata."""
-    from mnv2.convert.huggingface import convert_huggingface
-    from mnv2.convert.keras import convert_keras
-    from mnv2.convert.timm import convert_timm
-    from mnv2.convert.torchvision import convert_torchvision
+    from mnv2.weights.convert.huggingface import convert_huggingface
+    from mnv2.weights.convert.keras import convert_keras
+    from mnv2.weights.convert.timm import convert_timm
+    from mnv2.weights.convert.torchvision import convert_torchvision
 
     tensors = None
     if format is None:

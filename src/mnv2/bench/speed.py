@@ -91,12 +91,12 @@ def build_candidates(
     model_name: str, resolution: int, threads: int, workdir: Path, peers: bool = True, int8: bool = True
 ) -> list[Candidate]:
     """Every engine and peer that can run here, each with a factory ``batch -> run``."""
-    from mnv2.checkpoint import CheckpointMeta
     from mnv2.data.preprocessing import Preprocessing
-    from mnv2.export.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, installed_engines
-    from mnv2.export.fold import fold_batchnorm
-    from mnv2.export.onnx_export import ExportOptions, export_onnx, ort_session
+    from mnv2.deploy.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, installed_engines
+    from mnv2.deploy.onnx_export import ExportOptions, export_onnx, ort_session
     from mnv2.models import create_model
+    from mnv2.models.fold import fold_batchnorm
+    from mnv2.weights.checkpoint import CheckpointMeta
 
     torch.set_num_threads(threads)
     model = create_model(model_name).eval()
@@ -132,7 +132,7 @@ def build_candidates(
     if "litert" in installed:
 
         def litert():
-            from mnv2.export.formats import export_other
+            from mnv2.deploy.formats import export_other
 
             tfl = workdir / "mnv2-fp32-b1.tflite"
             export_other("tflite", fold_batchnorm(model), tfl, ExportOptions(dynamic_batch=False), meta=meta)
@@ -141,7 +141,7 @@ def build_candidates(
         out.append(Candidate("mnv2 litert", False, "fp32", once(litert), "XNNPACK, BN folded"))
     out.append(Candidate("mnv2 torch", False, "fp32", once(lambda: TorchEngine(model, "<bench>", threads))))
     if int8 and "onnxruntime" in installed:
-        from mnv2.export.quantize import quantize_onnx_static
+        from mnv2.deploy.quantize import quantize_onnx_static
 
         q = workdir / "mnv2-int8.onnx"
         calib = np.random.default_rng(0).standard_normal((16, 3, resolution, resolution), dtype=np.float32)
@@ -155,7 +155,7 @@ def build_candidates(
     if int8 and "litert" in installed:
 
         def litert_int8():
-            from mnv2.export.quantize import quantize_tflite_static
+            from mnv2.deploy.quantize import quantize_tflite_static
 
             tfl = workdir / "mnv2-int8.tflite"
             calib = np.random.default_rng(0).standard_normal((16, 3, resolution, resolution), dtype=np.float32)

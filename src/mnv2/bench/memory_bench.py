@@ -1,8 +1,8 @@
 """``mnv2 bench --memory``: measured peak activation memory and latency of §5.1 streaming vs the dense model.
 
 For each width and split count, in one run: the allocator's measured peak during a batch forward of the dense
-eager model and of :func:`mnv2.streaming` (:func:`mnv2.memory.measure_peak`), the analytic §5.1 bound
-(:func:`mnv2.memory.memory_report`), and latency. Latencies are measured interleaved — each repeat times the
+eager model and of :func:`mnv2.streaming` (:func:`mnv2.bench.memory.measure_peak`), the analytic §5.1 bound
+(:func:`mnv2.bench.memory.memory_report`), and latency. Latencies are measured interleaved — each repeat times the
 dense model (NCHW and channels-last input) and every split count back to back — and reported as medians and as
 the median of the per-repeat ratios against the faster dense layout, so that load from other processes on a
 shared machine moves both sides alike.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mnv2.memory import PeakMeasurement, label_modules, measure_peak, memory_report
-from mnv2.memory_efficient import SPLITS_FULL, check_splits, streaming
+from mnv2.bench.memory import PeakMeasurement, label_modules, measure_peak, memory_report
+from mnv2.deploy.memory_efficient import SPLITS_FULL, check_splits, streaming
 from mnv2.models import mobilenet_v2
 from mnv2.models.mobilenetv2 import MobileNetV2, check_resolution
 

@@ -20,12 +20,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from mnv2.checkpoint import CheckpointError, CheckpointMeta
 from mnv2.data.download import sha256_file
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH
+from mnv2.models.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH
 from mnv2.models.mobilenetv2 import BlockSpec, MobileNetV2, MobileNetV2Config, block_plan
 from mnv2.models.registry import PUBLISHED_RESOLUTIONS
+from mnv2.weights.checkpoint import CheckpointError, CheckpointMeta
 
 # Widths tried first when inferring the width multiplier from channel counts (TF-slim / Keras / timm published set).
 PUBLISHED_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)

@@ -25,7 +25,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mnv2.convert.common import (
+from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
+from mnv2.models.layers import BN_EPS_TF, BN_MOMENTUM_TF_SLIM
+from mnv2.models.mobilenetv2 import BlockSpec
+from mnv2.weights.convert.common import (
     Converted,
     ConvertError,
     SourceLayout,
@@ -38,9 +41,6 @@ from mnv2.convert.common import (
     sha256_file,
     structure,
 )
-from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
-from mnv2.layers import BN_EPS_TF, BN_MOMENTUM_TF_SLIM
-from mnv2.models.mobilenetv2 import BlockSpec
 
 # HF's classifier_dropout_prob default: TF-slim's dropout_keep_prob=0.8 ported as a drop rate; slim drops 0.2.
 HF_MISPORTED_KEEP_PROB = 0.8

@@ -33,7 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnv2.convert.common import (
+from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
+from mnv2.models.layers import BN_EPS_TF, BN_MOMENTUM_KERAS, tf_decay_to_torch_momentum
+from mnv2.models.mobilenetv2 import BlockSpec
+from mnv2.weights.convert.common import (
     HDF5_MAGIC,
     ZIP_MAGIC,
     Converted,
@@ -49,9 +52,6 @@ from mnv2.convert.common import (
     sha256_file,
     structure,
 )
-from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
-from mnv2.layers import BN_EPS_TF, BN_MOMENTUM_KERAS, tf_decay_to_torch_momentum
-from mnv2.models.mobilenetv2 import BlockSpec
 
 # Kernel layouts: Keras Conv2D (kh, kw, in, out) -> PyTorch (out, in, kh, kw); DepthwiseConv2D (kh, kw, C, 1) ->
 # (C, 1, kh, kw); Dense (in, out) -> Linear (out, in).

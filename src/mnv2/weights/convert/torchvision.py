@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnv2.convert.common import Converted, SourceLayout, convert_torch_state_dict, structure
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mnv2.models.mobilenetv2 import BlockSpec
+from mnv2.weights.convert.common import Converted, SourceLayout, convert_torch_state_dict, structure
 
 # torchvision's eval transform for IMAGENET1K_V1: resize 256 -> crop 224, bilinear (TV-doc; paper.md §6).
 TORCHVISION_PREPROCESSING = Preprocessing(224, 224 / 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD)

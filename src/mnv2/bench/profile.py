@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from mnv2.layers import ConvNormAct
+from mnv2.models.layers import ConvNormAct
 
 
 @dataclass

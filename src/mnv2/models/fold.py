@@ -13,7 +13,7 @@ import copy
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from mnv2.layers import ConvNormAct
+from mnv2.models.layers import ConvNormAct
 
 
 def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:

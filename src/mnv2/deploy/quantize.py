@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnv2.checkpoint import CheckpointMeta, atomic_write, load_checkpoint
+from mnv2.deploy.onnx_export import METADATA_PREFIX, ExportOptions, export_onnx, ort_session
 from mnv2.errors import ConfigError, Mnv2Error
-from mnv2.export.onnx_export import METADATA_PREFIX, ExportOptions, export_onnx, ort_session
+from mnv2.weights.checkpoint import CheckpointMeta, atomic_write, load_checkpoint
 
 FORMATS = ("onnx", "tflite")
 METHODS = ("minmax", "percentile", "entropy", "distribution")
@@ -363,7 +363,7 @@ def check_tflite_bias_scales(model: bytes | str | Path, rtol: float = 1e-3) -> i
 
 def predict_tflite(path: str | Path, x: np.ndarray, batch: int = 64, threads: int | None = None) -> np.ndarray:
     """Model outputs for ``x`` through LiteRT's interpreter (XNNPACK), in batches."""
-    from mnv2.export.engines import LiteRtEngine
+    from mnv2.deploy.engines import LiteRtEngine
 
     engine = LiteRtEngine(Path(path), threads)
     return np.concatenate([engine(x[i : i + batch]) for i in range(0, len(x), batch)])
@@ -401,8 +401,8 @@ class _TfliteBackend:
     methods, auto_order, suffix = TFLITE_METHODS, TFLITE_AUTO_ORDER, ".tflite"
 
     def __init__(self, model: nn.Module, meta: CheckpointMeta | None, workdir: Path, threads: int | None) -> None:
-        from mnv2.export.formats import require_package
-        from mnv2.export.onnx_export import plan_export
+        from mnv2.deploy.formats import require_package
+        from mnv2.deploy.onnx_export import plan_export
 
         require_package("litert_torch", "litert-torch", "tflite")
         require_package("ai_edge_litert", "ai-edge-litert", "tflite")
@@ -424,7 +424,7 @@ class _TfliteBackend:
         return predict_tflite(path, x, threads=self.threads)
 
     def finish(self, path: Path, out: str | Path, summary: dict) -> None:
-        from mnv2.export.onnx_export import metadata_props
+        from mnv2.deploy.onnx_export import metadata_props
 
         extra = {"quantization": json.dumps(summary), "precision": "int8"}
         props = metadata_props(self.meta, self.spec, self.options, extra)

@@ -28,12 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnv2.checkpoint import CheckpointMeta, atomic_write, load_checkpoint
-from mnv2.data.download import sha256_file
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.errors import ConfigError, Mnv2Error
-from mnv2.export.fold import fold_batchnorm
+from mnv2.models.fold import fold_batchnorm
 from mnv2.models.mobilenetv2 import MobileNetV2, check_resolution
+from mnv2.weights.checkpoint import CheckpointMeta, atomic_write, load_checkpoint
 
 # ONNX opset the dynamo exporter targets in torch 2.13; ONNX Runtime >= 1.16 and OpenVINO >= 2023.1 read it.
 ONNX_OPSET = 20
@@ -248,7 +247,7 @@ def sample_input(io: dict[str, Any], batch: int, size: int | None = None, seed: 
 
 def metadata_props(meta: CheckpointMeta, io: dict[str, Any], options: ExportOptions, extra: dict | None = None):
     """The ``mnv2.*`` key/value pairs written into an exported model."""
-    from mnv2 import __version__
+    from mnv2._version import __version__
 
     props = {
         "preprocessing": json.dumps(meta.preprocessing.to_dict()),
@@ -444,24 +443,3 @@ def read_model_metadata(path: str | Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{str(sidecar)!r} is not mnv2 metadata JSON ({e})") from e
     return _decode_metadata(pairs)
-
-
-def export(
-    checkpoint: str | Path | nn.Module,
-    out: str | Path,
-    fmt: str = "onnx",
-    options: ExportOptions | None = None,
-) -> ExportReport:
-    """Export to ``fmt`` (``onnx``, ``tflite``, ``executorch``), verifying parity. See :data:`FORMATS`."""
-    options = options or ExportOptions()
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}; mnv2 exports to: {', '.join(FORMATS)}")
-    extra = {}
-    if isinstance(checkpoint, (str, Path)):
-        path, checkpoint = checkpoint, load_checkpoint(checkpoint)
-        extra["checkpoint_sha256"] = sha256_file(path)
-    if fmt == "onnx":
-        return export_onnx(checkpoint, out, options, extra_metadata=extra)
-    from mnv2.export import formats
-
-    return formats.export_other(fmt, checkpoint, out, options)

@@ -2,7 +2,7 @@
 
 Analytic (:func:`memory_report`). §5.1 bounds a graph's memory by its worst single op,
 ``M(G) = max_op [Σ|inputs| + Σ|outputs| + |op|]``. Shapes come from a forward pass over the real module graph
-(:func:`mnv2.profile.summarize`), never from a retyped table. Per row (stem, each block, head, classifier):
+(:func:`mnv2.bench.profile.summarize`), never from a retyped table. Per row (stem, each block, head, classifier):
 
 * dense: every ConvNormAct is an op: ``|in| + |out|``, plus the block input while a shortcut still needs it;
 * streamed (``mnv2.streaming``, the block as one op, §5.1): ``|in| + |out| + one slice`` where a slice is
@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from mnv2.memory_efficient import SPLITS_FULL, check_splits, slice_width
+from mnv2.bench.profile import summarize
+from mnv2.deploy.memory_efficient import SPLITS_FULL, check_splits, slice_width
 from mnv2.models.mobilenetv2 import MobileNetV2
-from mnv2.profile import summarize
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 TABLE3_BYTES = BYTES_PER_ELEMENT["fp16"]  # Table 3: "16-bit floats"

@@ -24,14 +24,14 @@ from typing import Any
 
 from torch import nn
 
-from mnv2.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
-from mnv2.convert import convert_source
-from mnv2.convert.common import ConvertError
 from mnv2.data.download import cache_dir, download, sha256_file
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mnv2.errors import ConfigError
 from mnv2.models import registry
 from mnv2.models.mobilenetv2 import MobileNetV2
+from mnv2.weights.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from mnv2.weights.convert import convert_source
+from mnv2.weights.convert.common import ConvertError
 
 MIRROR_ENV = "MNV2_WEIGHTS_MIRROR"
 # Options that change no weight's shape, so they combine with published weights.

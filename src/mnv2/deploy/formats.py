@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from mnv2.checkpoint import CheckpointMeta, atomic_write
-from mnv2.errors import ConfigError
-from mnv2.export.onnx_export import (
+from mnv2.deploy.onnx_export import (
     ExportOptions,
     ExportReport,
     check_parity,
@@ -32,6 +30,8 @@ from mnv2.export.onnx_export import (
     plan_export,
     sample_input,
 )
+from mnv2.errors import ConfigError
+from mnv2.weights.checkpoint import CheckpointMeta, atomic_write
 
 
 def require_package(module: str, package: str, fmt: str) -> None:
