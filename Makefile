@@ -28,6 +28,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -m isolated

@@ -51,6 +51,7 @@ def measure(side: str, width: float, resolution: int, batch: int, steps: int, th
     from mnv2 import mobilenet_v2
     from mnv2.engine.config import load_recipe
     from mnv2.engine.loop import autocast_dtype, set_cpu_allocator, train_one_epoch
+    from mnv2.tasks import get_task
 
     if threads:
         torch.set_num_threads(threads)
@@ -80,7 +81,17 @@ def measure(side: str, width: float, resolution: int, batch: int, steps: int, th
 
         def run(n):
             train_one_epoch(
-                net, SameBatch(xc, y, n), opt, config, 0, 0, n, dtype=dtype, device=torch.device("cpu"), rank=1
+                net,
+                SameBatch(xc, y, n),
+                opt,
+                config,
+                0,
+                0,
+                n,
+                task=get_task("classification"),
+                dtype=dtype,
+                device=torch.device("cpu"),
+                rank=1,
             )
 
     run(2)

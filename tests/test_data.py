@@ -15,8 +15,9 @@ from mnv2.data import fashion_mnist
 from mnv2.data.download import DownloadError, download
 from mnv2.data.fashion_mnist import DatasetError, read_idx
 from mnv2.data.folder import folder_splits
+from mnv2.data.images import eval_image, load_image
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.data.transforms import AugmentConfig, BatchAugment, eval_image, load_image
+from mnv2.data.transforms import AugmentConfig, BatchAugment
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from mnv2 import CheckpointMeta, Preprocessing, load_checkpoint, mobilenet_v2, save_checkpoint
 from mnv2.cli import main
-from mnv2.data.transforms import eval_image, load_image
+from mnv2.data.images import eval_image, load_image
 from mnv2.engine.evaluate import evaluate_checkpoint, predict
 from mnv2.errors import ConfigError
 

@@ -119,8 +119,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+_FLAG_TYPES = {"int": int, "float": float, "str": str}
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from mnv2.engine.config import FREEZE_HELP
+    from mnv2.engine.config import flag_fields
 
     p.add_argument("--out", default=None, help="run directory (config.yaml, best/last checkpoints, metrics, plots)")
     p.add_argument(
@@ -129,78 +132,23 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="shipped recipe (default, fashion-mnist, paper, modern, qat) or a YAML file (default: default, or qat)",
     )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue that run from its last completed epoch")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="fashion-mnist (built in) or an image folder (root/train, root/val or root/<class>)",
-    )
-    p.add_argument(
-        "--data-root", default=None, help="directory holding the Fashion-MNIST IDX files (else cache/Debian/download)"
-    )
-    p.add_argument("--val-split", type=float, default=None, help="val fraction when --data is one folder of classes")
-    p.add_argument(
-        "--strict", action="store_true", default=None, help="fail on corrupt or non-image files instead of skipping"
-    )
-    p.add_argument("--model", default=None, help="registered model name (overrides --width)")
-    p.add_argument("--width", type=float, default=None, help="width multiplier")
-    p.add_argument("--resolution", type=int, default=None, help="input size in pixels (>= 32)")
-    p.add_argument("--stem-stride", type=int, default=None, help="2 as published; 1 for small images")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size (split over processes)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate per --lr-batch images (scaled linearly)")
-    p.add_argument("--optimizer", default=None, help="sgd, rmsprop or adamw")
-    p.add_argument("--schedule", default=None, help="exp, cosine or onecycle")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--label-smoothing", type=float, default=None)
-    p.add_argument("--ema-decay", type=float, default=None, help="weight EMA decay (0 = off)")
-    p.add_argument("--grad-clip", type=float, default=None, help="max global gradient norm (0 = off)")
-    p.add_argument("--amp", default=None, help="auto (bf16 on CUDA / AMX CPUs), bf16 or off")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes for image folders")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--init", default=None, help="fine-tune from this checkpoint (its head is replaced for new classes)")
-    p.add_argument("--freeze", default=None, help=FREEZE_HELP)
-    p.add_argument("--bn", default=None, help="train (update BN statistics) or frozen (use the checkpoint's)")
-    p.add_argument(
-        "--qat", action="store_const", const=True, default=None,
-        help="quantization-aware fine-tuning of --init: trains the simulated INT8 model; then run mnv2 quantize",
-    )  # fmt: skip
+    # Every other flag is a TrainConfig field (mnv2.engine.config.flag): name, type, choices and help live there.
+    for f in flag_fields():
+        name, meta = "--" + f.name.replace("_", "-"), f.metadata
+        kind = str(f.type).replace(" | None", "")
+        if kind == "bool":
+            p.add_argument(name, action="store_const", const=True, default=None, help=meta["help"])
+            continue
+        choices = meta["choices"]
+        help_text = meta["help"] + (f" ({', '.join(map(str, choices))})" if choices else "")
+        p.add_argument(name, type=_FLAG_TYPES[kind], default=None, help=help_text, metavar=f.name.upper())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mnv2.engine.config import apply_overrides, load_recipe
+    from mnv2.engine.config import RESUME_FLAGS, apply_overrides, flag_fields, load_recipe
     from mnv2.engine.loop import load_run_config, train
 
-    keys = [
-        "data",
-        "data_root",
-        "val_split",
-        "strict",
-        "model",
-        "width",
-        "resolution",
-        "stem_stride",
-        "epochs",
-        "batch_size",
-        "lr",
-        "optimizer",
-        "schedule",
-        "weight_decay",
-        "label_smoothing",
-        "ema_decay",
-        "grad_clip",
-        "amp",
-        "compile",
-        "workers",
-        "threads",
-        "seed",
-        "init",
-        "freeze",
-        "bn",
-        "qat",
-    ]
-    overrides = {k: getattr(args, k) for k in keys}
+    overrides = {f.name: getattr(args, f.name) for f in flag_fields()}
     if args.resume and args.out and args.out != args.resume:
         raise ConfigError(f"--resume {args.resume} continues that directory; drop --out {args.out}")
     out = args.resume or args.out
@@ -208,21 +156,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("give --out RUN_DIR (a new run) or --resume RUN_DIR (continue one)")
     if args.resume:
         config = load_run_config(out)
-        allowed = {"epochs", "workers", "threads"}
-        bad = sorted(k for k, v in overrides.items() if v is not None and k not in allowed)
+        bad = sorted(k for k, v in overrides.items() if v is not None and k not in RESUME_FLAGS)
         if bad:
-            raise ConfigError(
-                f"--resume continues the saved config; only --epochs/--workers/--threads may change, not {bad}"
-            )
+            allowed = "/".join(f"--{k}" for k in RESUME_FLAGS)
+            raise ConfigError(f"--resume continues the saved config; only {allowed} may change, not {bad}")
         config = apply_overrides(config, overrides)
     else:
         recipe = args.recipe or ("qat" if args.qat else "default")
         config = apply_overrides(load_recipe(recipe), overrides)
     result = train(config, out, resume=bool(args.resume))
+    metric = result["metric"]
     print(
-        f"done: best {result['best_top1']:.2f}% / last {result['last_top1']:.2f}% top-1 after {result['epochs']} "
-        f"epochs, "
-        f"{result['wall_s'] / 60:.1f} min; best checkpoint {result['best']}"
+        f"done: best {metric} {result[f'best_{metric}']:.2f} / last {result[f'last_{metric}']:.2f} after "
+        f"{result['epochs']} epochs, {result['wall_s'] / 60:.1f} min; best checkpoint {result['best']}"
     )
     return 0
 
@@ -237,7 +183,10 @@ def _set_threads() -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mnv2.engine.evaluate import evaluate_checkpoint
+    from mnv2.tasks import get_task
+    from mnv2.weights.checkpoint import read_checkpoint_meta
 
+    task = get_task(read_checkpoint_meta(args.checkpoint).task)
     _set_threads()
     r = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, workers=args.workers,
@@ -246,21 +195,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r))
         return 0
-    print(
-        f"{r['checkpoint']} on {r['data']}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  n={r['n']}  "
-        f"loss {r['loss']:.4f}" + ("  (flip test-time augmentation)" if r["tta"] == "flip" else "")
-    )
-    for name, acc in r["per_class"].items():
-        print(f"  {name:<20} {'-' if acc is None else f'{acc:6.2f}%'}")
+    tta = f"  ({r['tta']} test-time augmentation)" if r["tta"] != "none" else ""
+    print(f"{r['checkpoint']} on {r['data']}: {task.format_metrics(r)}  n={r['n']}{tta}")
+    for name, value in r.get("per_class", {}).items():
+        print(f"  {name:<20} {'-' if value is None else f'{value:6.2f}%'}")
     if any(r["skipped"].values()):
         print(f"skipped: {r['skipped']['corrupt']} corrupt image(s), {r['skipped']['non_image']} non-image file(s)")
-    print(f"confusion matrix: {r['confusion_png']}")
+    print(f"{task.report_file.removesuffix('.png')}: {r['confusion_png']}")
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from mnv2.engine.evaluate import format_predictions, predict
+def _task_of(path: str):
+    """The task of a checkpoint or an exported file (files exported before tasks existed are classifiers)."""
+    from mnv2.tasks import DEFAULT_TASK, get_task
 
+    if path.endswith((".onnx", ".tflite")):
+        from mnv2.deploy.onnx_export import read_model_metadata
+
+        return get_task(read_model_metadata(path).get("task", DEFAULT_TASK))
+    from mnv2.weights.checkpoint import read_checkpoint_meta
+
+    return get_task(read_checkpoint_meta(path).task)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mnv2.engine.evaluate import predict
+
+    task = _task_of(args.checkpoint)
     exported = args.checkpoint.endswith((".onnx", ".tflite"))  # an exported file runs on its own engines
     engine = args.engine or ("auto" if exported else "torch")
     if engine == "torch" and args.precision in (None, "fp32") and not exported:
@@ -273,7 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             args.checkpoint, args.inputs, engine, args.precision, topk=args.topk, strict=args.strict,
             threads=args.threads,
         )  # fmt: skip
-    print(format_predictions(results, args.json))
+    print(json.dumps(results) if args.json else "\n".join(task.format_prediction(r) for r in results))
     return 0
 
 
@@ -426,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on corrupt or non-image files")
     p.add_argument("--confusion", default=None, help="PNG path (default: next to the checkpoint)")
     p.add_argument(
-        "--tta", choices=("none", "flip"), default="none",
+        "--tta", default="none",
         help="test-time augmentation: flip averages each image with its mirror image (default none: single view)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object: top1, top5, n, loss, per_class, ...")

@@ -11,6 +11,10 @@ and Hugging Face transformers' ``MobileNetV2ForImageClassification`` eager. All 
 
 Weights are random (speed does not depend on them); the INT8 models are calibrated on random inputs for the same
 reason. Accuracy of INT8 is ``mnv2 quantize``'s job, not this one's.
+
+Distance to the hardware limit: every run also times a large fp32 matmul on the same thread count
+(:func:`measure_matmul_peak`) and reports each engine's achieved GFLOP/s (2 x the model's multiply-adds per image,
+from :func:`mnv2.bench.profile.summarize`, x images/s) as a fraction of that peak.
 """
 
 from __future__ import annotations
@@ -46,6 +50,14 @@ class BenchRecord:
     fastest_peer: str | None
     rounds: int
     note: str = ""
+    # Distance to the hardware limit. gflops = 2 * madds_per_image * images_per_s / 1e9: the model's useful work
+    # (mnv2's own MAdds counter; BN, activations and padding are not counted), fp32-equivalent for int8/bf16 rows.
+    gflops: float | None = None
+    peak_fraction: float | None = None  # gflops / peak_gflops: the fp32 matmul peak measured in the same run
+    madds_per_image: int | None = None
+    peak_gflops: float | None = None
+    peak_threads: int | None = None
+    peak_n: int | None = None  # side of the square matmul that measured peak_gflops
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +95,46 @@ def _blocks(runs: dict, x: np.ndarray, iters: int, warmup: int, slow_ms: float) 
     return times
 
 
+def measure_matmul_peak(threads: int, n: int = 2048, warmup: int = 2, repeats: int = 5, budget_s: float = 2.0) -> float:
+    """This machine's fp32 peak in GFLOP/s: the median of ``repeats`` timed ``n`` x ``n`` matmuls on ``threads``.
+
+    A large square fp32 GEMM is the best-tuned kernel torch has (oneDNN/MKL), so it is the practical ceiling for
+    fp32 compute on these cores; one call is 2 n^3 FLOPs. Timed calls stop once ``budget_s`` has been spent (after
+    at least 3), so a loaded machine does not make the bench much longer. The previous thread count is restored.
+    """
+    if threads < 1 or n < 1 or repeats < 1:
+        raise ConfigError("threads, n and repeats must all be >= 1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        # randn, not zeros/ones: no special values that a kernel could shortcut, no denormals
+        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+        c = torch.empty(n, n)
+        with torch.inference_mode():
+            for _ in range(warmup):  # thread pool start-up, page faults, packing buffers
+                torch.mm(a, b, out=c)
+            times: list[float] = []
+            start = time.perf_counter()
+            while len(times) < repeats:
+                t = time.perf_counter()
+                torch.mm(a, b, out=c)
+                times.append(time.perf_counter() - t)
+                if len(times) >= 3 and time.perf_counter() - start > budget_s:
+                    break
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def model_madds(model_name: str, resolution: int) -> int:
+    """Multiply-adds per image of ``model_name`` at ``resolution``, counted by ``mnv2 summary``'s counter."""
+    from mnv2.bench.profile import summarize as profile_summary
+    from mnv2.models import create_model
+
+    return profile_summary(create_model(model_name).eval(), resolution).madds
+
+
 def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
@@ -102,8 +154,15 @@ def build_candidates(
     model = create_model(model_name).eval()
     meta = CheckpointMeta(model_config=model.config, preprocessing=Preprocessing(input_size=resolution))
     installed = installed_engines()
-    fp32 = workdir / "mnv2-fp32.onnx"
-    export_onnx(model, fp32, ExportOptions(fold_bn=True, dynamic_batch=True), meta=meta)
+    fp32_path = workdir / "mnv2-fp32.onnx"
+
+    def fp32() -> Path:
+        # Exported on first use: the export takes tens of seconds on a busy 2-core machine, and a run restricted
+        # to engines that do not read it (``--engines torch``) should not pay for it.
+        if not fp32_path.exists():
+            export_onnx(model, fp32_path, ExportOptions(fold_bn=True, dynamic_batch=True), meta=meta)
+        return fp32_path
+
     out: list[Candidate] = []
 
     def once(factory):  # build lazily, reuse for every batch size
@@ -117,15 +176,15 @@ def build_candidates(
         return make
 
     if "onnxruntime" in installed:
-        out.append(Candidate("mnv2 onnxruntime", False, "fp32", once(lambda: OrtEngine(fp32, "fp32", threads))))
+        out.append(Candidate("mnv2 onnxruntime", False, "fp32", once(lambda: OrtEngine(fp32(), "fp32", threads))))
     if "openvino" in installed:
-        out.append(Candidate("mnv2 openvino", False, "fp32", once(lambda: OpenVinoEngine(fp32, "fp32", threads))))
+        out.append(Candidate("mnv2 openvino", False, "fp32", once(lambda: OpenVinoEngine(fp32(), "fp32", threads))))
         out.append(
             Candidate(
                 "mnv2 openvino",
                 False,
                 "bf16",
-                once(lambda: OpenVinoEngine(fp32, "bf16", threads)),
+                once(lambda: OpenVinoEngine(fp32(), "bf16", threads)),
                 "bf16 compute: not fp32-accurate",
             )
         )
@@ -145,7 +204,7 @@ def build_candidates(
 
         q = workdir / "mnv2-int8.onnx"
         calib = np.random.default_rng(0).standard_normal((16, 3, resolution, resolution), dtype=np.float32)
-        quantize_onnx_static(fp32, q, calib, "minmax", per_channel=True, batch=8)
+        quantize_onnx_static(fp32(), q, calib, "minmax", per_channel=True, batch=8)
         note = "QDQ per-channel, calibrated on random data (speed only)"
         out.append(Candidate("mnv2 onnxruntime", False, "int8", once(lambda: OrtEngine(q, "int8", threads)), note))
         if "openvino" in installed:
@@ -248,8 +307,13 @@ def run_bench(
     only: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
     slow_ms: float = 200.0,
+    peak_n: int = 2048,
 ) -> list[BenchRecord]:
-    """Measure every candidate at batch 1 and ``batch``, in blocks over ``rounds``; return the records."""
+    """Measure every candidate at batch 1 and ``batch``, in blocks over ``rounds``; return the records.
+
+    Each record also carries its achieved GFLOP/s and the fraction of this machine's fp32 matmul peak, measured
+    once in this run on ``threads`` threads with an ``peak_n`` x ``peak_n`` matmul.
+    """
     if rounds < 1 or batch < 1 or iters_1 < 1 or iters_n < 1 or threads < 1:
         raise ConfigError("rounds, batch, iters and threads must all be >= 1")
     with tempfile.TemporaryDirectory() as d:
@@ -258,6 +322,12 @@ def run_bench(
             cands = [c for c in cands if any(o in c.name for o in only)]
             if not cands:
                 raise ConfigError(f"no engine matches {only!r}")
+        madds = model_madds(model_name, resolution)
+        # Before any engine is timed: ORT's and XNNPACK's worker threads spin for a while after a call, which would
+        # steal cores from the matmul and understate the peak.
+        if progress:
+            progress(f"fp32 matmul peak on {threads} threads (n={peak_n})")
+        peak = measure_matmul_peak(threads, n=peak_n)
         rng = np.random.default_rng(0)
         inputs = {b: rng.standard_normal((b, 3, resolution, resolution), dtype=np.float32) for b in (1, batch)}
         # lat[(name, precision)][b] = per-round list of per-call times (ms)
@@ -272,11 +342,21 @@ def run_bench(
                 times = _blocks(runs, inputs[b], n, warmup=3 if b == 1 else 1, slow_ms=slow_ms * b)
                 for key, ts in times.items():
                     lat.setdefault(key, {}).setdefault(b, []).append(ts)
-    return summarize(cands, lat, batch, rounds)
+    return summarize(cands, lat, batch, rounds, madds=madds, peak_gflops=peak, peak_threads=threads, peak_n=peak_n)
 
 
-def summarize(cands: list[Candidate], lat, batch: int, rounds: int) -> list[BenchRecord]:
-    """Per-engine medians and within-round ratios against the fastest fp32 peer."""
+def summarize(
+    cands: list[Candidate],
+    lat,
+    batch: int,
+    rounds: int,
+    madds: int | None = None,
+    peak_gflops: float | None = None,
+    peak_threads: int | None = None,
+    peak_n: int | None = None,
+) -> list[BenchRecord]:
+    """Per-engine medians and within-round ratios against the fastest fp32 peer; GFLOP/s and fraction of the peak
+    when the model's ``madds`` per image and the measured ``peak_gflops`` are given."""
     records = []
     peer_keys = [(c.name, c.precision) for c in cands if c.peer and c.precision == "fp32"]
     for b in sorted({1, batch}):
@@ -287,6 +367,9 @@ def summarize(cands: list[Candidate], lat, batch: int, rounds: int) -> list[Benc
             all_calls = [t for ts in lat[key][b] for t in ts]
             med = statistics.median(round_med[key])
             ratio = None
+            ips = b * 1e3 / med
+            gflops = 2 * madds * ips / 1e9 if madds is not None else None
+            fraction = gflops / peak_gflops if gflops is not None and peak_gflops else None
             if fastest is not None:
                 # batch 1: latency ratio (lower is better); batch N: throughput ratio (higher is better)
                 per_round = [
@@ -301,24 +384,31 @@ def summarize(cands: list[Candidate], lat, batch: int, rounds: int) -> list[Benc
                     batch=b,
                     median_ms=med,
                     p90_ms=float(np.percentile(all_calls, 90)),
-                    images_per_s=b * 1e3 / med,
+                    images_per_s=ips,
                     ratio_vs_fastest_peer=ratio,
                     fastest_peer=f"{fastest[0]} {fastest[1]}" if fastest else None,
                     rounds=rounds,
                     note=c.note,
+                    gflops=gflops,
+                    peak_fraction=fraction,
+                    madds_per_image=madds,
+                    peak_gflops=peak_gflops,
+                    peak_threads=peak_threads,
+                    peak_n=peak_n,
                 )
             )
     return records
 
 
 def format_table(records: list[BenchRecord], batch: int) -> str:
-    """Side-by-side table: batch-1 latency and batch-N throughput per engine, with ratios vs the fastest peer."""
+    """Side-by-side table: batch-1 latency and batch-N throughput per engine, with ratios vs the fastest peer, and
+    batch-N GFLOP/s with its fraction of the fp32 matmul peak measured in the same run (one line states the peak)."""
     rows: dict[tuple[str, str], dict[int, BenchRecord]] = {}
     for r in records:
         rows.setdefault((r.engine, r.precision), {})[r.batch] = r
     head = (
         f"{'engine':<28}{'prec':<6}{'peer':<6}{'b1 med ms':>10}{'b1 p90':>8}{'b1 ×peer':>10}"
-        f"{f'b{batch} img/s':>12}{f'b{batch} ×peer':>11}"
+        f"{f'b{batch} img/s':>12}{f'b{batch} ×peer':>11}{f'b{batch} GFLOP/s':>13}{'% of peak':>11}"
     )
     lines = [head, "-" * len(head)]
     for (name, prec), by_b in rows.items():
@@ -327,9 +417,13 @@ def format_table(records: list[BenchRecord], batch: int) -> str:
         def ratio(x):
             return f"{x:.2f}" if x is not None else "-"
 
+        # 3 significant digits, not a fixed 1 decimal: a small model at a small resolution is well under 1 GFLOP/s
+        gflops = f"{n.gflops:.3g}" if n.gflops is not None else "-"
+        frac = f"{100 * n.peak_fraction:.3g}" if n.peak_fraction is not None else "-"
         lines.append(
             f"{name:<28}{prec:<6}{('yes' if one.peer else ''):<6}{one.median_ms:>10.2f}{one.p90_ms:>8.2f}"
             f"{ratio(one.ratio_vs_fastest_peer):>10}{n.images_per_s:>12.1f}{ratio(n.ratio_vs_fastest_peer):>11}"
+            f"{gflops:>13}{frac:>11}"
         )
     first = records[0] if records else None
     if first is not None and first.fastest_peer:
@@ -338,5 +432,15 @@ def format_table(records: list[BenchRecord], batch: int) -> str:
         lines.append(
             f"×peer: batch-1 latency / fastest peer's ({', '.join(peers1)}; lower is better); batch-{batch} "
             f"throughput / fastest peer's ({', '.join(peersn)}; higher is better). Medians of per-round ratios."
+        )
+    if first is not None and first.peak_gflops is not None:
+        lines.append(
+            f"fp32 matmul peak on {first.peak_threads} threads: {first.peak_gflops:.1f} GFLOP/s, n={first.peak_n} "
+            f"(median of timed {first.peak_n}x{first.peak_n} torch matmuls, measured in this run)."
+        )
+        madds = f"{first.madds_per_image / 1e6:.1f} M" if first.madds_per_image is not None else "the model's"
+        lines.append(
+            f"GFLOP/s = 2 × {madds} MAdds/image (mnv2 summary) × b{batch} img/s; % of peak: of that peak. "
+            f"int8 and bf16 rows: fp32-equivalent GFLOP/s, as a % of the fp32 peak."
         )
     return "\n".join(lines)

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mnv2.data.fashion_mnist import DatasetError
-from mnv2.data.transforms import IMAGE_EXTENSIONS, ImageError, load_image
+from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
 
 
 @dataclass

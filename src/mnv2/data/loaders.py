@@ -16,11 +16,10 @@ import torch.nn.functional as F
 
 from mnv2.data import fashion_mnist
 from mnv2.data.folder import ImageFolderDataset, ScanReport, folder_splits
+from mnv2.data.images import eval_image, normalize
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from mnv2.data.transforms import AugmentConfig, BatchAugment, ImageTrainTransform, eval_image, normalize
+from mnv2.data.transforms import AugmentConfig, BatchAugment, ImageTrainTransform
 from mnv2.errors import ConfigError
-
-BUILTIN = (fashion_mnist.NAME,)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from mnv2.errors import ConfigError
+from mnv2.typed import strict_from_dict
 
 # torchvision / timm ImageNet statistics, on pixels scaled to [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,9 +60,6 @@ class Preprocessing:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> Preprocessing:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"unknown preprocessing field(s): {', '.join(unknown)}")
-        return cls(**values)
+    def from_dict(cls, values: dict, source: str = "preprocessing") -> Preprocessing:
+        """Build from a dict (checkpoint or ONNX metadata); an unknown key raises a ConfigError naming it."""
+        return strict_from_dict(cls, values, source)

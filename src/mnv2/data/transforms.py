@@ -9,59 +9,14 @@ Eval: resize the short side to ``input_size / crop_pct`` and centre-crop ``input
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import kornia.augmentation as K
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from mnv2.data.images import normalize, to_tensor
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.errors import Mnv2Error
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-PIL_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
-
-
-class ImageError(Mnv2Error):
-    """An image file cannot be decoded."""
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file to RGB (grayscale and palette images are expanded to 3 channels)."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # decodes everything: truncated files fail here, not later in a worker
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot decode image {str(path)!r} ({e})") from e
-
-
-def to_tensor(im: Image.Image) -> torch.Tensor:
-    """PIL RGB image → float CHW tensor on [0, 1]."""
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-
-
-def normalize(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
-    mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    return (x - mean) / std
-
-
-def eval_image(im: Image.Image, pre: Preprocessing) -> torch.Tensor:
-    """Eval preprocessing of one RGB image → normalised CHW tensor (resize short side, centre crop)."""
-    w, h = im.size
-    scale = pre.resize_size / min(w, h)
-    size = (max(pre.input_size, round(w * scale)), max(pre.input_size, round(h * scale)))
-    im = im.resize(size, PIL_FILTERS[pre.interpolation])
-    left, top = (size[0] - pre.input_size) // 2, (size[1] - pre.input_size) // 2
-    im = im.crop((left, top, left + pre.input_size, top + pre.input_size))
-    return normalize(to_tensor(im), pre)
 
 
 @dataclass(frozen=True)

@@ -68,23 +68,6 @@ def installed_engines() -> list[str]:
     return out
 
 
-def cpu_flags() -> set[str]:
-    """x86 feature flags of this CPU (empty where /proc/cpuinfo is absent)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def has_bf16() -> bool:
-    """Native bf16 matmul (AVX512-BF16 or AMX-BF16): where OpenVINO's bf16 inference pays off."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
 def pick_engine(precision: str = "fp32", installed: list[str] | None = None) -> str:
     """The fastest installed engine for ``precision`` on this CPU (order measured, see module doc)."""
     installed = installed_engines() if installed is None else installed
@@ -382,11 +365,11 @@ def predict(
     strict: bool = False,
     threads: int | None = None,
 ) -> list[dict]:
-    """``mnv2 predict --engine``: top-``topk`` classes of image files with ``source`` (a checkpoint, or an ONNX or
-    TFLite file from ``mnv2 export``/``mnv2 quantize``) run by ``engine``; preprocessing and class names come from
-    the file's own metadata. Same result format as :func:`mnv2.engine.evaluate.predict`."""
+    """``mnv2 predict --engine``: the task's results (classification: top-``topk`` classes) of image files with
+    ``source`` (a checkpoint, or an ONNX or TFLite file from ``mnv2 export``/``mnv2 quantize``) run by ``engine``;
+    preprocessing, class names and task come from the file's own metadata (results as the torch path's)."""
     from mnv2.deploy.onnx_export import read_model_metadata
-    from mnv2.engine.evaluate import predict_images
+    from mnv2.tasks import get_task, predict_info
     from mnv2.weights.checkpoint import read_checkpoint_meta
 
     path = Path(source)
@@ -399,22 +382,20 @@ def predict(
                 f"{str(path)!r} has preprocessing baked in (uint8 HWC input); predict with its checkpoint or a plain "
                 "export, or feed it decoded images yourself"
             )
-        pre, names, probabilities = (
-            meta["preprocessing"],
-            meta.get("class_names"),
-            meta.get("output") == "probabilities",
-        )
-        if names is None:
-            names = int(meta["model_config"]["num_classes"])
+        names = meta.get("class_names")
+        info = {
+            "preprocessing": meta["preprocessing"],
+            "class_names": int(meta["model_config"]["num_classes"]) if names is None else names,
+            "output": meta.get("output", "logits"),
+            "head": meta.get("head"),
+        }
+        task = get_task(meta.get("task", "classification"))  # files exported before tasks are classifiers
     else:
         cmeta = read_checkpoint_meta(path)
-        pre, probabilities = cmeta.preprocessing, cmeta.model_config.output == "softmax"
-        names = cmeta.class_names or cmeta.model_config.num_classes
+        info, task = predict_info(cmeta), get_task(cmeta.task)
     run = load_engine(path, engine, precision, threads)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run(x.numpy()))
 
-    return predict_images(
-        forward, inputs, pre, names, probabilities=probabilities, topk=topk, batch_size=batch_size, strict=strict
-    )
+    return task.predict(forward, inputs, info, topk=topk, batch_size=batch_size, strict=strict)

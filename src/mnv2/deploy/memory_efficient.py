@@ -25,8 +25,9 @@ What bounds peak memory in PyTorch, and what this module does about it:
   blocked layout, which measured as 2-3x the slice;
 * the projection accumulates in place into one preallocated output (``addmm_``, ``beta=0`` on the first slice):
   no output-sized temporary per slice;
-* BatchNorm is folded for inference into per-channel ``scale``/``shift`` *vectors*, computed at each forward from
-  the running statistics (never stale); no whole weight tensor is ever copied. Per slice, the scale goes into a
+* BatchNorm is folded for inference into per-channel ``scale``/``shift`` *vectors*
+  (:func:`mnv2.models.fold.bn_scale_shift`), computed at each forward from the running statistics (never stale);
+  no whole weight tensor is ever copied. Per slice, the scale goes into a
   temporary copy of the slice's weights (the shift becomes the bias) wherever that copy is tiny next to the
   slice's activations — the depthwise and the stem (9 or 27 values per channel), and the 1x1 expansions of the
   high-resolution blocks (pixels >= 16 x input channels) — which saves two passes over each slice. Elsewhere it
@@ -57,6 +58,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from mnv2.errors import ConfigError
+from mnv2.models.fold import bn_scale_shift
 from mnv2.models.layers import ConvNormAct
 from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Features, check_input_size
 
@@ -83,17 +85,6 @@ def slice_width(channels: int, splits: int | str) -> int:
     if splits == SPLITS_FULL:
         return 1
     return math.ceil(channels / min(int(splits), channels))
-
-
-def fold_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inference BatchNorm as ``y * scale + shift``: two per-channel vectors, from the running statistics."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
 
 
 CL = torch.channels_last
@@ -161,7 +152,7 @@ class _Inner:
             return
         conv = layer.conv
         self.pointwise = _is_pointwise(conv)
-        scale, shift = fold_bn(layer.bn)
+        scale, shift = bn_scale_shift(layer.bn)
         self.shift = shift.split(width)
         self.act = not isinstance(layer.act, nn.Identity)
         if self.pointwise:
@@ -231,10 +222,10 @@ def streamed_block(
     else:
         inner = _Inner(inner_layer, x, width)
     conv = dw.conv
-    dw_scale, dw_shift = fold_bn(dw.bn)
+    dw_scale, dw_shift = bn_scale_shift(dw.bn)
     dw_w, dw_scale, dw_shift = conv.weight.split(width), dw_scale.view(-1, 1, 1, 1).split(width), dw_shift.split(width)
     proj_t = project.conv.weight.view(project.conv.out_channels, n).t().split(width)  # (c, k') views
-    proj_scale, proj_shift = fold_bn(project.bn)
+    proj_scale, proj_shift = bn_scale_shift(project.bn)
     out = out_rows = None
     for i in range(len(inner)):
         y = dw.pad(inner.slice(i))  # B_i, then TF SAME padding of this slice only when the layer needs it
@@ -342,7 +333,7 @@ class StreamingMobileNetV2(nn.Module):
         del x
         with record_function("classifier"):
             out = model.classifier(pooled)  # dropout is the identity at inference
-            return out.softmax(dim=-1) if model.config.output == "softmax" else out
+            return out.softmax(dim=-1) if model.config.returns_probabilities else out
 
     @torch.inference_mode()
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,7 @@ class BakedPreprocessing(nn.Module):
         self.grayscale = pre.grayscale
         self.in_chans = in_chans
         self.input_channels = 1 if pre.grayscale else in_chans
-        self.softmax = getattr(getattr(model, "config", None), "output", "logits") != "softmax"
+        self.softmax = not model.config.returns_probabilities
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2).to(torch.float32)
@@ -175,8 +175,8 @@ def io_spec(meta: CheckpointMeta, options: ExportOptions, size: int) -> dict[str
         "input_shape": ["batch" if options.dynamic_batch else 1, cfg.in_chans, *spatial],
         "input_dtype": "float32",
         "layout": "NCHW",
-        "output_name": "probabilities" if cfg.output == "softmax" else "logits",
-        "output": "probabilities" if cfg.output == "softmax" else "logits",
+        "output_name": cfg.output_kind,
+        "output": cfg.output_kind,
     }
 
 
@@ -259,6 +259,7 @@ def metadata_props(meta: CheckpointMeta, io: dict[str, Any], options: ExportOpti
         "baked_preprocessing": json.dumps(options.bake_preprocessing),
         "bn_folded": json.dumps(options.fold_bn),
         "version": __version__,
+        "task": meta.task,
     }
     if meta.metrics:
         props["metrics"] = json.dumps(meta.metrics)

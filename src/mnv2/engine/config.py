@@ -14,11 +14,23 @@ import yaml
 
 from mnv2.data.transforms import AugmentConfig
 from mnv2.errors import ConfigError
+from mnv2.models.layers import PADDING_MODES
+from mnv2.tasks import TASKS
+from mnv2.typed import strict_from_dict
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULES = ("exp", "cosine", "onecycle")
 AMP_MODES = ("auto", "bf16", "off")
+BN_MODES = ("train", "frozen")
 FREEZE_HELP = "none | stem | stage:N (stem and stages < N) | backbone (all but the classifier)"
+
+
+def flag(default: Any = None, help: str = "", *, choices: tuple | None = None, resume: bool = False, **kw):
+    """A config field that is also a ``mnv2 train`` flag (``--field-name``): the CLI derives its flags from these."""
+    meta = {"help": help, "choices": choices, "resume": resume}
+    if "default_factory" in kw:
+        return field(default_factory=kw["default_factory"], metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -27,67 +39,74 @@ class TrainConfig:
 
     Learning rate: ``lr`` is given per ``lr_batch`` images and scaled linearly with ``batch_size`` (paper: 0.045
     per 96, §6.1 of the paper via P-v4). ``decay_rate`` per ``decay_epochs`` applies to the ``exp`` schedule.
+    Fields made with :func:`flag` are ``mnv2 train`` flags; those with ``resume=True`` may change on ``--resume``.
     """
 
     recipe: str = "default"
+    task: str = flag("classification", "what to train (a module of mnv2.tasks)", choices=tuple(TASKS))
     # data
-    data: str = "fashion-mnist"  # "fashion-mnist" (built in) or an image folder
-    data_root: str | None = None  # where the Fashion-MNIST IDX files are (else cache / Debian / download)
-    val_split: float = 0.1  # for a single image folder without train/ and val/
-    strict: bool = False  # corrupt or non-image files are errors instead of being skipped and counted
-    workers: int = 2
+    data: str = flag("fashion-mnist", "fashion-mnist (built in) or an image folder (root/train, root/val or "
+                     "root/<class>)")  # fmt: skip
+    data_root: str | None = flag(None, "directory holding the Fashion-MNIST IDX files (else cache/Debian/download)")
+    val_split: float = flag(0.1, "val fraction when --data is one folder of classes")
+    strict: bool = flag(False, "fail on corrupt or non-image files instead of skipping")
+    workers: int = flag(2, "DataLoader worker processes for image folders", resume=True)
     train_limit: int | None = None  # use only the first N train / val samples (smoke tests, quick trials)
     val_limit: int | None = None
     # model
-    model: str | None = None  # registered name; overrides width
-    width: float = 0.35
-    resolution: int = 32
-    stem_stride: int = 2
+    model: str | None = flag(None, "registered model name (overrides --width)")
+    width: float = flag(0.35, "width multiplier")
+    resolution: int = flag(32, "input size in pixels (>= 32)")
+    stem_stride: int = flag(2, "2 as published; 1 for small images", choices=(1, 2))
+    padding: str = flag("torch", "torch (symmetric) or tf (TF 'SAME', as TF-slim and Keras)", choices=PADDING_MODES)
     dropout: float = 0.2
     # optimisation
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
+    epochs: int = flag(10, "epochs (on --resume: a larger value extends the run)", resume=True)
+    batch_size: int = flag(128, "global batch size (split over processes)")
+    optimizer: str = flag("sgd", "optimizer", choices=OPTIMIZERS)
+    lr: float = flag(0.1, "learning rate per --lr-batch images (scaled linearly)")
     lr_batch: int = 256
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-5
+    weight_decay: float = flag(5e-5, "L2 on conv/linear weights (not BN, biases, depthwise)")
     rmsprop_decay: float = 0.9  # paper: "RMSPropOptimizer with both decay and momentum set to 0.9"
     rmsprop_eps: float = 1.0  # TF-slim --opt_epsilon=1.0 inside the sqrt; torch adds eps outside: sqrt(1.0) = 1.0
-    schedule: str = "onecycle"
+    schedule: str = flag("onecycle", "learning-rate schedule", choices=SCHEDULES)
     warmup_epochs: float = 0.0
     decay_rate: float = 0.98  # exp schedule: ×0.98 per decay_epochs (paper §6.1)
     decay_epochs: float = 1.0
     min_lr_ratio: float = 0.0
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0  # 0 = off; TF-slim --moving_average_decay=0.9999
-    grad_clip: float = 0.0  # max global grad norm, 0 = off
+    label_smoothing: float = flag(0.0, "label smoothing (TF-slim: 0.1)")
+    ema_decay: float = flag(0.0, "weight EMA decay (0 = off; TF-slim: 0.9999)")
+    grad_clip: float = flag(0.0, "max global gradient norm (0 = off)")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # engine
-    amp: str = "auto"  # auto: bf16 on CUDA and on CPUs with AMX; fp32 elsewhere (bf16 is slower without AMX)
+    amp: str = flag("auto", "auto (bf16 on CUDA / AMX CPUs), bf16 or off", choices=AMP_MODES)
     channels_last: bool = True
-    compile: bool = False
+    compile: bool = flag(False, "torch.compile the model")
     keep_memory: bool = True  # CPU: keep freed activation memory instead of returning it to the OS every step
-    threads: int | None = None
-    seed: int = 0
+    threads: int | None = flag(None, "torch CPU threads (default: the cores free now)", resume=True)
+    seed: int = flag(0, "seed of initialisation, order, augmentation and dropout")
     eval_batch_size: int = 500
     # fine-tuning
-    init: str | None = None  # checkpoint to start from; its classifier is replaced when classes differ
-    freeze: str = "none"  # FREEZE_HELP
-    bn: str = "train"  # train | frozen (BN layers use and keep their running statistics)
-    qat: bool = False  # quantization-aware fine-tuning of --init (simulated INT8 as `mnv2 quantize` deploys it)
+    init: str | None = flag(None, "fine-tune from this checkpoint (its head is replaced for new classes)")
+    freeze: str = flag("none", FREEZE_HELP)
+    bn: str = flag("train", "train (update BN statistics) or frozen (use the checkpoint's)", choices=BN_MODES)
+    qat: bool = flag(False, "quantization-aware fine-tuning of --init: trains the simulated INT8 model; then run "
+                     "mnv2 quantize")  # fmt: skip
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
-            self.augment = _build(AugmentConfig, self.augment, "augment")
+            self.augment = strict_from_dict(AugmentConfig, self.augment, "augment")
         if isinstance(self.augment.scale, list):
             self.augment = dataclasses.replace(self.augment, scale=tuple(self.augment.scale))
         checks = [
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}"),
-            (self.bn in ("train", "frozen"), "bn must be train or frozen"),
+            (self.bn in BN_MODES, "bn must be train or frozen"),
+            (self.task in TASKS, f"task must be one of {tuple(TASKS)}"),
+            (self.padding in PADDING_MODES, f"padding must be one of {PADDING_MODES}"),
             (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be an integer >= 1"),
             (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1"),
             (self.lr > 0, "lr must be > 0"),
@@ -121,18 +140,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
-        return _build(cls, values, source)
-
-
-def _build(cls, values: dict, source: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise ConfigError(f"{source}: {e}") from e
+        return strict_from_dict(cls, values, source)
 
 
 def parse_freeze(spec: str) -> tuple[str, int]:
@@ -181,3 +189,12 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
         else:
             values[k] = v
     return TrainConfig.from_dict(values, "command-line overrides")
+
+
+def flag_fields() -> list[dataclasses.Field]:
+    """The config fields that are ``mnv2 train`` flags, in declaration order."""
+    return [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
+
+
+# What `mnv2 train --resume` may change; everything else is the saved run's.
+RESUME_FLAGS = tuple(f.name for f in flag_fields() if f.metadata["resume"])

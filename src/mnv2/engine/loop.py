@@ -1,12 +1,15 @@
-"""The training loop: ``train_one_epoch`` and ``evaluate`` as plain functions, and ``train`` wiring a run
-directory (config.yaml, metrics.csv, best/last checkpoints, train_state.pt for --resume, curves.png).
+"""The training loop, for every task: ``train_one_epoch`` and ``evaluate`` as plain functions, and ``train``
+wiring a run directory. What is task-specific (data, model, loss, evaluator, report plot) comes from the run's
+``mnv2.tasks`` task; nothing here knows classification from detection.
 
 Run directory contents, all written atomically at the end of every epoch:
   config.yaml          the resolved TrainConfig
-  best.safetensors     weights with the best val top-1 so far (EMA weights when EMA is on), self-describing
+  best.safetensors     weights with the best val metric so far (the evaluator's ``best``; EMA weights when EMA is
+                       on), self-describing
   last.safetensors     weights after the latest epoch
   train_state.pt       optimizer, EMA, epoch, history (torch.save of tensors/plain types; loaded weights_only)
-  metrics.csv          one row per epoch;  curves.png  loss/accuracy curves;  confusion.png  of the best model
+  metrics.csv          one row per epoch, columns from the task;  curves.png  loss and metric curves;
+  <report>.png         the task's picture of the best epoch (classification: confusion.png)
 """
 
 from __future__ import annotations
@@ -22,28 +25,23 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
 from mnv2.cpu import auto_threads
-from mnv2.data.loaders import build_data, epoch_seed, fashion_preprocessing, folder_preprocessing
-from mnv2.data.preprocessing import Preprocessing
+from mnv2.data.loaders import epoch_seed
 from mnv2.engine import finetune, qat
-from mnv2.engine.config import TrainConfig
-from mnv2.engine.metrics import confusion_matrix, summarize, topk_correct
+from mnv2.engine.config import RESUME_FLAGS, TrainConfig
 from mnv2.engine.optim import ModelEma, build_optimizer, lr_factor
-from mnv2.engine.plots import plot_confusion, plot_curves
+from mnv2.engine.plots import plot_curves
 from mnv2.errors import ConfigError, Mnv2Error
-from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, check_resolution
-from mnv2.models.registry import model_info
-from mnv2.weights.checkpoint import CheckpointMeta, atomic_write, save_checkpoint, unwrap
+from mnv2.models.utils import unwrap
+from mnv2.tasks import Task, get_task
+from mnv2.weights.checkpoint import CheckpointMeta, atomic_write, load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 STATE_FILE = "train_state.pt"
 CPU = torch.device("cpu")
-TTA_MODES = ("none", "flip")  # test-time augmentation in evaluate()
-CSV_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "epoch_s", "img_s")
 
 
 class ResumeError(Mnv2Error):
@@ -111,52 +109,56 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def to_device(obj, device: torch.device):
+    """Tensors (also inside the lists and dicts a task's targets may be) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
 # ----------------------------------------------------------------------------------------------- model
-def build_model(config: TrainConfig, num_classes: int, data_pre: Preprocessing) -> tuple[MobileNetV2, Preprocessing]:
-    """A fresh model from the config, or ``--init``'s checkpoint with a head for ``num_classes``.
+def build_model(task: Task, config: TrainConfig, data) -> tuple[nn.Module, object]:
+    """A fresh model from the config, or ``--init``'s checkpoint's architecture and weights with the task's head
+    for the data's classes. Returns ``(model, preprocessing)``.
 
     Fine-tuning keeps the checkpoint's normalisation (mean/std or [-1, 1]) and input size, so the features see
     inputs scaled as in pre-training.
     """
-    if config.init:
-        model, _ = finetune.init_from_checkpoint(config.init, num_classes, config.dropout)
-        src = model.meta.preprocessing
-        pre = dataclasses.replace(data_pre, mean=src.mean, std=src.std)
-        return model, pre
-    check_resolution(config.resolution)
-    width = model_info(config.model).width_mult if config.model else config.width
-    mc = MobileNetV2Config(
-        width_mult=width, num_classes=num_classes, dropout=config.dropout, stem_stride=config.stem_stride
-    )
-    return MobileNetV2(mc), data_pre
+    if not config.init:
+        return task.build_model(config, data.class_names), data.preprocessing
+    source = load_checkpoint(config.init)
+    model = task.build_model(config, data.class_names, source.config)
+    task.init_from(model, source)
+    model.meta = source.meta
+    src = source.meta.preprocessing
+    return model, dataclasses.replace(data.preprocessing, mean=src.mean, std=src.std)
 
 
 # ----------------------------------------------------------------------------------------------- epochs
 def train_one_epoch(
-    model, batches, optimizer, config, epoch, step, steps_per_epoch, *, ema=None, frozen=(), dtype=None, device, rank=0
-):
-    """One pass over ``batches``; returns (mean loss, top-1 % on the augmented batches, steps taken, img/s)."""
+    model, batches, optimizer, config, epoch, step, steps_per_epoch, *, task: Task, ema=None, frozen=(), dtype=None,
+    device, rank=0,
+):  # fmt: skip
+    """One pass over ``batches``; returns (mean loss and the task's train parts, steps taken, img/s)."""
     finetune.set_train_mode(model, list(frozen), config.bn)
     base_lrs = [config.scaled_lr] * len(optimizer.param_groups)
-    loss_sum = correct = seen = 0.0
+    sums = torch.zeros(2 + len(task.train_parts), dtype=torch.float64)  # seen, loss, parts (weighted by batch size)
     t0 = time.perf_counter()
-    bar = tqdm(
-        batches.epoch(epoch),
-        total=len(batches),
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        disable=rank != 0,
-        leave=False,
-    )
+    bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch + 1}/{config.epochs}",
+               disable=rank != 0, leave=False)  # fmt: skip
     for x, y in bar:
         # 1. learning rate of this step
         f = lr_factor(config, step, steps_per_epoch)
         for g, base in zip(optimizer.param_groups, base_lrs):
             g["lr"] = base * f
         # 2. forward / backward
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(device, non_blocking=True), to_device(y, device)
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            loss, parts = task.loss(model(x), y, config)
         if not torch.isfinite(loss):
             raise Mnv2Error(
                 f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower --lr or add --grad-clip"
@@ -171,62 +173,41 @@ def train_one_epoch(
             ema.update(unwrap(model))
         step += 1
         # 4. log
-        n = len(y)
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += n
-        bar.set_postfix(
-            loss=f"{loss_sum / seen:.3f}",
-            lr=f"{optimizer.param_groups[0]['lr']:.3g}",
-            img_s=f"{seen / (time.perf_counter() - t0):.0f}",
-        )
-    stats = all_reduce_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64))
-    elapsed = time.perf_counter() - t0
-    return stats[0].item() / stats[2].item(), 100 * stats[1].item() / stats[2].item(), step, stats[2].item() / elapsed
+        n = len(x)
+        sums += torch.tensor([n, loss.item() * n, *(float(parts[k]) * n for k in task.train_parts)], dtype=sums.dtype)
+        bar.set_postfix(loss=f"{sums[1] / sums[0]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+                        img_s=f"{sums[0] / (time.perf_counter() - t0):.0f}")  # fmt: skip
+    sums = all_reduce_sum(sums)
+    means = (sums[1:] / sums[0]).tolist()
+    return dict(zip(("loss", *task.train_parts), means)), step, sums[0].item() / (time.perf_counter() - t0)
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches, class_names: list[str], *, device=CPU, dtype=None, desc="eval", rank=0, tta: str = "none"
-) -> dict:
-    """top-1/top-5/per-class accuracy (percent), mean loss, n and the confusion matrix over ``batches``.
-
-    ``tta="flip"`` scores each image by the mean of its and its mirror image's class probabilities (test-time
-    augmentation; the loss is that mixture's cross-entropy). Only meaningful for a model trained with flips.
-    """
-    if tta not in TTA_MODES:
-        raise ConfigError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
+    model: nn.Module, batches, task: Task, class_names: list[str], *, device=CPU, dtype=None, desc="eval", rank=0,
+    tta: str = "none",
+) -> dict:  # fmt: skip
+    """The task's metrics of ``model`` over ``batches`` (summed over DDP ranks). ``tta``: one of the task's
+    test-time augmentations (classification: ``flip``)."""
+    if tta not in task.tta_modes:
+        raise ConfigError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(task.tta_modes)}")
     model.eval()
-    k = len(class_names)
-    confusion = torch.zeros(k, k, dtype=torch.int64)
-    top5 = 0
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    softmax_out = getattr(unwrap(model), "config", None) is not None and unwrap(model).config.output == "softmax"
-
-    def log_scores(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            out = model(x).float().cpu()
-        if out.shape[1] != k:
-            raise ConfigError(f"the model has {out.shape[1]} outputs but the data has {k} classes")
-        return out.clamp_min(1e-12).log() if softmax_out else out
-
+    evaluator = task.evaluator(class_names)
     for x, y in tqdm(batches.epoch(0), total=len(batches), desc=desc, disable=rank != 0, leave=False):
-        x = x.to(device)
-        logits = log_scores(x)
-        if tta == "flip":  # log of the mean probability: still a log-distribution, so cross_entropy applies
-            logits = torch.logaddexp(logits.log_softmax(1), log_scores(x.flip(-1)).log_softmax(1)) - math.log(2)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        confusion += confusion_matrix(logits.argmax(1), y, k)
-        top5 += topk_correct(logits, y, (5,))[5]
-    all_reduce_sum(confusion)
-    counts = all_reduce_sum(torch.tensor([top5], dtype=torch.float64))
-    all_reduce_sum(loss_sum)
-    result = summarize(confusion, int(counts[0]), loss_sum.item(), class_names)
-    result["confusion"] = confusion
-    return result
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            evaluator.update(task.infer(model, x.to(device), tta), y)
+    evaluator.reduce(all_reduce_sum)
+    return evaluator.compute()
 
 
 # ----------------------------------------------------------------------------------------------- run directory
+def csv_fields(task: Task, class_names: list[str]) -> tuple[str, ...]:
+    """The metrics CSV's columns: the loss and the task's train parts, the evaluator's columns, timing."""
+    columns = task.evaluator(class_names).columns
+    return ("epoch", "lr", "train_loss", *(f"train_{p}" for p in task.train_parts),
+            *(f"val_{c}" for c in columns), "epoch_s", "img_s")  # fmt: skip
+
+
 def _save_state(path: Path, state: dict) -> None:
     def write(tmp):
         torch.save(state, tmp)
@@ -234,9 +215,9 @@ def _save_state(path: Path, state: dict) -> None:
     atomic_write(path, write)
 
 
-def _write_csv(path: Path, history: list[dict]) -> None:
+def _write_csv(path: Path, fields: tuple[str, ...], history: list[dict]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(history)
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
@@ -261,53 +242,64 @@ class _TensorBoard:
             self.writer.flush()
 
 
-def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=None) -> dict:
-    """Train per ``config`` into ``out_dir``; with ``resume`` continue the run saved there. Returns the final
-    metrics (``best_top1``, ``last_top1``, ``epochs``, ``wall_s``, ``best``: path)."""
-    log = log or (lambda msg: print(msg, flush=True))
-    out = Path(out_dir)
-    rank, world, device = setup_distributed()
+def _resolve(config: TrainConfig, out: Path, resume: bool, log) -> tuple[TrainConfig, dict | None]:
+    """The run's config and, with ``resume``, its saved state. A resumed run keeps its saved config except the
+    :data:`RESUME_FLAGS` given now (a larger ``epochs`` extends the run)."""
+    if not resume:
+        if (out / STATE_FILE).exists():
+            raise ConfigError(
+                f"{str(out)!r} already holds a run; continue it with `mnv2 train --resume {out}` or choose another "
+                "--out"
+            )
+        return config, None
+    if not (out / STATE_FILE).is_file():
+        raise ResumeError(f"{str(out)!r} has no {STATE_FILE} to resume from")
+    state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+    saved = TrainConfig.from_dict(state["config"], f"{out}/{STATE_FILE}")
+    now = {k: getattr(config, k) for k in RESUME_FLAGS}
+    now["epochs"] = max(config.epochs, saved.epochs)
+    if saved.threads != config.threads:
+        log(f"note: --threads {config.threads} differs from the run's {saved.threads}: bit-for-bit reproduction of "
+            "the uninterrupted run needs the same thread count")  # fmt: skip
+    return dataclasses.replace(saved, **now), state
+
+
+def _setup_runtime(config: TrainConfig, device: torch.device, world: int) -> None:
     if device.type == "cpu":
         set_cpu_allocator(config.keep_memory)
         torch.set_num_threads(config.threads or (1 if world > 1 else auto_threads()))
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
-    state = None
-    if resume:
-        if not (out / STATE_FILE).is_file():
-            raise ResumeError(f"{str(out)!r} has no {STATE_FILE} to resume from")
-        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
-        saved = TrainConfig.from_dict(state["config"], f"{out}/{STATE_FILE}")
-        config = dataclasses.replace(saved, epochs=config.epochs if config.epochs > saved.epochs else saved.epochs)
-    elif (out / STATE_FILE).exists():
-        raise ConfigError(
-            f"{str(out)!r} already holds a run; continue it with `mnv2 train --resume {out}` or choose another --out"
-        )
+
+
+def _data_preprocessing(task: Task, config: TrainConfig):
+    pre = task.default_preprocessing(config)
+    if config.init:
+        src = read_checkpoint_meta(config.init).preprocessing
+        # QAT adapts the model to rounding on the data it was trained for: exactly its preprocessing and size.
+        pre = src if config.qat else dataclasses.replace(pre, mean=src.mean, std=src.std)
+    return pre
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=None) -> dict:
+    """Train per ``config`` into ``out_dir``; with ``resume`` continue the run saved there. Returns the final
+    metrics (``best_<metric>``, ``last_<metric>``, ``metric``, ``epochs``, ``wall_s``, ``best``: path)."""
+    log = log or (lambda msg: print(msg, flush=True))
+    out = Path(out_dir)
+    rank, world, device = setup_distributed()
+    config, state = _resolve(config, out, resume, log if rank == 0 else lambda _: None)
+    _setup_runtime(config, device, world)
     if config.qat and not config.init:
         raise ConfigError("--qat fine-tunes a trained model: give --init CHECKPOINT")
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
+    task = get_task(config.task)
     torch.manual_seed(config.seed)
 
     # data and model
-    if config.data == "fashion-mnist":
-        data_pre = fashion_preprocessing(config.resolution)
-    else:
-        data_pre = folder_preprocessing(config.resolution)
-    if config.init:
-        from mnv2.weights.checkpoint import read_checkpoint_meta
-
-        src = read_checkpoint_meta(config.init).preprocessing
-        # QAT adapts the model to rounding on the data it was trained for: exactly its preprocessing and size.
-        data_pre = src if config.qat else dataclasses.replace(data_pre, mean=src.mean, std=src.std)
-    data = build_data(
-        config.data, data_pre, config.augment, config.batch_size // world, config.eval_batch_size,
-        data_root=config.data_root, val_split=config.val_split, strict=config.strict, workers=config.workers,
-        seed=config.seed, rank=rank, world=world, pin=device.type == "cuda",
-        train_limit=config.train_limit, val_limit=config.val_limit,
-    )  # fmt: skip
+    data = task.build_data(config, _data_preprocessing(task, config), rank=rank, world=world, pin=device.type == "cuda")
     if data.report.message() and rank == 0:
         log(f"data: {data.report.message()}")
-    model, pre = build_model(config, len(data.class_names), data.preprocessing)
+    model, pre = build_model(task, config, data)
     if config.qat:  # simulate the deployed INT8 model (mnv2 quantize) while fine-tuning
         model = qat.prepare_qat(model)
     frozen = finetune.apply_freeze(model, config.freeze, config.bn)
@@ -317,7 +309,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
     ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
     optimizer = build_optimizer(model, config)
     history: list[dict] = []
-    start_epoch, step, best = 0, 0, -1.0
+    start_epoch, step, best = 0, 0, -math.inf
     if state is not None:
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -325,102 +317,101 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
             ema.load_state_dict(state["ema"])
         start_epoch, step, best, history = state["epoch"], state["step"], state["best"], list(state["history"])
         if rank == 0:
-            log(f"resuming {out} at epoch {start_epoch + 1}/{config.epochs}")
+            log(f"resuming {out} at epoch {start_epoch + 1}/{config.epochs} (honours --{', --'.join(RESUME_FLAGS)})")
     train_model = model
     if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if config.compile:
         train_model = torch.compile(train_model)
     dtype = autocast_dtype(config.amp, device)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()))
-        n_params = sum(p.numel() for p in model.parameters())
-        log(
-            f"mnv2 train: {config.recipe} recipe, width {model.config.width_mult} @{pre.input_size}px "
-            f"(stem stride {model.config.stem_stride}), {n_params:,} params, {len(data.class_names)} classes, "
-            f"{data.train.num_samples} train / {data.val.num_samples} {data.val_name} images, "
-            f"{config.epochs} epochs, batch {config.batch_size}, {'bf16' if dtype else 'fp32'}"
-            f"{' with simulated INT8 (QAT)' if config.qat else ''}, "
-            f"{world} process(es) x {torch.get_num_threads()} thread(s)"
-        )
-    meta = CheckpointMeta(
-        model.config, pre, data.class_names, {"framework": "mnv2", "recipe": config.recipe}, config.to_dict()
-    )
-    tb = _TensorBoard(out / "tensorboard", rank == 0)
-    steps_per_epoch = len(data.train)
+        log(_describe(task, config, model, pre, data, dtype, world))
+    meta = CheckpointMeta(model.config, pre, data.class_names, {"framework": "mnv2", "recipe": config.recipe},
+                          config.to_dict(), task=task.name, head=getattr(model, "head_config", None))  # fmt: skip
+    writer = _RunWriter(out, task, config, data, meta, rank == 0)
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(config.seed, epoch) + 1)  # dropout etc.: a resumed epoch draws the same
-        loss, top1, step, img_s = train_one_epoch(
-            train_model, data.train, optimizer, config, epoch, step, steps_per_epoch,
-            ema=ema, frozen=frozen, dtype=dtype, device=device, rank=rank,
+        train_stats, step, img_s = train_one_epoch(
+            train_model, data.train, optimizer, config, epoch, step, len(data.train),
+            task=task, ema=ema, frozen=frozen, dtype=dtype, device=device, rank=rank,
         )  # fmt: skip
         eval_model = ema.module if ema is not None else model
         if config.qat:
             qat.observe(eval_model, False)  # validation must not fit the INT8 ranges
-        val = evaluate(
-            eval_model, data.val, data.class_names, device=device, dtype=dtype, desc=f"{data.val_name}", rank=rank
-        )
-        row = {
-            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss, "train_top1": top1,
-            "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-            "epoch_s": time.perf_counter() - t0, "img_s": img_s,
-        }  # fmt: skip
+        val = evaluate(eval_model, data.val, task, data.class_names, device=device, dtype=dtype,
+                       desc=data.val_name, rank=rank)  # fmt: skip
         if config.qat:
             qat.observe(eval_model, True)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+               **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": val[k] for k in writer.columns},
+               "epoch_s": time.perf_counter() - t0, "img_s": img_s}  # fmt: skip
         history.append(row)
+        best = writer.end_epoch(epoch, row, val, history, best, eval_model, state={
+            "config": config.to_dict(), "epoch": epoch + 1, "step": step, "history": history,
+            "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+        })  # fmt: skip
         if rank == 0:
-            metrics = {
-                "top1": val["top1"],
-                "top5": val["top5"],
-                "n": val["n"],
-                "epoch": epoch + 1,
-                "split": data.val_name,
-                "data": config.data,
-            }
-            emeta = dataclasses.replace(meta, metrics=metrics)
-            plain = qat.convert_qat(eval_model) if config.qat else eval_model  # the plain architecture's keys
-            save_checkpoint(out / "last.safetensors", plain, emeta)
-            if val["top1"] > best:
-                best = val["top1"]
-                save_checkpoint(out / "best.safetensors", plain, emeta)
-                plot_confusion(
-                    val["confusion"],
-                    data.class_names,
-                    out / "confusion.png",
-                    f"{data.val_name} top-1 {best:.2f}% (epoch {epoch + 1})",
-                )
-            _save_state(out / STATE_FILE, {
-                "config": config.to_dict(), "epoch": epoch + 1, "step": step, "best": best, "history": history,
-                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-            })  # fmt: skip
-            _write_csv(out / "metrics.csv", history)
-            plot_curves(
-                history, out / "curves.png", f"mnv2 {config.recipe}: {config.data} (val = {data.val_name} split)"
-            )
-            tb.log(row)
-            log(
-                f"epoch {epoch + 1}/{config.epochs}: train loss {loss:.4f} top-1 {top1:.2f}% | {data.val_name} loss "
-                f"{val['loss']:.4f} top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% | {row['epoch_s']:.0f}s, "
-                f"{img_s:.0f} img/s"
-            )
-        best = max(best, val["top1"])
+            log(f"epoch {epoch + 1}/{config.epochs}: train {task.format_metrics(train_stats)} | {data.val_name} "
+                f"{task.format_metrics(val)} | {row['epoch_s']:.0f}s, {img_s:.0f} img/s")  # fmt: skip
     wall = time.perf_counter() - t_run
     if dist.is_initialized():
         dist.barrier()
-    last = history[-1]["val_top1"] if history else math.nan
-    return {
-        "best_top1": best,
-        "last_top1": last,
-        "epochs": config.epochs,
-        "wall_s": wall,
-        "best": str(out / "best.safetensors"),
-    }
+    metric = writer.best
+    last = history[-1][f"val_{metric}"] if history else math.nan
+    return {f"best_{metric}": best, f"last_{metric}": last, "metric": metric, "epochs": config.epochs,
+            "wall_s": wall, "best": str(out / "best.safetensors")}  # fmt: skip
+
+
+def _describe(task: Task, config: TrainConfig, model: nn.Module, pre, data, dtype, world: int) -> str:
+    n_params = sum(p.numel() for p in model.parameters())
+    return (
+        f"mnv2 train: {task.name}, {config.recipe} recipe, width {model.config.width_mult} @{pre.input_size}px "
+        f"(stem stride {model.config.stem_stride}), {n_params:,} params, {len(data.class_names)} classes, "
+        f"{data.train.num_samples} train / {data.val.num_samples} {data.val_name} images, "
+        f"{config.epochs} epochs, batch {config.batch_size}, {'bf16' if dtype else 'fp32'}"
+        f"{' with simulated INT8 (QAT)' if config.qat else ''}, "
+        f"{world} process(es) x {torch.get_num_threads()} thread(s)"
+    )
+
+
+class _RunWriter:
+    """Everything a run directory gets at the end of an epoch (rank 0 only): checkpoints, state, CSV, plots."""
+
+    def __init__(self, out: Path, task: Task, config: TrainConfig, data, meta: CheckpointMeta, active: bool) -> None:
+        self.out, self.task, self.config, self.data, self.meta, self.active = out, task, config, data, meta, active
+        evaluator = task.evaluator(data.class_names)
+        self.columns, self.best = evaluator.columns, evaluator.best
+        self.fields = csv_fields(task, data.class_names)
+        self.tb = _TensorBoard(out / "tensorboard", active)
+
+    def end_epoch(self, epoch: int, row: dict, val: dict, history: list[dict], best: float, model, state: dict):
+        """Write the epoch's files; returns the best value of the selecting metric so far."""
+        value = val[self.best]
+        if not self.active:
+            return max(best, value)
+        out, config, data = self.out, self.config, self.data
+        metrics = {k: val[k] for k in self.columns if k != "loss"}
+        metrics.update(n=val["n"], epoch=epoch + 1, split=data.val_name, data=config.data)
+        meta = dataclasses.replace(self.meta, metrics=metrics)
+        plain = qat.convert_qat(model) if config.qat else model  # the plain architecture's keys
+        save_checkpoint(out / "last.safetensors", plain, meta)
+        if value > best:
+            best = value
+            save_checkpoint(out / "best.safetensors", plain, meta)
+            title = f"{data.val_name} {self.best} {value:.4g} (epoch {epoch + 1})"
+            self.task.plot_report(val, data.class_names, out / self.task.report_file, title)
+        _save_state(out / STATE_FILE, {**state, "best": best})
+        _write_csv(out / "metrics.csv", self.fields, history)
+        plot_curves(history, out / "curves.png", self.best,
+                    f"mnv2 {config.recipe}: {config.data} (val = {data.val_name} split)")  # fmt: skip
+        self.tb.log(row)
+        return best
 
 
 def load_run_config(out_dir: str | Path) -> TrainConfig:

@@ -29,6 +29,7 @@ from torch.ao.quantization import (
     enable_observer,
 )
 
+from mnv2.models.fold import bn_scale_shift
 from mnv2.models.layers import ConvNormAct
 from mnv2.models.mobilenetv2 import InvertedResidual, MobileNetV2
 
@@ -69,9 +70,9 @@ class QATConvNormAct(nn.Module):
         m = self.inner
         conv, bn = m.conv, m.bn
         if isinstance(bn, nn.BatchNorm2d):
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # frozen statistics, trainable γ
+            # fold with gradients: frozen running statistics, trainable γ and β (Jacob et al. 2018 §3.2)
+            scale, b = bn_scale_shift(bn)
             w = conv.weight * scale.reshape(-1, 1, 1, 1)
-            b = bn.bias - bn.running_mean * scale
             if conv.bias is not None:
                 b = b + conv.bias * scale
         else:  # already folded
@@ -110,11 +111,6 @@ def prepare_qat(model: MobileNetV2) -> MobileNetV2:
             m.register_forward_hook(_fq_output_hook)
     qat.train()
     return qat
-
-
-def is_qat(model: nn.Module) -> bool:
-    """Whether ``model`` was made by :func:`prepare_qat`."""
-    return hasattr(model, "qat_in_fq")
 
 
 def observe(model: nn.Module, enabled: bool) -> None:

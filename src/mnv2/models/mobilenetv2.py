@@ -18,6 +18,7 @@ from torch import nn
 
 from mnv2.errors import ConfigError
 from mnv2.models.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH, ConvNormAct, check_padding_mode, make_divisible
+from mnv2.typed import strict_from_dict
 
 # Table 2 of the paper, bottleneck rows: expansion t, output channels c, repeats n, stride s of the first repeat.
 # fmt: off
@@ -37,6 +38,8 @@ HEAD_CHANNELS = 1280  # Table 2: conv2d 1x1 to 1280 before the pool
 MIN_INPUT_SIZE = 32  # five stride-2 stages: below 32 px the last feature map would be smaller than 1x1
 OUTPUT_STRIDES = (8, 16, 32)
 OUTPUTS = ("logits", "softmax")
+# The one vocabulary for what a model returns, used by exported files' metadata, engines and predict.
+OUTPUT_KINDS = {"logits": "logits", "softmax": "probabilities"}
 
 
 @dataclass(frozen=True)
@@ -94,18 +97,21 @@ class MobileNetV2Config:
             raise ConfigError(f"output must be one of {OUTPUTS}, got {self.output!r}")
 
     @classmethod
-    def from_dict(cls, values: dict) -> MobileNetV2Config:
-        """Build from a dict (e.g. checkpoint metadata), naming any unknown key."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(
-                f"unknown MobileNetV2 argument(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-            )
-        return cls(**values)
+    def from_dict(cls, values: dict, source: str = "model config") -> MobileNetV2Config:
+        """Build from a dict (e.g. checkpoint metadata); unknown keys raise a ConfigError naming them and ``source``."""
+        return strict_from_dict(cls, values, source)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def output_kind(self) -> str:
+        """``"logits"`` or ``"probabilities"``: what the model returns, as exported files and engines name it."""
+        return OUTPUT_KINDS[self.output]
+
+    @property
+    def returns_probabilities(self) -> bool:
+        return self.output_kind == "probabilities"
 
     def channels(self, c: int) -> int:
         return make_divisible(c * self.width_mult, self.round_nearest)
@@ -332,7 +338,7 @@ class MobileNetV2(nn.Module):
         if pre_logits:
             return x
         x = self.classifier(self.dropout(x))
-        return x.softmax(dim=-1) if self.config.output == "softmax" else x
+        return x.softmax(dim=-1) if self.config.returns_probabilities else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -39,10 +39,7 @@ def mobilenet_v2(
     With ``features_only=True`` returns a :class:`MobileNetV2Features` that yields the maps ``out_indices``
     selects from ``feature_info``.
     """
-    try:
-        config = MobileNetV2Config.from_dict(kwargs)
-    except TypeError as e:  # a non-keyword misuse of the dataclass
-        raise ConfigError(str(e)) from e
+    config = MobileNetV2Config.from_dict(kwargs, "model arguments")
     if features_only:
         return MobileNetV2Features(config, out_indices)
     if out_indices is not None:

@@ -1,0 +1,35 @@
+"""The tasks on the one MobileNetV2 backbone, each a module supplying data, model, loss, evaluator and
+post-processing to the shared engine (``mnv2.tasks.base.Task``)."""
+
+from __future__ import annotations
+
+from mnv2.errors import ConfigError
+from mnv2.tasks import classification
+from mnv2.tasks.base import Evaluator, Task
+
+# The one list of tasks: a checkpoint's ``task`` field and ``mnv2 train --task`` name one of these.
+TASKS: dict[str, Task] = {
+    classification.NAME: classification.TASK,
+}
+DEFAULT_TASK = classification.NAME
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; a ConfigError lists the known ones."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; mnv2 knows: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def predict_info(meta) -> dict:
+    """What a task's ``predict`` needs to know of a checkpoint (its ``CheckpointMeta``): preprocessing, class names
+    (or their count), output kind (``"logits"``/``"probabilities"``) and head arguments."""
+    return {
+        "preprocessing": meta.preprocessing,
+        "class_names": meta.class_names or meta.model_config.num_classes,
+        "output": meta.model_config.output_kind,
+        "head": meta.head,
+    }
+
+
+__all__ = ["DEFAULT_TASK", "TASKS", "Evaluator", "Task", "get_task", "predict_info"]

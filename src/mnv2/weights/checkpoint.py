@@ -25,8 +25,11 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.errors import Mnv2Error
-from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config
+from mnv2.errors import ConfigError, Mnv2Error
+from mnv2.models.mobilenetv2 import MobileNetV2Config
+from mnv2.models.utils import unwrap
+from mnv2.tasks import DEFAULT_TASK, get_task
+from mnv2.typed import strict_from_dict
 
 FORMAT_VERSION = 1
 METADATA_KEY = "mnv2"
@@ -48,6 +51,8 @@ class CheckpointMeta:
         config: the resolved training config (``None`` for imported weights).
         metrics: evaluation results, e.g. ``{"top1": 95.1}``.
         package_version: mnv2 version that wrote the file.
+        task: which ``mnv2.tasks`` task the model serves; files written before tasks existed are classifiers.
+        head: the task head's arguments (``None`` for classification, whose head is part of ``model_config``).
     """
 
     model_config: MobileNetV2Config
@@ -58,6 +63,8 @@ class CheckpointMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     package_version: str = ""
     format_version: int = FORMAT_VERSION
+    task: str = DEFAULT_TASK
+    head: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -72,18 +79,7 @@ class CheckpointMeta:
             raise CheckpointError(f"checkpoint format {d['format_version']} is newer than this mnv2 understands")
         d["model_config"] = MobileNetV2Config.from_dict(d["model_config"])
         d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
-        return cls(**d)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+        return strict_from_dict(cls, d, "checkpoint metadata")
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -129,8 +125,9 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
     return CheckpointMeta.from_json(header[METADATA_KEY])
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> MobileNetV2:
-    """Rebuild a model from a checkpoint file alone; returns it in eval mode with ``model.meta`` set.
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a checkpoint file alone (the task's architecture, from the file's ``task``); returns it in
+    eval mode with ``model.meta`` set.
 
     The model's forward takes a preprocessed NCHW float batch (see ``model.meta.preprocessing``).
     """
@@ -139,7 +136,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mob
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{str(path)!r} is truncated or corrupt ({e})") from e
-    model = MobileNetV2(meta.model_config)
+    try:
+        task = get_task(meta.task)
+    except ConfigError as e:
+        raise CheckpointError(f"{str(path)!r}: {e}") from e
+    model = task.from_meta(meta)
     load_state_dict_checked(model, state, source=str(path))
     model.meta = meta
     return model.to(device).eval()

@@ -1,0 +1,90 @@
+"""What a task supplies to the shared engine: data, model, loss, evaluator, post-processing and report plots.
+
+The paper runs three tasks on one backbone: classification (§6.1), SSDLite detection (§6.2) and Mobile DeepLabv3
+segmentation (§6.3). The engine (``mnv2.engine``) knows none of them: it asks a :class:`Task` for each part, so a
+new task is one new module in ``mnv2/tasks/`` plus one line in ``mnv2.tasks.TASKS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+class Batches(Protocol):
+    """An epoch-seeded iterable of ``(images, targets)`` (``mnv2.data.loaders``)."""
+
+    num_samples: int
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int) -> Any: ...
+
+
+class Evaluator(Protocol):
+    """Accumulates one pass over a dataset; DDP-safe: every rank updates, ``reduce`` sums the ranks' state.
+
+    ``columns`` are the scalar metrics logged each epoch (metrics CSV, curves, checkpoint metadata) in order;
+    ``best`` names the one that selects ``best.safetensors`` (higher is better).
+    """
+
+    columns: tuple[str, ...]
+    best: str
+
+    def update(self, outputs: Any, targets: Any) -> None: ...
+
+    def reduce(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None: ...
+
+    def compute(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task as plain functions. ``config`` arguments are the engine's ``TrainConfig``; ``meta`` arguments a
+    checkpoint's ``CheckpointMeta`` (the task reads them, it never imports the layers that define them).
+
+    Attributes:
+        name: the checkpoint's ``task`` field and ``mnv2 train --task``.
+        build_data: ``(config, preprocessing, *, rank, world, pin) -> DataBundle``: train and val batches, class
+            names, preprocessing, the read report and the val split's name (``mnv2.data.loaders.DataBundle``).
+        default_preprocessing: ``(config) -> Preprocessing`` for a fresh run on ``config.data``.
+        build_model: ``(config, class_names, backbone_config | None) -> nn.Module``; ``backbone_config`` is the
+            ``--init`` checkpoint's architecture when fine-tuning.
+        from_meta: ``(meta) -> nn.Module``: the architecture a checkpoint describes (weights not loaded).
+        init_from: ``(model, source_model) -> list[str]``: copy ``--init`` weights into ``model``; returns the names of
+            the parameters left freshly initialised (e.g. a replaced classifier).
+        loss: ``(outputs, targets, config) -> (loss, parts)``; ``parts`` are per-batch scalars logged as ``train_*``.
+        train_parts: the names of ``parts``, in log order.
+        evaluator: ``(class_names, meta_or_model) -> Evaluator``.
+        infer: ``(model, images, tta) -> outputs`` as the evaluator takes them (``tta`` from :attr:`tta_modes`).
+        tta_modes: the test-time augmentations ``infer`` knows; ``"none"`` first.
+        load_eval_data: ``(data, preprocessing, batch_size, *, split, workers, strict, limit, in_chans)
+            -> (batches, class_names | None, report)``.
+        predict: ``(forward, paths, meta, **options) -> list[dict]``: post-processed results of image files.
+        format_prediction: ``(result) -> str``: one line of ``mnv2 predict``'s text output.
+        plot_report: ``(result, class_names, path, title) -> Path``: the evaluation's picture.
+        report_file: that picture's file name in a run directory (``eval`` writes ``<checkpoint>.<report_file>``).
+        format_metrics: ``(metrics) -> str``: a short human summary (``top-1 91.23% top-5 99.80%``).
+    """
+
+    name: str
+    build_data: Callable[..., Any]
+    default_preprocessing: Callable[[Any], Any]
+    build_model: Callable[..., nn.Module]
+    from_meta: Callable[[Any], nn.Module]
+    init_from: Callable[[nn.Module, nn.Module], list[str]]
+    loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    train_parts: tuple[str, ...]
+    evaluator: Callable[..., Evaluator]
+    infer: Callable[[nn.Module, torch.Tensor, str], Any]
+    tta_modes: Sequence[str]
+    load_eval_data: Callable[..., tuple]
+    predict: Callable[..., list[dict]]
+    format_prediction: Callable[[dict], str]
+    plot_report: Callable[..., Any]
+    report_file: str
+    format_metrics: Callable[[dict], str]

@@ -1,0 +1,284 @@
+"""Classification (§6.1): MobileNetV2 with its classifier, cross-entropy, top-1/top-5 from a confusion matrix.
+
+The first task on the shared engine; behaviour is exactly that of the classification-only engine it replaced
+(the default run reproduces the same weights bit for bit at the same thread count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnv2.data.images import ImageError, eval_image, image_paths, load_image
+from mnv2.errors import ConfigError
+from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, check_resolution
+from mnv2.models.registry import model_info
+from mnv2.models.utils import unwrap
+from mnv2.tasks.base import Task
+
+NAME = "classification"
+TTA_MODES = ("none", "flip")  # flip: mean of an image's and its mirror image's class probabilities
+
+
+# ----------------------------------------------------------------------------------------------- data
+def default_preprocessing(config) -> Any:
+    from mnv2.data.loaders import fashion_preprocessing, folder_preprocessing
+
+    if config.data == "fashion-mnist":
+        return fashion_preprocessing(config.resolution)
+    return folder_preprocessing(config.resolution)
+
+
+def build_data(config, preprocessing, *, rank: int = 0, world: int = 1, pin: bool = False):
+    """Fashion-MNIST (val = its official test split) or an image folder, as ``mnv2.data.loaders.build_data``."""
+    from mnv2.data.loaders import build_data as load
+
+    return load(
+        config.data, preprocessing, config.augment, config.batch_size // world, config.eval_batch_size,
+        data_root=config.data_root, val_split=config.val_split, strict=config.strict, workers=config.workers,
+        seed=config.seed, rank=rank, world=world, pin=pin, train_limit=config.train_limit, val_limit=config.val_limit,
+    )  # fmt: skip
+
+
+def load_eval_data(data: str, preprocessing, batch_size: int, **kwargs):
+    from mnv2.data.loaders import build_eval_data
+
+    return build_eval_data(data, preprocessing, batch_size, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- model
+def build_model(config, class_names: list[str], backbone: MobileNetV2Config | None = None) -> MobileNetV2:
+    """A fresh classifier from the config's architecture flags, or ``backbone``'s (an ``--init`` checkpoint's)
+    architecture with a head for ``class_names``."""
+    if backbone is not None:
+        mc = dataclasses.replace(backbone, num_classes=len(class_names), dropout=config.dropout, output="logits")
+        return MobileNetV2(mc)
+    check_resolution(config.resolution)
+    width = model_info(config.model).width_mult if config.model else config.width
+    mc = MobileNetV2Config(
+        width_mult=width, num_classes=len(class_names), dropout=config.dropout, stem_stride=config.stem_stride,
+        padding=config.padding,
+    )  # fmt: skip
+    return MobileNetV2(mc)
+
+
+def from_meta(meta) -> MobileNetV2:
+    return MobileNetV2(meta.model_config)
+
+
+def init_from(model: MobileNetV2, source: nn.Module) -> list[str]:
+    """Copy ``source``'s weights; its classifier too when the class counts agree. Returns what was re-initialised."""
+    state = unwrap(source).state_dict()
+    own = model.state_dict()
+    if any(state[k].shape != own[k].shape for k in own if k.startswith("classifier.") and k in state):
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("classifier.") for k in missing):
+        raise ConfigError(f"--init weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return list(missing)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def loss(logits: torch.Tensor, y: torch.Tensor, config) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy with label smoothing (TF-slim's 0.1 in the paper recipe); ``top1`` on the augmented batch."""
+    value = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+    return value, {"top1": 100.0 * (logits.argmax(1) == y).float().mean()}
+
+
+def returns_probabilities(model: nn.Module) -> bool:
+    config = getattr(unwrap(model), "config", None)
+    return config is not None and config.returns_probabilities
+
+
+def infer(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Log class scores (logits, or log-probabilities of a softmax model) for the evaluator.
+
+    ``tta="flip"``: log of the mean of the image's and its mirror image's probabilities, still a log-distribution,
+    so cross-entropy applies. Only meaningful for a model trained with flips.
+    """
+    probabilities = returns_probabilities(model)
+
+    def log_scores(t: torch.Tensor) -> torch.Tensor:
+        out = model(t).float().cpu()
+        return out.clamp_min(1e-12).log() if probabilities else out
+
+    scores = log_scores(x)
+    if tta == "flip":
+        scores = torch.logaddexp(scores.log_softmax(1), log_scores(x.flip(-1)).log_softmax(1)) - math.log(2)
+    return scores
+
+
+class Evaluator:
+    """Top-1/top-5/per-class accuracy (percent) and mean cross-entropy from a confusion matrix."""
+
+    columns = ("loss", "top1", "top5")
+    best = "top1"
+
+    def __init__(self, class_names: list[str]) -> None:
+        self.class_names = list(class_names)
+        k = len(self.class_names)
+        self.confusion = torch.zeros(k, k, dtype=torch.int64)
+        self.sums = torch.zeros(2, dtype=torch.float64)  # top-5 hits, summed loss
+
+    def update(self, scores: torch.Tensor, y: torch.Tensor) -> None:
+        k = len(self.class_names)
+        if scores.shape[1] != k:
+            raise ConfigError(f"the model has {scores.shape[1]} outputs but the data has {k} classes")
+        y = y.cpu()
+        self.sums[1] += F.cross_entropy(scores, y, reduction="sum").double()
+        self.confusion += confusion_matrix(scores.argmax(1), y, k)
+        self.sums[0] += topk_correct(scores, y, (5,))[5]
+
+    def reduce(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        all_reduce_sum(self.confusion)
+        all_reduce_sum(self.sums)
+
+    def compute(self) -> dict[str, Any]:
+        result = summarize(self.confusion, int(self.sums[0]), self.sums[1].item(), self.class_names)
+        result["confusion"] = self.confusion
+        return result
+
+
+def evaluator(class_names: list[str]) -> Evaluator:
+    return Evaluator(class_names)
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
+    """Number of samples whose target is among the top-k predictions, for each k (k capped at #classes)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hits = top == target[:, None]
+    return {k: int(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks}
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts with rows = true class, columns = predicted."""
+    return torch.bincount(target * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def summarize(confusion: torch.Tensor, top5_correct: int, loss_sum: float, class_names: list[str]) -> dict:
+    """top1/top5 in percent, n, mean loss and per-class accuracy (percent; ``None`` for absent classes)."""
+    n = int(confusion.sum())
+    per_class = {}
+    for i, name in enumerate(class_names):
+        total = int(confusion[i].sum())
+        per_class[name] = 100.0 * int(confusion[i, i]) / total if total else None
+    return {
+        "top1": 100.0 * int(confusion.diag().sum()) / max(n, 1),
+        "top5": 100.0 * top5_correct / max(n, 1),
+        "n": n,
+        "loss": loss_sum / max(n, 1),
+        "per_class": per_class,
+    }
+
+
+def format_metrics(m: dict) -> str:
+    """``loss 0.3512 top-1 91.23% top-5 99.80%`` from whichever of these ``m`` holds (training logs no top-5)."""
+    parts = [f"loss {m['loss']:.4f}"] if "loss" in m else []
+    parts += [f"{label} {m[k]:.2f}%" for k, label in (("top1", "top-1"), ("top5", "top-5")) if k in m]
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------- prediction
+@torch.no_grad()
+def predict(
+    forward: Callable[[torch.Tensor], torch.Tensor], inputs: list[str], info: dict, *, topk: int = 5,
+    batch_size: int = 64, strict: bool = False, **_: Any,
+) -> list[dict]:  # fmt: skip
+    """Top-``topk`` classes and probabilities of every image in ``inputs`` (files and directories), in input order.
+
+    ``forward`` maps a preprocessed float NCHW batch to the model's outputs; ``info`` holds ``preprocessing``,
+    ``class_names`` (a list, or the class count) and ``output`` (``"logits"`` or ``"probabilities"``).
+    Undecodable files get an ``error`` entry (or raise with ``strict``).
+    """
+    names = info["class_names"]
+    names = [str(i) for i in range(names)] if isinstance(names, int) else list(names)
+    k = min(topk, len(names))
+    if k < 1:
+        raise ConfigError(f"--topk must be >= 1, got {topk}")
+    results: list[dict] = []
+    paths = image_paths(inputs)
+    for i in range(0, len(paths), batch_size):
+        chunk, tensors, ok = paths[i : i + batch_size], [], []
+        for p in chunk:
+            try:
+                tensors.append(eval_image(load_image(p), info["preprocessing"]))
+                ok.append(p)
+            except ImageError as e:
+                if strict:
+                    raise
+                results.append({"path": str(p), "error": str(e)})
+        if not tensors:
+            continue
+        out = forward(torch.stack(tensors)).float()
+        probs = out if info["output"] == "probabilities" else out.softmax(dim=1)
+        top = probs.topk(k, dim=1)
+        for p, vals, idxs in zip(ok, top.values, top.indices):
+            top_k = [{"class": names[j], "index": int(j), "prob": float(v)} for v, j in zip(vals, idxs)]
+            results.append({"path": str(p), "top": top_k})
+    order = {str(p): n for n, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["path"]])
+
+
+def format_prediction(r: dict) -> str:
+    if "error" in r:
+        return f"{r['path']}: skipped ({r['error']})"
+    return f"{r['path']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
+
+
+def plot_report(result: dict, class_names: list[str], path: str | Path, title: str = "") -> Path:
+    """The row-normalised confusion matrix (true class per row) with counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = result["confusion"].double()
+    norm = cm / cm.sum(dim=1, keepdim=True).clamp(min=1)
+    n = len(class_names)
+    size = max(4.0, 0.5 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    color = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+TASK = Task(
+    name=NAME,
+    build_data=build_data,
+    default_preprocessing=default_preprocessing,
+    build_model=build_model,
+    from_meta=from_meta,
+    init_from=init_from,
+    loss=loss,
+    train_parts=("top1",),
+    evaluator=evaluator,
+    infer=infer,
+    tta_modes=TTA_MODES,
+    load_eval_data=load_eval_data,
+    predict=predict,
+    format_prediction=format_prediction,
+    plot_report=plot_report,
+    report_file="confusion.png",
+    format_metrics=format_metrics,
+)
