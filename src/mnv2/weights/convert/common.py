@@ -12,6 +12,7 @@ import pickle
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ CANDIDATE_WIDTHS = PUBLISHED_WIDTHS + tuple(i / 20 for i in range(1, 61)) + tupl
 
 # ILSVRC-2012 class names in the standard index order (copied from torchvision's _IMAGENET_CATEGORIES; the same order
 # as Keras' imagenet_class_index.json and TF-slim's labels after its background class).
-IMAGENET_CLASSES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
+IMAGENET_CLASSES_FILE = Path(str(resources.files("mnv2.data") / "imagenet_classes.txt"))  # package data
 BACKGROUND_CLASS = "background"  # TF-slim checkpoints: 1001 outputs, index 0 = background (paper.md §5)
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")  # mnv2 / PyTorch BatchNorm2d tensor names
 
