@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mnv2
-from mnv2 import hub
+from mnv2.weights import hub
 from mnv2.data.download import DownloadError
 from mnv2.errors import ConfigError
 from mnv2.weights.convert import ConvertError
