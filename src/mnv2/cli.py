@@ -11,18 +11,36 @@ import sys
 
 from mnv2.errors import ConfigError, Mnv2Error
 
+# COCO as the TF Object Detection API numbers it (label-map ids 1..90, 80 in use): `num_classes: 90` in its configs.
+DETECTION_CLASSES = 90
+
 
 def _add_arch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="registered name (see `mnv2 models`); default mobilenetv2_100")
     p.add_argument("--width", type=float, default=None, help="width multiplier (any value > 0); overrides --model")
     p.add_argument("--resolution", type=int, default=None, help="input size in pixels (>= 32; default 224)")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (1001 for TF-slim/Keras)")
+    p.add_argument(
+        "--num-classes", type=int, default=None,
+        help="classifier outputs (1001 for TF-slim/Keras); detection: object classes without background (default 90)",
+    )  # fmt: skip
+    p.add_argument("--task", default="classification", help="classification or detection (its recipe's model)")
     p.add_argument("--padding", default=None, help="torch (symmetric) or tf (TF SAME)")
     p.add_argument("--output-stride", type=int, default=None, help="32 (default), 16 or 8 (dilated, §6.3)")
 
 
 def _build_from_args(args: argparse.Namespace):
     from mnv2.models import create_model, mobilenet_v2, model_info
+
+    if args.task != "classification":  # the task's model as its recipe builds it, for --num-classes classes
+        from mnv2.engine.config import TrainConfig, apply_overrides, list_recipes, load_recipe
+        from mnv2.tasks import get_task
+
+        task = get_task(args.task)
+        config = load_recipe(args.task) if args.task in list_recipes() else TrainConfig(task=args.task)
+        flags = {"model": args.model, "width": args.width, "resolution": args.resolution, "padding": args.padding}
+        config = apply_overrides(config, flags)
+        classes = [str(i) for i in range(args.num_classes or DETECTION_CLASSES)]
+        return task.build_model(config, classes), config.resolution
 
     overrides = {"num_classes": args.num_classes, "padding": args.padding, "output_stride": args.output_stride}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -113,7 +131,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         return 0
     summary = summarize(model, resolution)
     if args.json:
-        print(json.dumps({"config": model.config.to_dict(), **summary.to_dict()}))
+        head = {"head": model.head_config} if hasattr(model, "head_config") else {}
+        print(json.dumps({"task": args.task, "config": model.config.to_dict(), **head, **summary.to_dict()}))
     else:
         print(summary.format_table())
     return 0
@@ -145,7 +164,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mnv2.engine.config import RESUME_FLAGS, apply_overrides, flag_fields, load_recipe
+    from mnv2.engine.config import RESUME_FLAGS, apply_overrides, flag_fields, list_recipes, load_recipe
     from mnv2.engine.loop import load_run_config, train
 
     overrides = {f.name: getattr(args, f.name) for f in flag_fields()}
@@ -162,7 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume continues the saved config; only {allowed} may change, not {bad}")
         config = apply_overrides(config, overrides)
     else:
-        recipe = args.recipe or ("qat" if args.qat else "default")
+        # a task's own recipe (recipes/<task>.yaml, e.g. detection) unless one is named
+        task_recipe = args.task if args.task in list_recipes() else "default"
+        recipe = args.recipe or ("qat" if args.qat else task_recipe)
         config = apply_overrides(load_recipe(recipe), overrides)
     result = train(config, out, resume=bool(args.resume))
     metric = result["metric"]
@@ -198,7 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tta = f"  ({r['tta']} test-time augmentation)" if r["tta"] != "none" else ""
     print(f"{r['checkpoint']} on {r['data']}: {task.format_metrics(r)}  n={r['n']}{tta}")
     for name, value in r.get("per_class", {}).items():
-        print(f"  {name:<20} {'-' if value is None else f'{value:6.2f}%'}")
+        print(f"  {name:<20} {'-' if value is None else task.format_value(value)}")
     if any(r["skipped"].values()):
         print(f"skipped: {r['skipped']['corrupt']} corrupt image(s), {r['skipped']['non_image']} non-image file(s)")
     print(f"{task.report_file.removesuffix('.png')}: {r['confusion_png']}")
@@ -224,16 +245,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     task = _task_of(args.checkpoint)
     exported = args.checkpoint.endswith((".onnx", ".tflite"))  # an exported file runs on its own engines
     engine = args.engine or ("auto" if exported else "torch")
+    options = {"topk": args.topk, "strict": args.strict}
+    if task.name != "classification":  # tasks that draw their results
+        options["output_dir"] = args.out or "predictions"
+    if args.min_score is not None:
+        options["min_score"] = args.min_score
     if engine == "torch" and args.precision in (None, "fp32") and not exported:
         _set_threads()
-        results = predict(args.checkpoint, args.inputs, topk=args.topk, strict=args.strict)
+        results = predict(args.checkpoint, args.inputs, **options)
     else:
         from mnv2.deploy import engines
 
-        results = engines.predict(
-            args.checkpoint, args.inputs, engine, args.precision, topk=args.topk, strict=args.strict,
-            threads=args.threads,
-        )  # fmt: skip
+        results = engines.predict(args.checkpoint, args.inputs, engine, args.precision, threads=args.threads, **options)
     print(json.dumps(results) if args.json else "\n".join(task.format_prediction(r) for r in results))
     return 0
 
@@ -404,7 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, help="fp32, bf16 (openvino) or int8 (an INT8 file)")
     p.add_argument("--threads", type=int, default=None, help="engine intra-op threads (default: all cores)")
     p.add_argument("--strict", action="store_true", help="fail on an undecodable image instead of reporting it")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="detection: one PNG per image with the boxes drawn (default ./predictions)")  # fmt: skip
+    p.add_argument("--min-score", type=float, default=None, help="detection: lowest score shown (default 0.3)")
+    p.add_argument("--json", action="store_true", help="one JSON list (detection: COCO results-style boxes)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("convert", help="import Keras / torchvision / timm / Hugging Face weights as an mnv2 checkpoint")

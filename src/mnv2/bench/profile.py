@@ -70,8 +70,8 @@ def _bn_params(module: nn.Module) -> int:
 
 
 def _madds(module: nn.Module, out: torch.Tensor) -> int:
-    if isinstance(module, ConvNormAct):
-        conv = module.conv
+    if isinstance(module, (ConvNormAct, nn.Conv2d)):
+        conv = module.conv if isinstance(module, ConvNormAct) else module
         kh, kw = conv.kernel_size
         return out[0].numel() * (conv.in_channels // conv.groups) * kh * kw
     if isinstance(module, nn.Linear):
@@ -101,8 +101,12 @@ def summarize(model: nn.Module, resolution: int | tuple[int, int], in_chans: int
             )
         )
 
-    leaves = (ConvNormAct, nn.Linear, nn.AdaptiveAvgPool2d)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, leaves)]
+    # A ConvNormAct is counted as one layer; a plain Conv2d outside one (e.g. SSDLite's 1x1 box and class
+    # predictors, §6.2) as its own, so every conv of every task model counts once.
+    leaves = (ConvNormAct, nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d)
+    inner = {id(m.conv) for m in model.modules() if isinstance(m, ConvNormAct)}
+    hooked = [m for m in model.modules() if isinstance(m, leaves) and id(m) not in inner]
+    handles = [m.register_forward_hook(hook) for m in hooked]
     was_training = model.training
     try:
         model.eval()

@@ -364,6 +364,7 @@ def predict(
     batch_size: int = 64,
     strict: bool = False,
     threads: int | None = None,
+    **options: Any,
 ) -> list[dict]:
     """``mnv2 predict --engine``: the task's results (classification: top-``topk`` classes) of image files with
     ``source`` (a checkpoint, or an ONNX or TFLite file from ``mnv2 export``/``mnv2 quantize``) run by ``engine``;
@@ -398,4 +399,4 @@ def predict(
     def forward(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run(x.numpy()))
 
-    return task.predict(forward, inputs, info, topk=topk, batch_size=batch_size, strict=strict)
+    return task.predict(forward, inputs, info, topk=topk, batch_size=batch_size, strict=strict, **options)

@@ -22,6 +22,7 @@ OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULES = ("exp", "cosine", "onecycle")
 AMP_MODES = ("auto", "bf16", "off")
 BN_MODES = ("train", "frozen")
+SCORE_FNS = ("sigmoid", "softmax")
 FREEZE_HELP = "none | stem | stage:N (stem and stages < N) | backbone (all but the classifier)"
 
 
@@ -78,6 +79,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     label_smoothing: float = flag(0.0, "label smoothing (TF-slim: 0.1)")
     ema_decay: float = flag(0.0, "weight EMA decay (0 = off; TF-slim: 0.9999)")
+    score_fn: str = flag("sigmoid", "detection class scores: sigmoid (the TF SSDLite config) or softmax",
+                         choices=SCORE_FNS)  # fmt: skip
     grad_clip: float = flag(0.0, "max global gradient norm (0 = off)")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # engine
@@ -106,6 +109,7 @@ class TrainConfig:
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}"),
             (self.bn in BN_MODES, "bn must be train or frozen"),
             (self.task in TASKS, f"task must be one of {tuple(TASKS)}"),
+            (self.score_fn in SCORE_FNS, f"score_fn must be one of {SCORE_FNS}"),
             (self.padding in PADDING_MODES, f"padding must be one of {PADDING_MODES}"),
             (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be an integer >= 1"),
             (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1"),

@@ -4,12 +4,13 @@ post-processing to the shared engine (``mnv2.tasks.base.Task``)."""
 from __future__ import annotations
 
 from mnv2.errors import ConfigError
-from mnv2.tasks import classification
+from mnv2.tasks import classification, detection
 from mnv2.tasks.base import Evaluator, Task
 
 # The one list of tasks: a checkpoint's ``task`` field and ``mnv2 train --task`` name one of these.
 TASKS: dict[str, Task] = {
     classification.NAME: classification.TASK,
+    detection.NAME: detection.TASK,
 }
 DEFAULT_TASK = classification.NAME
 

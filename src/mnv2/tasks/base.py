@@ -69,6 +69,7 @@ class Task:
         plot_report: ``(result, class_names, path, title) -> Path``: the evaluation's picture.
         report_file: that picture's file name in a run directory (``eval`` writes ``<checkpoint>.<report_file>``).
         format_metrics: ``(metrics) -> str``: a short human summary (``top-1 91.23% top-5 99.80%``).
+        format_value: ``(value) -> str``: one metric value as printed (classification: percent; detection: AP).
     """
 
     name: str
@@ -88,3 +89,4 @@ class Task:
     plot_report: Callable[..., Any]
     report_file: str
     format_metrics: Callable[[dict], str]
+    format_value: Callable[[float], str]

@@ -281,4 +281,5 @@ TASK = Task(
     plot_report=plot_report,
     report_file="confusion.png",
     format_metrics=format_metrics,
+    format_value=lambda v: f"{v:6.2f}%",
 )

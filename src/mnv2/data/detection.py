@@ -1,0 +1,680 @@
+"""Detection data (§6.2): Pascal VOC folders and COCO JSON, SSD train augmentation, epoch-seeded batches.
+
+Layouts:
+  VOC   ``root/{images|JPEGImages}/`` and ``root/{annotations|Annotations}/*.xml``; optional split lists
+        ``train.txt`` / ``val.txt`` of image names, with or without extension (at the root or in
+        ``ImageSets/Main/``); without them the annotated images are split by a seeded ``val_split``.
+  COCO  an annotation ``.json`` file (images in ``images/`` beside it, beside it, or in ``../<split>`` for
+        ``annotations/instances_<split>.json``), or a folder with ``annotations/instances_{train,val}*.json`` or
+        ``{train,val}/*.json`` (``valid/`` also counts as val).
+
+Class names come from the data, sorted; labels are 1..C (0 is the detector's background). Boxes are checked once,
+when the annotations are read: boxes reaching outside their image are clipped, boxes of zero area and boxes entirely
+outside their image are dropped, and all are counted in the :class:`DetectionReport`; images left without objects
+are kept (they train the background). Annotation files that cannot be parsed raise an :class:`AnnotationError`
+naming the file. Image sizes are read from the images themselves, not trusted from the annotations.
+
+Train augmentation (the SSD paper's, Liu et al. 2016, of which the TF config keeps flip + ``ssd_random_crop``):
+zoom-out expand, SSD random crop (TF ``preprocessor.ssd_random_crop`` defaults), horizontal flip, resize to the
+input size, photometric distortion. The geometry is computed here, exactly, on continuous box coordinates: kornia
+has no IoU-constrained crop sampler (its random crops ignore the boxes, so "min object covered" cannot be asked
+for), and its bbox geometry uses inclusive pixel coordinates (a horizontal flip maps x in [0, 10] of a 100-px image
+to [89, 99], a resize scales by (W' - 1) / (W - 1)), an offset of a pixel that VOC/COCO boxes do not have. kornia
+does the photometric distortion, which does not move boxes. Eval is a plain resize to the input size (no crop), so
+normalised box coordinates are fractions of the original image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mnv2.data.folder import ScanReport
+from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image, normalize
+from mnv2.data.preprocessing import Preprocessing
+from mnv2.errors import ConfigError
+
+# TF preprocessor.ssd_random_crop defaults: one of seven settings drawn per image.
+MIN_OBJECT_COVERED = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+EVAL_SPLITS = ("train", "val")
+
+
+class AnnotationError(ConfigError):
+    """An annotation file (VOC XML, COCO JSON) cannot be read; the message names the file."""
+
+
+@dataclass
+class DetectionReport(ScanReport):
+    """What reading a detection dataset changed or skipped (``ScanReport`` adds corrupt and non-image files)."""
+
+    zero_area: int = 0  # boxes dropped: zero or negative width/height
+    outside: int = 0  # boxes dropped: entirely outside their image
+    clipped: int = 0  # boxes reaching outside their image, clipped to it
+    empty_images: int = 0  # images without (remaining) objects, kept as background
+    crowd: int = 0  # COCO iscrowd boxes: evaluated as crowds, not trained on
+
+    def message(self) -> str | None:
+        parts = [p for p in [super().message()] if p]
+        if self.zero_area:
+            parts.append(f"dropped {self.zero_area} zero-area box(es)")
+        if self.outside:
+            parts.append(f"dropped {self.outside} box(es) outside their image")
+        if self.clipped:
+            parts.append(f"clipped {self.clipped} box(es) to their image")
+        if self.empty_images:
+            parts.append(f"{self.empty_images} image(s) without objects")
+        if self.crowd:
+            parts.append(f"{self.crowd} crowd box(es) used only in evaluation")
+        return "; ".join(parts) or None
+
+
+@dataclass
+class DetectionRecord:
+    """One image and its objects: pixel corner boxes ``(x1, y1, x2, y2)``, labels 1..C, crowd flags."""
+
+    path: str
+    width: int
+    height: int
+    boxes: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    iscrowd: list[bool] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def sanitize_boxes(boxes: list[list[float]], width: int, height: int, report: DetectionReport) -> list[int]:
+    """Clip ``boxes`` (in place) to the image; return the indices of those left with positive area.
+
+    Counted in ``report``: ``zero_area`` (no width or height as annotated: dropped), ``outside`` (no overlap with the
+    image: dropped), ``clipped`` (partly outside: clipped, kept).
+    """
+    keep = []
+    for i, b in enumerate(boxes):
+        if not (b[2] > b[0] and b[3] > b[1]):
+            report.zero_area += 1
+            continue
+        clipped = [min(max(b[0], 0.0), width), min(max(b[1], 0.0), height),
+                   min(max(b[2], 0.0), width), min(max(b[3], 0.0), height)]  # fmt: skip
+        if not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
+            report.outside += 1
+            continue
+        report.clipped += clipped != list(b)
+        boxes[i] = clipped
+        keep.append(i)
+    return keep
+
+
+def _number(node: ET.Element, tag: str, path: Path, index: int) -> float:
+    text = node.findtext(tag)
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise AnnotationError(f"{str(path)!r}: object {index} has no numeric <bndbox>/<{tag}> (got {text!r})") from None
+    if not math.isfinite(value):
+        raise AnnotationError(f"{str(path)!r}: object {index} has a non-finite <{tag}> ({text!r})")
+    return value
+
+
+def parse_voc_xml(path: str | Path) -> tuple[str | None, list[tuple[str, list[float]]]]:
+    """``(filename, [(class name, [xmin, ymin, xmax, ymax]), ...])`` of a Pascal VOC annotation file.
+
+    Coordinates are taken as written (TF ``create_pascal_tf_record`` divides them by the size, no 1-based shift);
+    ``difficult`` objects are kept as ordinary boxes (its default ``ignore_difficult_instances=False``).
+    """
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise AnnotationError(f"{str(path)!r} is not valid XML ({e})") from e
+    except OSError as e:
+        raise AnnotationError(f"cannot read {str(path)!r} ({e})") from e
+    if root.tag != "annotation":
+        raise AnnotationError(f"{str(path)!r} is not a Pascal VOC annotation (root <{root.tag}>, not <annotation>)")
+    objects = []
+    for i, obj in enumerate(root.findall("object")):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise AnnotationError(f"{str(path)!r}: object {i} has no <name>")
+        box = obj.find("bndbox")
+        if box is None:
+            raise AnnotationError(f"{str(path)!r}: object {i} ({name}) has no <bndbox>")
+        objects.append((name, [_number(box, t, path, i) for t in ("xmin", "ymin", "xmax", "ymax")]))
+    filename = (root.findtext("filename") or "").strip() or None
+    return filename, objects
+
+
+def _image_size(path: Path, strict: bool, report: DetectionReport) -> tuple[int, int] | None:
+    """(width, height) of a decodable image; ``None`` (counted as corrupt) otherwise."""
+    try:
+        return load_image(path).size
+    except ImageError as e:
+        if strict:
+            raise ConfigError(f"{e}; --strict") from e
+        report.corrupt.append(str(path))
+        return None
+
+
+def _find_dir(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def _split_list(root: Path, split: str) -> list[str] | None:
+    for p in (root / f"{split}.txt", root / "ImageSets" / "Main" / f"{split}.txt"):
+        if p.is_file():
+            return [line.split()[0] for line in p.read_text().splitlines() if line.strip()]
+    return None
+
+
+def _stem(name: str) -> str:
+    p = Path(name)
+    return p.stem if p.suffix.lower() in IMAGE_EXTENSIONS else p.name
+
+
+def is_voc(root: Path) -> bool:
+    return root.is_dir() and _find_dir(root, ("annotations", "Annotations")) is not None
+
+
+def load_voc(
+    root: str | Path, strict: bool = False, report: DetectionReport | None = None
+) -> tuple[list[str], dict[str, list[DetectionRecord]]]:
+    """Read a VOC folder: ``(class_names, {"train": [...], "val": [...]} or {"all": [...]})``.
+
+    With split lists the splits are theirs (a missing list is the other's complement); without, every annotation
+    file is one record in ``"all"``.
+    """
+    root = Path(root)
+    report = report if report is not None else DetectionReport()
+    ann_dir = _find_dir(root, ("annotations", "Annotations"))
+    img_dir = _find_dir(root, ("images", "JPEGImages"))
+    if ann_dir is None or img_dir is None:
+        raise ConfigError(f"{str(root)!r} is not a VOC folder: expected images/ (or JPEGImages/) and annotations/ "
+                          "(or Annotations/)")  # fmt: skip
+    xmls = {p.stem: p for p in sorted(ann_dir.glob("*.xml"))}
+    if not xmls:
+        raise ConfigError(f"no .xml annotation files in {str(ann_dir)!r}")
+    lists = {s: _split_list(root, s) for s in EVAL_SPLITS}
+    if lists["train"] is None and lists["val"] is None:
+        splits = {"all": list(xmls)}
+    else:
+        named = {s: [_stem(n) for n in names] for s, names in lists.items() if names is not None}
+        for s, stems in named.items():
+            missing = [n for n in stems if n not in xmls]
+            if missing:
+                raise ConfigError(f"{s}.txt in {str(root)!r} names {len(missing)} image(s) without an annotation "
+                                  f"file in {str(ann_dir)!r}, e.g. {missing[0]}.xml")  # fmt: skip
+        for s, other in (("train", "val"), ("val", "train")):
+            if s not in named:
+                taken = set(named[other])
+                named[s] = [n for n in xmls if n not in taken]
+        splits = named
+    parsed = {stem: parse_voc_xml(xmls[stem]) for stems in splits.values() for stem in stems}
+    class_names = sorted({name for _, objects in parsed.values() for name, _ in objects})
+    index = {name: i + 1 for i, name in enumerate(class_names)}
+    out: dict[str, list[DetectionRecord]] = {}
+    total = sum(len(v) for v in splits.values())
+    bar = tqdm(total=total, desc=f"check {root.name}", leave=False, disable=total < 500)
+    for split, stems in splits.items():
+        records = []
+        for stem in stems:
+            bar.update()
+            filename, objects = parsed[stem]
+            path = _voc_image(img_dir, stem, filename, xmls[stem])
+            size = _image_size(path, strict, report)
+            if size is None:
+                continue
+            boxes = [list(b) for _, b in objects]
+            keep = sanitize_boxes(boxes, size[0], size[1], report)
+            rec = DetectionRecord(str(path), size[0], size[1], [boxes[i] for i in keep],
+                                  [index[objects[i][0]] for i in keep], [False] * len(keep))  # fmt: skip
+            report.empty_images += not rec.boxes
+            records.append(rec)
+        out[split] = records
+    bar.close()
+    return class_names, out
+
+
+def _voc_image(img_dir: Path, stem: str, filename: str | None, xml: Path) -> Path:
+    candidates = [img_dir / filename] if filename else []
+    candidates += [img_dir / f"{stem}{ext}" for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)]
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise ConfigError(f"no image for {str(xml)!r} in {str(img_dir)!r} (looked for {filename or stem + '.jpg'})")
+
+
+def _coco_field(obj, key: str, kind, path: Path, what: str):
+    if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], kind):
+        raise AnnotationError(f"{str(path)!r}: {what} needs a {key!r} field ({getattr(kind, '__name__', kind)})")
+    return obj[key]
+
+
+def _coco_image_dir(path: Path) -> Path:
+    """Where a COCO file's images are: ``images/`` beside it, ``../<split>/`` for ``instances_<split>.json``,
+    ``../images/``, else beside it."""
+    split = path.stem.removeprefix("instances_")
+    for d in (path.parent / "images", path.parent.parent / split, path.parent.parent / "images"):
+        if d.is_dir():
+            return d
+    return path.parent
+
+
+def load_coco(
+    path: str | Path, image_dir: str | Path | None = None, strict: bool = False,
+    report: DetectionReport | None = None,
+) -> tuple[list[str], list[DetectionRecord]]:  # fmt: skip
+    """Read a COCO annotation file: ``(class_names, records)``. ``bbox`` is ``[x, y, w, h]`` in pixels; crowd boxes
+    (``iscrowd: 1``) are kept with their flag (evaluation ignores detections on them; training leaves them out)."""
+    path = Path(path)
+    report = report if report is not None else DetectionReport()
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{str(path)!r} is not valid JSON ({e})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnnotationError(f"cannot read {str(path)!r} ({e})") from e
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{str(path)!r} is not a COCO annotation file (top level is not an object)")
+    images = _coco_field(data, "images", list, path, "the file")
+    anns = _coco_field(data, "annotations", list, path, "the file")
+    cats = _coco_field(data, "categories", list, path, "the file")
+    cat_names = {}
+    for c in cats:
+        cat_names[_coco_field(c, "id", int, path, "a category")] = str(_coco_field(c, "name", str, path, "a category"))
+    class_names = sorted(set(cat_names.values()))
+    if len(class_names) != len(cat_names):
+        raise AnnotationError(f"{str(path)!r}: category names are not unique")
+    index = {name: i + 1 for i, name in enumerate(class_names)}
+    by_image: dict[int, list[dict]] = {}
+    for a in anns:
+        image_id = _coco_field(a, "image_id", int, path, "an annotation")
+        bbox = _coco_field(a, "bbox", list, path, "an annotation")
+        cat = _coco_field(a, "category_id", int, path, "an annotation")
+        if len(bbox) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
+            raise AnnotationError(f"{str(path)!r}: annotation {a.get('id')} has bbox {bbox!r}, not 4 finite numbers")
+        if cat not in cat_names:
+            raise AnnotationError(f"{str(path)!r}: annotation {a.get('id')} has unknown category_id {cat}")
+        by_image.setdefault(image_id, []).append(a)
+    image_dir = Path(image_dir) if image_dir is not None else _coco_image_dir(path)
+    records = []
+    for im in tqdm(images, desc=f"check {path.name}", leave=False, disable=len(images) < 500):
+        image_id = _coco_field(im, "id", int, path, "an image")
+        p = image_dir / _coco_field(im, "file_name", str, path, "an image")
+        if not p.is_file():
+            raise ConfigError(f"{str(path)!r}: image {str(p)!r} does not exist")
+        size = _image_size(p, strict, report)
+        if size is None:
+            continue
+        objs = by_image.get(image_id, [])
+        boxes = [
+            [float(x), float(y), float(x) + float(w), float(y) + float(h)] for x, y, w, h in (a["bbox"] for a in objs)
+        ]
+        keep = sanitize_boxes(boxes, size[0], size[1], report)
+        crowd = [bool(objs[i].get("iscrowd", 0)) for i in keep]
+        report.crowd += sum(crowd)
+        rec = DetectionRecord(str(p), size[0], size[1], [boxes[i] for i in keep],
+                              [index[cat_names[objs[i]["category_id"]]] for i in keep], crowd)  # fmt: skip
+        report.empty_images += not any(not c for c in rec.iscrowd)
+        records.append(rec)
+    return class_names, records
+
+
+def _coco_split_files(root: Path) -> dict[str, Path]:
+    found = {}
+    for split in EVAL_SPLITS:
+        dirs = (split, "valid") if split == "val" else (split,)  # Roboflow's COCO export names it valid/
+        cands = sorted((root / "annotations").glob(f"instances_{split}*.json"))
+        cands += [p for d in dirs for p in sorted((root / d).glob("*.json"))]
+        if cands:
+            found[split] = cands[0]
+    return found
+
+
+def load_detection_dataset(
+    data: str | Path, strict: bool = False, report: DetectionReport | None = None
+) -> tuple[list[str], dict[str, list[DetectionRecord]]]:
+    """Any supported layout → ``(class_names, splits)``; splits are ``train``/``val`` or ``all``."""
+    root = Path(data)
+    report = report if report is not None else DetectionReport()
+    if not root.exists():
+        raise ConfigError(f"data path {str(root)!r} does not exist")
+    if root.suffix.lower() == ".json":
+        names, records = load_coco(root, strict=strict, report=report)
+        return names, {"all": records}
+    if is_voc(root):
+        return load_voc(root, strict, report)
+    files = _coco_split_files(root) if root.is_dir() else {}
+    if files:
+        loaded = {s: load_coco(p, strict=strict, report=report) for s, p in files.items()}
+        names = sorted({n for names, _ in loaded.values() for n in names})
+        out = {}
+        for s, (split_names, records) in loaded.items():
+            remap = {i + 1: names.index(n) + 1 for i, n in enumerate(split_names)}
+            for r in records:
+                r.labels = [remap[label] for label in r.labels]
+            out[s] = records
+        return names, out
+    raise ConfigError(
+        f"{str(root)!r} is not a detection dataset: expected a VOC folder (images/ + annotations/*.xml), a COCO "
+        "annotation .json, or a folder with annotations/instances_{train,val}*.json or {train,val}/*.json"
+    )
+
+
+def train_val_records(
+    data: str | Path, val_split: float = 0.1, seed: int = 0, strict: bool = False
+) -> tuple[list[str], list[DetectionRecord], list[DetectionRecord], DetectionReport]:
+    """Train and val records of ``data``: its own split, else a seeded ``val_split`` fraction as val."""
+    report = DetectionReport()
+    names, splits = load_detection_dataset(data, strict, report)
+    if "all" in splits:
+        records = list(splits["all"])
+        random.Random(seed).shuffle(records)
+        n_val = max(1, round(len(records) * val_split)) if len(records) > 1 else 0
+        train, val = records[n_val:], records[:n_val]
+    else:
+        train, val = splits.get("train", []), splits.get("val", [])
+    if not train:
+        raise ConfigError(f"{str(data)!r} has no readable training images")
+    if not val:
+        raise ConfigError(f"{str(data)!r} has no readable validation images")
+    return names, train, val, report
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL RGB image → uint8 ``[3, H, W]``."""
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def resize_window(
+    image: torch.Tensor, window: tuple[int, int, int, int], size: int, fill: tuple[float, ...], boxes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop ``window`` ``(x0, y0, x1, y1)`` (pixels; may reach past the image, where it is ``fill``) of a uint8
+    ``[3, H, W]`` image and resize it to ``size`` x ``size`` (bilinear, antialiased); map pixel corner ``boxes``
+    into the result as normalised corners, clipped to it.
+
+    Only the part of the window inside the image is resampled, so a zoom-out costs no more than the image itself;
+    boxes go through exactly the mapping the pasted pixels went through.
+    """
+    _, h, w = image.shape
+    wx0, wy0, wx1, wy1 = window
+    sx, sy = size / (wx1 - wx0), size / (wy1 - wy0)
+    ix0, iy0, ix1, iy1 = max(wx0, 0), max(wy0, 0), min(wx1, w), min(wy1, h)
+    out = torch.tensor(fill, dtype=torch.float32).view(3, 1, 1).expand(3, size, size).clone()
+    ox0, ox1 = round((ix0 - wx0) * sx), round((ix1 - wx0) * sx)
+    oy0, oy1 = round((iy0 - wy0) * sy), round((iy1 - wy0) * sy)
+    if ix1 > ix0 and iy1 > iy0 and ox1 > ox0 and oy1 > oy0:
+        region = image[:, iy0:iy1, ix0:ix1].float().div_(255)[None]
+        if region.shape[-2:] != (oy1 - oy0, ox1 - ox0):
+            region = F.interpolate(region, size=(oy1 - oy0, ox1 - ox0), mode="bilinear", antialias=True,
+                                   align_corners=False)  # fmt: skip
+        out[:, oy0:oy1, ox0:ox1] = region[0].clamp_(0, 1)
+        kx, ky = (ox1 - ox0) / (ix1 - ix0), (oy1 - oy0) / (iy1 - iy0)
+        mapped = torch.stack(
+            [(boxes[:, 0] - ix0) * kx + ox0, (boxes[:, 1] - iy0) * ky + oy0,
+             (boxes[:, 2] - ix0) * kx + ox0, (boxes[:, 3] - iy0) * ky + oy0], dim=1,
+        )  # fmt: skip
+    else:
+        mapped = torch.stack([(boxes[:, 0] - wx0) * sx, (boxes[:, 1] - wy0) * sy,
+                              (boxes[:, 2] - wx0) * sx, (boxes[:, 3] - wy0) * sy], dim=1)  # fmt: skip
+    return out, (mapped / size).clamp_(0, 1).reshape(-1, 4)
+
+
+@dataclass(frozen=True)
+class DetectionAugment:
+    """SSD train augmentation.
+
+    Attributes:
+        expand_prob, expand_max: zoom out with this probability onto a canvas up to ``expand_max`` times the image
+            side, filled with the mean pixel (SSD: 0.5, 4).
+        crop_skip: probability of keeping the whole (expanded) image (TF ``random_coef`` 0.15).
+        min_object_covered: the crop must cover at least one of these fractions (drawn per image) of some box;
+            boxes covered less are dropped (TF ``overlap_thresh``, the same list).
+        aspect_ratio_range, area_range: of the crop (width / height; fraction of the image): (0.5, 2), (0.1, 1).
+        max_attempts: crop draws before giving up and keeping the whole image (TF 100).
+        hflip: probability of a horizontal flip.
+        photometric: probability of brightness (±32/255), contrast and saturation (×0.5-1.5) and hue (±18°)
+            jitter, in random order (SSD's photometric distortion; kornia ``ColorJitter``).
+    """
+
+    expand_prob: float = 0.5
+    expand_max: float = 4.0
+    crop_skip: float = 0.15
+    min_object_covered: tuple[float, ...] = MIN_OBJECT_COVERED
+    aspect_ratio_range: tuple[float, float] = (0.5, 2.0)
+    area_range: tuple[float, float] = (0.1, 1.0)
+    max_attempts: int = 100
+    hflip: float = 0.5
+    photometric: float = 0.5
+
+
+def _rand() -> float:
+    return float(torch.rand(()))  # torch's RNG: seeded per epoch in the main process and per DataLoader worker
+
+
+def sample_crop(
+    width: int, height: int, boxes: torch.Tensor, aug: DetectionAugment
+) -> tuple[tuple[int, int, int, int], float] | None:
+    """An SSD random crop ``((x0, y0, x1, y1), min_covered)`` of a ``width`` x ``height`` canvas, or ``None`` for
+    the whole canvas (TF ``ssd_random_crop``: one ``min_object_covered`` drawn per image, then
+    ``sample_distorted_bounding_box``-style draws of area and aspect until the crop covers that fraction of at least
+    one box)."""
+    if _rand() < aug.crop_skip:
+        return None
+    min_cov = aug.min_object_covered[int(torch.randint(len(aug.min_object_covered), ()))]
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    for _ in range(aug.max_attempts):
+        area = width * height * (aug.area_range[0] + _rand() * (aug.area_range[1] - aug.area_range[0]))
+        ratio = aug.aspect_ratio_range[0] + _rand() * (aug.aspect_ratio_range[1] - aug.aspect_ratio_range[0])
+        w, h = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if not (1 <= w <= width and 1 <= h <= height):
+            continue
+        x0 = int(torch.randint(width - w + 1, ()))
+        y0 = int(torch.randint(height - h + 1, ()))
+        if len(boxes) == 0:
+            return (x0, y0, x0 + w, y0 + h), min_cov
+        covered = _intersection(boxes, (x0, y0, x0 + w, y0 + h)) / areas
+        if bool((covered >= min_cov).any()):
+            return (x0, y0, x0 + w, y0 + h), min_cov
+    return None
+
+
+def _intersection(boxes: torch.Tensor, window: tuple[float, float, float, float]) -> torch.Tensor:
+    iw = (boxes[:, 2].clamp(max=window[2]) - boxes[:, 0].clamp(min=window[0])).clamp(min=0)
+    ih = (boxes[:, 3].clamp(max=window[3]) - boxes[:, 1].clamp(min=window[1])).clamp(min=0)
+    return iw * ih
+
+
+class DetectionTrainTransform:
+    """uint8 ``[3, H, W]`` image, pixel boxes, labels → normalised ``[3, S, S]`` input, normalised boxes, labels."""
+
+    def __init__(self, pre: Preprocessing, aug: DetectionAugment | None = None) -> None:
+        import kornia.augmentation as K
+
+        self.pre, self.aug = pre, aug or DetectionAugment()
+        a = self.aug
+        self.color = K.ColorJitter(32 / 255, 0.5, 0.5, 0.05, p=a.photometric) if a.photometric > 0 else None
+
+    def __call__(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor):
+        a, (_, h, w) = self.aug, image.shape
+        # 1. zoom out: the canvas as a window in image coordinates (the image sits at a random offset inside it)
+        canvas = (0, 0, w, h)
+        if _rand() < a.expand_prob and a.expand_max > 1:
+            r = 1 + _rand() * (a.expand_max - 1)
+            cw, ch = round(w * r), round(h * r)
+            left, top = int(torch.randint(cw - w + 1, ())), int(torch.randint(ch - h + 1, ()))
+            canvas = (-left, -top, cw - left, ch - top)
+        # 2. SSD random crop of the canvas, in image coordinates
+        window = canvas
+        shifted = boxes - torch.tensor([canvas[0], canvas[1], canvas[0], canvas[1]], dtype=boxes.dtype)
+        crop = sample_crop(canvas[2] - canvas[0], canvas[3] - canvas[1], shifted, a)
+        if crop is not None:
+            (x0, y0, x1, y1), min_cov = crop
+            window = (canvas[0] + x0, canvas[1] + y0, canvas[0] + x1, canvas[1] + y1)
+            inter = _intersection(boxes, window)
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            # TF: prune_completely_outside_window, then prune_non_overlapping_boxes(min_overlap=overlap_thresh)
+            keep = (inter > 0) & (inter >= min_cov * area)
+            boxes, labels = boxes[keep], labels[keep]
+        # 3. one resample of the window to the input size (fill: the mean pixel, 0 after normalisation)
+        x, nboxes = resize_window(image, window, self.pre.input_size, self.pre.mean, boxes)
+        keep = (nboxes[:, 2] > nboxes[:, 0]) & (nboxes[:, 3] > nboxes[:, 1])
+        nboxes, labels = nboxes[keep], labels[keep]
+        # 4. horizontal flip
+        if _rand() < a.hflip:
+            x = x.flip(-1)
+            nboxes = torch.stack([1 - nboxes[:, 2], nboxes[:, 1], 1 - nboxes[:, 0], nboxes[:, 3]], dim=1)
+        # 5. photometric distortion (moves no box)
+        if self.color is not None:
+            x = self.color(x[None])[0].clamp_(0, 1)
+        return normalize(x, self.pre), nboxes, labels
+
+
+def eval_tensor(image: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """Eval preprocessing for detection: the whole uint8 ``[3, H, W]`` image resized to the input size (no crop,
+    aspect not kept: SSD's ``fixed_shape_resizer``), normalised."""
+    _, h, w = image.shape
+    x, _ = resize_window(image, (0, 0, w, h), pre.input_size, pre.mean, torch.zeros(0, 4))
+    return normalize(x, pre)
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+class DetectionDataset(torch.utils.data.Dataset):
+    """Records → ``(image [3, S, S] normalised, target)``; ``train=False`` gives the eval preprocessing and adds the
+    target's ``size`` (original ``[H, W]``) and ``iscrowd``."""
+
+    def __init__(
+        self, records: list[DetectionRecord], pre: Preprocessing, train: bool, aug: DetectionAugment | None = None
+    ) -> None:
+        self.records, self.pre, self.train = records, pre, train
+        self.transform = DetectionTrainTransform(pre, aug) if train else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        image = to_uint8_tensor(load_image(r.path))
+        boxes = torch.tensor(r.boxes, dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor(r.labels, dtype=torch.long)
+        crowd = torch.tensor(r.iscrowd, dtype=torch.bool)
+        if self.transform is not None:
+            boxes, labels = boxes[~crowd], labels[~crowd]
+            x, nboxes, labels = self.transform(image, boxes, labels)
+            return x, {"boxes": nboxes, "labels": labels}
+        scale = torch.tensor([r.width, r.height, r.width, r.height], dtype=torch.float32)
+        x = eval_tensor(image, self.pre)
+        target = {"boxes": boxes / scale, "labels": labels, "iscrowd": crowd,
+                  "size": torch.tensor([r.height, r.width])}  # fmt: skip
+        return x, target
+
+
+def collate(batch: list) -> tuple[torch.Tensor, list[dict]]:
+    """Stack the images; keep the targets as a list (their box counts differ)."""
+    return torch.stack([x for x, _ in batch]), [t for _, t in batch]
+
+
+class DetectionBatches:
+    """Detection batches through DataLoader workers: ``mnv2.data.loaders.LoaderBatches``' epoch seeding and rank
+    sharding, with targets kept as lists. (Not a subclass: this module must import without kornia, which the
+    loaders' transforms pull in, so that inference reads images through it alone.)"""
+
+    def __init__(
+        self, dataset: DetectionDataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0, rank: int = 0,
+        world: int = 1, pin: bool = False,
+    ) -> None:  # fmt: skip
+        self.dataset, self.batch_size, self.shuffle, self.workers = dataset, batch_size, shuffle, workers
+        self.seed, self.rank, self.world, self.pin = seed, rank, world, pin
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def __len__(self) -> int:
+        n = math.ceil(self.num_samples / self.world)
+        return n // self.batch_size if self.shuffle and n >= self.batch_size else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, list[dict]]]:
+        from mnv2.data.loaders import epoch_seed
+
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        order = torch.randperm(self.num_samples, generator=g) if self.shuffle else torch.arange(self.num_samples)
+        subset = torch.utils.data.Subset(self.dataset, order[self.rank :: self.world].tolist())
+        loader = torch.utils.data.DataLoader(
+            subset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            drop_last=self.shuffle and len(subset) >= self.batch_size,
+            num_workers=self.workers,
+            generator=g,  # workers' seeds, so their augmentation draws, derive from (seed, epoch)
+            pin_memory=self.pin,
+            collate_fn=collate,
+            persistent_workers=False,
+        )
+        if self.workers > 0:
+            for x, targets in loader:
+                yield x.contiguous(memory_format=torch.channels_last), targets
+            return
+        # In-process loading draws the augmentation from torch's global RNG: give it its own stream, seeded by
+        # (seed, epoch), so an epoch's batches depend on nothing else and the model's own draws (dropout) are
+        # untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(epoch_seed(self.seed, epoch) + 7919)
+            state = torch.get_rng_state()
+        batches = iter(loader)
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(state)
+                batch = next(batches, None)
+                state = torch.get_rng_state()
+            if batch is None:
+                return
+            yield batch[0].contiguous(memory_format=torch.channels_last), batch[1]
+
+
+def build_detection_data(
+    data: str, pre: Preprocessing, batch_size: int, eval_batch_size: int, *, val_split: float = 0.1,
+    strict: bool = False, workers: int = 2, seed: int = 0, rank: int = 0, world: int = 1, pin: bool = False,
+    train_limit: int | None = None, val_limit: int | None = None, aug: DetectionAugment | None = None,
+):  # fmt: skip
+    """A ``DataBundle`` of detection batches (``mnv2.data.loaders.DataBundle``; val name ``"val"``)."""
+    from mnv2.data.loaders import DataBundle
+
+    names, train, val, report = train_val_records(data, val_split, seed, strict)
+    if train_limit is not None:
+        train = random.Random(seed).sample(train, min(train_limit, len(train)))
+    if val_limit is not None:
+        val = random.Random(seed).sample(val, min(val_limit, len(val)))
+    train_b = DetectionBatches(
+        DetectionDataset(train, pre, True, aug), batch_size, True, workers, seed, rank, world, pin
+    )
+    val_b = DetectionBatches(DetectionDataset(val, pre, False), eval_batch_size, False, workers, seed, rank, world, pin)
+    return DataBundle(train_b, val_b, names, pre, report, "val")
+
+
+def build_detection_eval_data(
+    data: str, pre: Preprocessing, batch_size: int, *, split: str | None = None, workers: int = 2,
+    strict: bool = False, limit: int | None = None, seed: int = 0, **_,
+) -> tuple[DetectionBatches, list[str], DetectionReport]:  # fmt: skip
+    """Eval batches, class names and report of ``data``: ``split`` (``train``/``val``), else its val split, else
+    every image."""
+    report = DetectionReport()
+    names, splits = load_detection_dataset(data, strict, report)
+    if split is not None and split not in splits:
+        raise ConfigError(f"{str(data)!r} has no {split!r} split (it has: {', '.join(splits)})")
+    records = splits[split] if split is not None else splits.get("val", splits.get("all", []))
+    if not records:
+        raise ConfigError(f"no readable images in {str(data)!r}{f' ({split} split)' if split else ''}")
+    if limit is not None and limit < len(records):
+        keep = set(random.Random(seed).sample(range(len(records)), limit))
+        records = [r for i, r in enumerate(records) if i in keep]
+    return DetectionBatches(DetectionDataset(records, pre, False), batch_size, False, workers), names, report

@@ -1,0 +1,524 @@
+"""SSDLite on MobileNetV2 (paper §6.2), as the TF Object Detection API's ``ssdlite_mobilenet_v2_coco.config`` and
+``ssd_mobilenet_v2_feature_extractor.py`` define it.
+
+- Feature maps: ``layer_15/expansion_output`` (our ``stage5.expansion`` tap: 576 channels at stride 16 for width
+  1.0) and ``layer_19`` (the 1280-channel 1x1 conv, stride 32), then four extra layers of depth 512, 256, 256, 128,
+  each 1x1 conv to depth/2 → 3x3 depthwise stride 2 → 1x1 conv to depth, all with BN and ReLU6
+  (``feature_map_generators.multi_resolution_feature_maps`` with ``insert_1x1_conv=True, use_depthwise=True``).
+- Predictors ("SSDLite", §6.2: every regular conv of the SSD prediction layers replaced by a separable conv): on each
+  map, for boxes and for classes separately, a 3x3 depthwise conv + BN + ReLU6 → a 1x1 conv with bias
+  (``ConvolutionalBoxPredictor`` with ``use_depthwise: true``).
+- Anchors: ``ssd_anchor_generator`` with 6 layers, scales 0.2 … 0.95, aspect ratios 1, 2, 1/2, 3, 1/3 plus the
+  interpolated scale sqrt(s_i s_i+1), the lowest layer reduced to (0.1, 1), (0.2, 2), (0.2, 1/2)
+  (``multiple_grid_anchor_generator.create_ssd_anchors``).
+- Box coding: ``faster_rcnn_box_coder`` with scales (10, 10, 5, 5); codes are ``(ty, tx, th, tw)`` in TF's order.
+
+Conventions: anchors are normalised ``(cy, cx, h, w)`` (TF's box coder works on centres and sizes); every other box
+(targets, decoded detections) is normalised corners ``(x1, y1, x2, y2)`` in [0, 1] of the network input, which for
+a plain resize are also fractions of the original image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnv2.errors import ConfigError
+from mnv2.models.layers import ConvNormAct
+from mnv2.models.mobilenetv2 import MobileNetV2Config, MobileNetV2Features, feature_taps
+from mnv2.typed import strict_from_dict
+
+SCORE_FNS = ("sigmoid", "softmax")
+BOX_CODER_EPS = 1e-8  # faster_rcnn_box_coder.py: EPSILON added to every height and width before the log
+# Decoded log-sizes are clamped here before exp (log(1000/16), as torchvision's detection box coder): TF does not
+# clamp, but a wild prediction early in training must give a huge finite box, never inf.
+MAX_LOG_SIZE = math.log(1000.0 / 16)
+FEATURE_TAPS = ("stage5.expansion", "head")  # TF: 'layer_15/expansion_output', 'layer_19'
+
+
+@dataclass(frozen=True)
+class SSDLiteConfig:
+    """The detection head's arguments (``ssdlite_mobilenet_v2_coco.config``); saved in a checkpoint as ``head``.
+
+    Attributes:
+        num_classes: foreground classes; the model scores ``num_classes + 1`` with background at index 0 (TF
+            ``num_classes: 90`` for COCO → 91 scores).
+        min_scale, max_scale: anchor scales of the first and last of the six layers (``ssd_anchor_generator``).
+        aspect_ratios: per location on layers 1-5, in TF's order (the config writes 1/3 as 0.3333).
+        interpolated_scale_aspect_ratio: the extra anchor at scale sqrt(s_i * s_i+1) (0 = none; TF default 1.0).
+        reduce_boxes_in_lowest_layer: layer 0 gets only (0.1, 1.0), (s_0, 2.0), (s_0, 0.5) (TF default true).
+        extra_depths: depths of the four extra layers; scaled by the width multiplier, at least ``min_depth``
+            (TF ``get_depth_fn``: ``max(int(d * depth_multiplier), min_depth)``).
+        min_depth: see ``extra_depths`` (the config's ``min_depth: 16``).
+        box_coder_scales: ``(y, x, height, width)`` scales of ``faster_rcnn_box_coder``.
+        matched_threshold: IoU at or above which an anchor matches a box (``argmax_matcher``, 0.5; below it is a
+            negative: ``unmatched_threshold`` is also 0.5, so none is ignored).
+        score_fn: ``"sigmoid"`` (the TF config: independent per-class sigmoids, background column included) or
+            ``"softmax"`` (one distribution over background + classes, as the original SSD).
+        score_threshold, iou_threshold, max_detections_per_class, max_detections: ``batch_non_max_suppression``
+            (1e-8, 0.6, 100, 100).
+        pre_nms_top_k: candidates per class kept before NMS (not in TF, which runs NMS on all: only the best-scored
+            boxes can survive to ``max_detections_per_class``, and it bounds the cost with many classes).
+        neg_pos_ratio, min_negatives_per_image: ``hard_example_miner`` (3 negatives per positive, at least 3).
+        class_bias_init: initial bias of the class predictors (``class_prediction_bias_init``; TF default 0.0).
+    """
+
+    num_classes: int = 90
+    min_scale: float = 0.2
+    max_scale: float = 0.95
+    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
+    interpolated_scale_aspect_ratio: float = 1.0
+    reduce_boxes_in_lowest_layer: bool = True
+    extra_depths: tuple[int, ...] = (512, 256, 256, 128)
+    min_depth: int = 16
+    box_coder_scales: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    matched_threshold: float = 0.5
+    score_fn: str = "sigmoid"
+    score_threshold: float = 1e-8
+    iou_threshold: float = 0.6
+    max_detections_per_class: int = 100
+    max_detections: int = 100
+    pre_nms_top_k: int = 1000
+    neg_pos_ratio: float = 3.0
+    min_negatives_per_image: int = 3
+    class_bias_init: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("aspect_ratios", "extra_depths", "box_coder_scales"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))  # lists from JSON metadata
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ConfigError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
+        if not 0 < self.min_scale <= self.max_scale:
+            raise ConfigError(f"anchor scales must satisfy 0 < min_scale <= max_scale, got {self.min_scale}, "
+                              f"{self.max_scale}")  # fmt: skip
+        if not self.aspect_ratios or any(r <= 0 for r in self.aspect_ratios):
+            raise ConfigError(f"aspect_ratios must be positive, got {self.aspect_ratios!r}")
+        if len(self.box_coder_scales) != 4 or any(s <= 0 for s in self.box_coder_scales):
+            raise ConfigError(f"box_coder_scales must be 4 positive numbers, got {self.box_coder_scales!r}")
+        if self.score_fn not in SCORE_FNS:
+            raise ConfigError(f"score_fn must be one of {SCORE_FNS}, got {self.score_fn!r}")
+        if not 0 <= self.iou_threshold <= 1 or not 0 < self.matched_threshold <= 1:
+            raise ConfigError("iou_threshold must be in [0, 1] and matched_threshold in (0, 1]")
+        if min(self.max_detections, self.max_detections_per_class, self.pre_nms_top_k) < 1:
+            raise ConfigError("max_detections, max_detections_per_class and pre_nms_top_k must be >= 1")
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "detection head") -> SSDLiteConfig:
+        """Build from a dict (a checkpoint's ``head``); unknown keys raise a ConfigError naming them."""
+        return strict_from_dict(cls, values, source)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @property
+    def num_layers(self) -> int:
+        return 2 + len(self.extra_depths)
+
+    def scales(self) -> list[float]:
+        """Per-layer anchor scales, plus TF's trailing 1.0 used only for the last interpolated scale."""
+        n = self.num_layers
+        return [self.min_scale + (self.max_scale - self.min_scale) * i / (n - 1) for i in range(n)] + [1.0]
+
+    def box_specs(self) -> list[list[tuple[float, float]]]:
+        """``(scale, aspect_ratio)`` of every anchor per location, per layer (``create_ssd_anchors``)."""
+        scales = self.scales()
+        specs = []
+        for layer, (scale, scale_next) in enumerate(itertools.pairwise(scales)):
+            if layer == 0 and self.reduce_boxes_in_lowest_layer:
+                specs.append([(0.1, 1.0), (scale, 2.0), (scale, 0.5)])
+                continue
+            layer_specs = [(scale, r) for r in self.aspect_ratios]
+            if self.interpolated_scale_aspect_ratio > 0:
+                layer_specs.append((math.sqrt(scale * scale_next), self.interpolated_scale_aspect_ratio))
+            specs.append(layer_specs)
+        return specs
+
+    def anchors_per_location(self) -> list[int]:
+        return [len(s) for s in self.box_specs()]
+
+
+# ----------------------------------------------------------------------------------------------- anchors
+def feature_map_sizes(height: int, width: int, num_layers: int = 6) -> list[tuple[int, int]]:
+    """Spatial sizes of the six maps for an input of ``height`` x ``width`` (strides 16, 32, 64, ... 512).
+
+    Every stride-2 conv (3x3, pad 1, or TF "SAME") maps n to ceil(n / 2), so the map at stride 2^k is
+    ceil(n / 2^k) in both padding modes.
+    """
+    return [(-(-height // 2**k), -(-width // 2**k)) for k in range(4, 4 + num_layers)]
+
+
+def generate_anchors(
+    sizes: list[tuple[int, int]], head: SSDLiteConfig, image_size: tuple[int, int] = (1, 1)
+) -> torch.Tensor:
+    """Anchors ``[A, 4]`` as normalised ``(cy, cx, h, w)``, in the order of the predictors' outputs.
+
+    TF ``MultipleGridAnchorGenerator._generate``: strides 1/grid, offsets half a stride; on a non-square image the
+    base anchor is scaled by min(H, W)/H, min(H, W)/W so that anchors stay square in pixels. Order within a layer:
+    row, column, then the layer's box specs (``grid_anchor_generator.tile_anchors``), which is how a conv's
+    ``[N, H, W, A*k]`` output flattens.
+    """
+    specs = head.box_specs()
+    if len(sizes) != len(specs):
+        raise ConfigError(f"{len(sizes)} feature maps for {len(specs)} anchor layers")
+    im_h, im_w = image_size
+    base_h, base_w = min(im_h, im_w) / im_h, min(im_h, im_w) / im_w
+    out = []
+    for (gh, gw), layer in zip(sizes, specs):
+        scales = torch.tensor([s for s, _ in layer], dtype=torch.float64)
+        ratios = torch.tensor([r for _, r in layer], dtype=torch.float64).sqrt()
+        hs, ws = scales / ratios * base_h, scales * ratios * base_w
+        cy = (torch.arange(gh, dtype=torch.float64) + 0.5) / gh
+        cx = (torch.arange(gw, dtype=torch.float64) + 0.5) / gw
+        k = len(layer)
+        grid = torch.stack(
+            [
+                cy.view(gh, 1, 1).expand(gh, gw, k),
+                cx.view(1, gw, 1).expand(gh, gw, k),
+                hs.view(1, 1, k).expand(gh, gw, k),
+                ws.view(1, 1, k).expand(gh, gw, k),
+            ],
+            dim=-1,
+        )
+        out.append(grid.reshape(-1, 4))
+    return torch.cat(out).float()
+
+
+def num_anchors(height: int, width: int, head: SSDLiteConfig) -> int:
+    """How many anchors (boxes per image) the model predicts at this input size."""
+    sizes = feature_map_sizes(height, width, head.num_layers)
+    return sum(h * w * k for (h, w), k in zip(sizes, head.anchors_per_location()))
+
+
+@functools.lru_cache(maxsize=32)
+def anchors_for_count(count: int, head: SSDLiteConfig) -> torch.Tensor:
+    """The anchors of the square input whose model output has ``count`` anchors.
+
+    The anchor count grows strictly with the input size, so it identifies the (square) size: this is how the loss,
+    which sees only the model's outputs, recovers their anchors. Raises a ConfigError when no size fits.
+    """
+    size = 16  # smallest maps of size 1 at stride 16
+    while num_anchors(size, size, head) < count:
+        size += 16
+    lo = size - 15 if size > 16 else 1
+    for s in range(lo, size + 1):
+        if num_anchors(s, s, head) == count:
+            return generate_anchors(feature_map_sizes(s, s, head.num_layers), head, (s, s))
+    raise ConfigError(f"{count} anchors do not match any square input size of this detection head")
+
+
+def cxcywh_to_xyxy(anchors: torch.Tensor) -> torch.Tensor:
+    """Anchors ``(cy, cx, h, w)`` → corners ``(x1, y1, x2, y2)``."""
+    cy, cx, h, w = anchors.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------- box coding
+def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor, scales=(10.0, 10.0, 5.0, 5.0)) -> torch.Tensor:
+    """Corners ``(x1, y1, x2, y2)`` → codes ``(ty, tx, th, tw)`` relative to ``anchors`` ``(cy, cx, h, w)``.
+
+    ``faster_rcnn_box_coder.FasterRcnnBoxCoder._encode``: ``ty = (y - ya) / ha * 10``, ``th = log(h / ha) * 5``,
+    with 1e-8 added to every height and width so a degenerate box stays finite.
+    """
+    ya, xa, ha, wa = anchors.unbind(-1)
+    ha, wa = ha + BOX_CODER_EPS, wa + BOX_CODER_EPS
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    h, w = (y2 - y1) + BOX_CODER_EPS, (x2 - x1) + BOX_CODER_EPS
+    y, x = (y1 + y2) / 2, (x1 + x2) / 2
+    sy, sx, sh, sw = scales
+    return torch.stack([(y - ya) / ha * sy, (x - xa) / wa * sx, torch.log(h / ha) * sh, torch.log(w / wa) * sw], -1)
+
+
+def decode_boxes(codes: torch.Tensor, anchors: torch.Tensor, scales=(10.0, 10.0, 5.0, 5.0)) -> torch.Tensor:
+    """Codes ``(ty, tx, th, tw)`` → corners ``(x1, y1, x2, y2)``: the inverse of :func:`encode_boxes`."""
+    ya, xa, ha, wa = anchors.unbind(-1)
+    ha, wa = ha + BOX_CODER_EPS, wa + BOX_CODER_EPS
+    ty, tx, th, tw = codes.unbind(-1)
+    sy, sx, sh, sw = scales
+    y, x = ty / sy * ha + ya, tx / sx * wa + xa
+    h = torch.exp((th / sh).clamp(max=MAX_LOG_SIZE)) * ha - BOX_CODER_EPS
+    w = torch.exp((tw / sw).clamp(max=MAX_LOG_SIZE)) * wa - BOX_CODER_EPS
+    return torch.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], dim=-1)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU matrix ``[M, N]`` of corner boxes (0 where the union is empty, never NaN)."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def match_anchors(gt_boxes: torch.Tensor, anchors_xyxy: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Index of the ground-truth box each anchor regresses to, ``-1`` for background: ``[A]`` long.
+
+    ``argmax_matcher`` as the TF config sets it: an anchor matches its highest-IoU box when that IoU >= ``threshold``
+    (0.5), else it is a negative; ``force_match_for_each_row``: every box also takes the anchor it overlaps most,
+    whatever the IoU, so no object goes untrained (two boxes wanting one anchor: the lower index wins, as TF's
+    argmax over the one-hot rows).
+    """
+    a = anchors_xyxy.shape[0]
+    k = gt_boxes.shape[0]
+    if k == 0:
+        return torch.full((a,), -1, dtype=torch.long, device=anchors_xyxy.device)
+    iou = box_iou(gt_boxes, anchors_xyxy)  # [k, A]
+    best, best_gt = iou.max(dim=0)
+    matches = torch.where(best >= threshold, best_gt, torch.full_like(best_gt, -1))
+    forced = torch.full((a,), k, dtype=torch.long, device=matches.device)
+    forced.scatter_reduce_(0, iou.argmax(dim=1), torch.arange(k, device=matches.device), reduce="amin")
+    return torch.where(forced < k, forced, matches)
+
+
+# ----------------------------------------------------------------------------------------------- model
+def _truncated_normal_(weight: torch.Tensor, std: float = 0.03) -> None:
+    # TF config initializer: truncated_normal_initializer(stddev=0.03), cut at two standard deviations.
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+class SSDLite(nn.Module):
+    """SSDLite-MobileNetV2 (§6.2): backbone taps at strides 16 and 32, four extra layers, six SSDLite predictors.
+
+    ``forward(x)`` returns ``(box_regression [N, A, 4], class_logits [N, A, C + 1])``: box codes ``(ty, tx, th, tw)``
+    relative to :meth:`anchors` and raw class scores with background at index 0. ``config`` is the backbone's
+    :class:`MobileNetV2Config` (a checkpoint's ``model_config``), ``head_config`` the :class:`SSDLiteConfig` as a
+    plain dict (a checkpoint's ``head``), ``ssd_config`` the same, typed. ``backbone`` has MobileNetV2's ``stem``,
+    ``blocks`` and ``head`` (so ``--freeze`` and classification weights apply to it); ``extras``, ``box_heads`` and
+    ``cls_heads`` are the detection layers.
+
+    Example:
+        >>> model = SSDLite(MobileNetV2Config(width_mult=0.35), SSDLiteConfig(num_classes=1)).eval()
+        >>> [t.shape for t in model(torch.randn(1, 3, 300, 300))]
+        [torch.Size([1, 1917, 4]), torch.Size([1, 1917, 2])]
+    """
+
+    def __init__(self, config: MobileNetV2Config, head: SSDLiteConfig | None = None) -> None:
+        super().__init__()
+        head = head or SSDLiteConfig()
+        if config.output_stride != 32 or config.stem_stride != 2:
+            raise ConfigError(
+                "SSDLite needs the published strides (output_stride 32, stem_stride 2): its maps sit at strides "
+                f"16 and 32; got output_stride {config.output_stride}, stem_stride {config.stem_stride}"
+            )
+        self.config = config = dataclasses.replace(config, num_classes=0)
+        self.ssd_config = head  # typed; ``head`` would shadow MobileNetV2's head conv in code that walks modules
+        self.head_config = head.to_dict()
+        taps = [t.name for t in feature_taps(config)]
+        self.backbone = MobileNetV2Features(config, out_indices=tuple(taps.index(name) for name in FEATURE_TAPS))
+        bn = {"padding": config.padding, "bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum}
+
+        def depth(d: float) -> int:  # TF get_depth_fn
+            return max(int(d * config.width_mult), head.min_depth)
+
+        channels = [info.num_chs for info in self.backbone.feature_info]
+        self.extras = nn.ModuleList()
+        for d in head.extra_depths:
+            mid = depth(d / 2)
+            self.extras.append(
+                nn.Sequential(
+                    ConvNormAct(channels[-1], mid, 1, **bn),
+                    ConvNormAct(mid, mid, 3, 2, groups=mid, **bn),
+                    ConvNormAct(mid, depth(d), 1, **bn),
+                )
+            )
+            channels.append(depth(d))
+        k = head.anchors_per_location()
+        n_scores = head.num_classes + 1
+
+        def predictor(c: int, outputs: int) -> nn.Sequential:
+            return nn.Sequential(ConvNormAct(c, c, 3, groups=c, **bn), nn.Conv2d(c, outputs, 1))
+
+        self.box_heads = nn.ModuleList(predictor(c, a * 4) for c, a in zip(channels, k))
+        self.cls_heads = nn.ModuleList(predictor(c, a * n_scores) for c, a in zip(channels, k))
+        self.feature_channels = channels
+        self._anchor_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.reset_head_parameters()
+
+    def reset_head_parameters(self) -> None:
+        """TF config initialisation of everything outside the backbone: truncated normal (std 0.03) kernels, zero
+        biases, class biases ``class_bias_init``; BN scale 1, offset 0."""
+        for module in (self.extras, self.box_heads, self.cls_heads):
+            for m in module.modules():
+                if isinstance(m, nn.Conv2d):
+                    _truncated_normal_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+        for m in self.cls_heads:
+            nn.init.constant_(m[-1].bias, self.ssd_config.class_bias_init)
+
+    @property
+    def num_classes(self) -> int:
+        return self.ssd_config.num_classes
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The six maps the predictors read (strides 16, 32, 64, 128, 256, 512)."""
+        maps = list(self.backbone(x))
+        for extra in self.extras:
+            maps.append(extra(maps[-1]))
+        return maps
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n_scores = self.ssd_config.num_classes + 1
+        boxes, scores = [], []
+        for f, box_head, cls_head in zip(self.feature_maps(x), self.box_heads, self.cls_heads):
+            n = f.shape[0]
+            # [N, A*k, H, W] → [N, H, W, A*k] → [N, H*W*A, k]: the anchors' (row, column, spec) order
+            boxes.append(box_head(f).permute(0, 2, 3, 1).reshape(n, -1, 4))
+            scores.append(cls_head(f).permute(0, 2, 3, 1).reshape(n, -1, n_scores))
+        return torch.cat(boxes, 1), torch.cat(scores, 1)
+
+    def anchors(self, image_size: int | tuple[int, int]) -> torch.Tensor:
+        """Anchors ``[A, 4]`` (normalised ``(cy, cx, h, w)``) for an input of ``image_size`` (an int or (H, W))."""
+        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if (h, w) not in self._anchor_cache:
+            sizes = feature_map_sizes(h, w, self.ssd_config.num_layers)
+            self._anchor_cache[(h, w)] = generate_anchors(sizes, self.ssd_config, (h, w))
+        return self._anchor_cache[(h, w)]
+
+
+# ----------------------------------------------------------------------------------------------- loss
+def detection_loss(
+    box_regression: torch.Tensor, class_logits: torch.Tensor, targets: list[dict], anchors: torch.Tensor,
+    head: SSDLiteConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """The TF config's SSD loss: ``(loss, {"loc": ..., "cls": ...})``.
+
+    Smooth L1 (Huber, delta 1: ``weighted_smooth_l1``) on the matched anchors' codes, plus the classification loss
+    (``weighted_sigmoid`` summed over the C + 1 columns, background included, or softmax cross-entropy) on the
+    matched anchors and the hardest negatives: per image at most ``neg_pos_ratio`` (3) per positive and at least
+    ``min_negatives_per_image`` (3), ranked by classification loss (``hard_example_miner`` with
+    ``loss_type: CLASSIFICATION``; its NMS at IoU 0.99 among mined boxes is left out). Both parts are divided by
+    the batch's number of matches, at least 1 (``normalize_loss_by_num_matches``), so an image without objects
+    gives a finite loss (its 3 hardest negatives). Boxes of non-positive area in ``targets`` are ignored.
+    """
+    box_regression, class_logits = box_regression.float(), class_logits.float()
+    n, a, k = class_logits.shape
+    anchors = anchors.to(class_logits.device)
+    anchors_xyxy = cxcywh_to_xyxy(anchors)
+    cls_target = torch.zeros(n, a, dtype=torch.long, device=class_logits.device)
+    loc_target = torch.zeros(n, a, 4, device=class_logits.device)
+    for i, t in enumerate(targets):
+        boxes = t["boxes"].to(class_logits.device, torch.float32).reshape(-1, 4)
+        labels = t["labels"].to(class_logits.device).reshape(-1)
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & torch.isfinite(boxes).all(1)
+        boxes, labels = boxes[valid], labels[valid]
+        matches = match_anchors(boxes, anchors_xyxy, head.matched_threshold)
+        pos = matches >= 0
+        if pos.any():
+            cls_target[i, pos] = labels[matches[pos]]
+            loc_target[i, pos] = encode_boxes(boxes[matches[pos]], anchors[pos], head.box_coder_scales)
+    positive = cls_target > 0
+    num_pos = positive.sum(dim=1)
+    loc = F.smooth_l1_loss(box_regression[positive], loc_target[positive], beta=1.0, reduction="sum")
+    if head.score_fn == "sigmoid":
+        onehot = F.one_hot(cls_target, k).float()
+        per_anchor = F.binary_cross_entropy_with_logits(class_logits, onehot, reduction="none").sum(-1)
+    else:
+        per_anchor = F.cross_entropy(class_logits.reshape(-1, k), cls_target.reshape(-1), reduction="none").view(n, a)
+    # hard negative mining: rank the negatives of each image by their classification loss
+    ranking = per_anchor.detach().masked_fill(positive, -math.inf)
+    rank = ranking.argsort(dim=1, descending=True).argsort(dim=1)
+    num_neg = torch.maximum(
+        (head.neg_pos_ratio * num_pos).long(), torch.full_like(num_pos, head.min_negatives_per_image)
+    )
+    num_neg = torch.minimum(num_neg, a - num_pos)
+    negative = ~positive & (rank < num_neg[:, None])
+    cls = (per_anchor * (positive | negative)).sum()
+    normalizer = num_pos.sum().clamp(min=1).float()
+    loc, cls = loc / normalizer, cls / normalizer
+    return loc + cls, {"loc": loc.detach(), "cls": cls.detach()}
+
+
+# ----------------------------------------------------------------------------------------------- post-processing
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_output: int | None = None) -> torch.Tensor:
+    """Greedy non-maximum suppression: indices of the kept boxes, best score first.
+
+    A box is dropped when its IoU with a kept, higher-scored box exceeds ``iou_threshold`` (TF's
+    ``non_max_suppression``). The IoU matrix is computed once, in torch; the greedy scan then costs one row OR per
+    kept box and stops at ``max_output`` kept boxes.
+    """
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = scores.argsort(descending=True, stable=True)
+    b = boxes[order].float()
+    overlaps = (box_iou(b, b) > iou_threshold).cpu().numpy()
+    suppressed = np.zeros(len(b), dtype=bool)
+    keep = []
+    for i in range(len(b)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if max_output is not None and len(keep) >= max_output:
+            break
+        suppressed |= overlaps[i]
+    return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float):
+    """:func:`nms` within each class (boxes of different classes never suppress each other); indices by score."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    kept = []
+    for c in classes.unique():
+        idx = torch.nonzero(classes == c).flatten()
+        kept.append(idx[nms(boxes[idx], scores[idx], iou_threshold)])
+    order = torch.cat(kept)
+    return order[scores[order].argsort(descending=True, stable=True)]
+
+
+def class_scores(class_logits: torch.Tensor, score_fn: str) -> torch.Tensor:
+    """Per-class probabilities ``[..., C]`` without the background column (TF slices it off after the converter)."""
+    probs = class_logits.float().sigmoid() if score_fn == "sigmoid" else class_logits.float().softmax(-1)
+    return probs[..., 1:]
+
+
+@torch.no_grad()
+def postprocess(
+    box_regression: torch.Tensor, class_logits: torch.Tensor, anchors: torch.Tensor, head: SSDLiteConfig
+) -> list[dict[str, torch.Tensor]]:
+    """Decoded detections per image: ``{"boxes": [k, 4] normalised xyxy clipped to [0, 1], "scores": [k],
+    "labels": [k] in 1..C}``, best first.
+
+    ``batch_multiclass_non_max_suppression`` as the TF config sets it: per class, scores above ``score_threshold``
+    (1e-8), NMS at ``iou_threshold`` (0.6), at most ``max_detections_per_class`` (100); then the best
+    ``max_detections`` (100) over all classes. Boxes are clipped to the image window, as TF's postprocess.
+    """
+    anchors = anchors.to(box_regression.device)
+    boxes = decode_boxes(box_regression.float(), anchors, head.box_coder_scales).clamp(0, 1)
+    scores = class_scores(class_logits, head.score_fn)
+    results = []
+    for b, s in zip(boxes, scores):
+        keep_boxes, keep_scores, keep_labels = [], [], []
+        for c in range(s.shape[1]):
+            sc = s[:, c]
+            idx = torch.nonzero(sc > head.score_threshold).flatten()
+            if idx.numel() == 0:
+                continue
+            if idx.numel() > head.pre_nms_top_k:
+                idx = idx[sc[idx].topk(head.pre_nms_top_k).indices]
+            kept = idx[nms(b[idx], sc[idx], head.iou_threshold, head.max_detections_per_class)]
+            keep_boxes.append(b[kept])
+            keep_scores.append(sc[kept])
+            keep_labels.append(torch.full((len(kept),), c + 1, dtype=torch.long, device=b.device))
+        if keep_boxes:
+            bb, ss, ll = torch.cat(keep_boxes), torch.cat(keep_scores), torch.cat(keep_labels)
+            top = ss.argsort(descending=True, stable=True)[: head.max_detections]
+            results.append({"boxes": bb[top], "scores": ss[top], "labels": ll[top]})
+        else:
+            results.append({"boxes": b.new_zeros(0, 4), "scores": b.new_zeros(0),
+                            "labels": torch.zeros(0, dtype=torch.long, device=b.device)})  # fmt: skip
+    return results

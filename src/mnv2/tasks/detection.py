@@ -1,0 +1,503 @@
+"""Detection (§6.2): SSDLite-MobileNetV2, the TF config's SSD loss, COCO metrics with pycocotools.
+
+The model (``mnv2.models.ssdlite.SSDLite``) returns raw box codes and class logits; ``infer`` adds the anchors and the
+decoded, NMS-filtered detections; the :class:`Evaluator` computes the val loss and COCO's AP (fractions in [0, 1]).
+``best`` is ``mAP50`` (AP at IoU 0.5, the VOC-style figure the raccoon benchmark asks for); ``mAP`` is COCO's
+AP@[.5:.95].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnv2.data.images import ImageError, image_paths, load_image
+from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
+from mnv2.errors import ConfigError
+from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, check_resolution
+from mnv2.models.registry import model_info
+from mnv2.models.ssdlite import (
+    SSDLite,
+    SSDLiteConfig,
+    anchors_for_count,
+    detection_loss,
+    feature_map_sizes,
+    generate_anchors,
+    postprocess,
+)
+from mnv2.models.utils import unwrap
+from mnv2.tasks.base import Task
+
+NAME = "detection"
+TTA_MODES = ("none",)
+DEFAULT_INPUT_SIZE = 320  # the paper's SSDLite input (§6.2, Table 6); the TF config uses 300
+EVAL_BATCH_MAX = 64  # detection activations at 320 px: the classification default of 500 images would not fit
+PREDICT_MIN_SCORE = 0.3  # predict shows detections from this score; 0 gives all (COCO results style)
+COCO_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10", "AR100")
+
+
+# ----------------------------------------------------------------------------------------------- data
+def default_preprocessing(config) -> Preprocessing:
+    """A plain resize to ``config.resolution`` (the detection recipe's 320; no crop: ``crop_pct`` 1.0) and [-1, 1]
+    inputs, as TF's ``SSDMobileNetV2FeatureExtractor.preprocess`` (``2 / 255 * x - 1``). Fine-tuning replaces
+    mean/std with the ``--init`` checkpoint's (the engine does)."""
+    check_resolution(config.resolution)
+    return Preprocessing(input_size=config.resolution, crop_pct=1.0, interpolation="bilinear", mean=TF_MEAN, std=TF_STD)
+
+
+def build_data(config, preprocessing, *, rank: int = 0, world: int = 1, pin: bool = False):
+    """A VOC folder or COCO JSON (``mnv2.data.detection``): SSD-augmented train batches, plain-resized val batches."""
+    from mnv2.data.detection import DetectionAugment, build_detection_data
+
+    return build_detection_data(
+        config.data, preprocessing, config.batch_size // world, min(config.eval_batch_size, EVAL_BATCH_MAX),
+        val_split=config.val_split, strict=config.strict, workers=config.workers, seed=config.seed, rank=rank,
+        world=world, pin=pin, train_limit=config.train_limit, val_limit=config.val_limit,
+        aug=DetectionAugment(hflip=config.augment.hflip),
+    )  # fmt: skip
+
+
+def load_eval_data(data: str, preprocessing, batch_size: int, **kwargs):
+    """``(batches, class_names, report)`` of a detection dataset's ``split`` (default: its val split or all)."""
+    from mnv2.data.detection import build_detection_eval_data
+
+    return build_detection_eval_data(data, preprocessing, min(batch_size, EVAL_BATCH_MAX), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- model
+def head_config(config, num_classes: int) -> SSDLiteConfig:
+    """The head a run trains: the TF config's, for ``num_classes`` classes, with ``config.score_fn`` when the
+    TrainConfig has one. The loss rebuilds it the same way, so model and loss always agree."""
+    score_fn = getattr(config, "score_fn", None) or SSDLiteConfig.score_fn
+    return SSDLiteConfig(num_classes=num_classes, score_fn=score_fn)
+
+
+def backbone_config(config: MobileNetV2Config) -> MobileNetV2Config:
+    """The backbone SSDLite runs: the published strides (stem 2, output 32: its maps sit at strides 16 and 32),
+    no classifier; width, padding and BN settings as given."""
+    return dataclasses.replace(config, num_classes=0, output="logits", stem_stride=2, output_stride=32)
+
+
+def build_model(config, class_names: list[str], backbone: MobileNetV2Config | None = None) -> SSDLite:
+    """A fresh SSDLite for ``class_names`` from the config's width (or ``--model``) and padding, or on ``backbone``
+    (an ``--init`` checkpoint's architecture). The stem stride is always 2 (the classification default recipe's 1
+    is for 32-px images)."""
+    if backbone is None:
+        width = model_info(config.model).width_mult if config.model else config.width
+        backbone = MobileNetV2Config(width_mult=width, num_classes=0, padding=config.padding)
+    return SSDLite(backbone_config(backbone), head_config(config, len(class_names)))
+
+
+def from_meta(meta) -> SSDLite:
+    """The architecture a detection checkpoint describes: ``model_config`` (backbone) + ``head``."""
+    if not meta.head:
+        raise ConfigError("a detection checkpoint needs its head arguments (metadata 'head')")
+    return SSDLite(meta.model_config, SSDLiteConfig.from_dict(meta.head, "checkpoint head"))
+
+
+def init_from(model: SSDLite, source: nn.Module) -> list[str]:
+    """Copy ``--init`` weights: a classifier's ``stem.*``, ``blocks.*``, ``head.*`` into the backbone (its classifier
+    is dropped), or a detector's every tensor whose shape fits (class predictors too when the classes agree).
+    Returns the state keys left freshly initialised."""
+    src = unwrap(source)
+    state = src.state_dict()
+    own = model.state_dict()
+    if isinstance(src, MobileNetV2):
+        load = {f"backbone.{k}": v for k, v in state.items() if k.split(".")[0] in ("stem", "blocks", "head")}
+    elif isinstance(src, SSDLite):
+        load = {k: v for k, v in state.items() if not (k in own and own[k].shape != v.shape and "cls_heads" in k)}
+    else:
+        raise ConfigError(f"--init must be a MobileNetV2 classifier or an SSDLite detector, got {type(src).__name__}")
+    unexpected = sorted(k for k in load if k not in own)
+    shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in load.items() if k in own and
+              own[k].shape != v.shape]  # fmt: skip
+    if unexpected or shapes:
+        raise ConfigError(f"--init weights do not fit the detector: unexpected {unexpected[:3]}, shapes {shapes[:3]}")
+    missing, _ = model.load_state_dict(load, strict=False)
+    return list(missing)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def loss(outputs, targets: list[dict], config) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`mnv2.models.ssdlite.detection_loss` of ``(box_regression, class_logits)``; parts ``loc`` and ``cls``.
+
+    The anchors follow from the number of predictions (it identifies the square input size) and the head from
+    :func:`head_config`, exactly as :func:`build_model` made it.
+    """
+    box_regression, class_logits = outputs
+    head = head_config(config, class_logits.shape[-1] - 1)
+    anchors = anchors_for_count(class_logits.shape[1], head)
+    return detection_loss(box_regression, class_logits, targets, anchors, head)
+
+
+def infer(model: nn.Module, x: torch.Tensor, tta: str = "none") -> dict[str, Any]:
+    """Raw outputs (for the val loss), anchors, head and the decoded detections of a preprocessed batch."""
+    m = unwrap(model)
+    box_regression, class_logits = model(x)
+    box_regression, class_logits = box_regression.float().cpu(), class_logits.float().cpu()
+    anchors = m.anchors(tuple(x.shape[-2:]))
+    detections = postprocess(box_regression, class_logits, anchors, m.ssd_config)
+    return {"box_regression": box_regression, "class_logits": class_logits, "anchors": anchors, "head": m.ssd_config,
+            "detections": detections}  # fmt: skip
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Evaluator:
+    """COCO box metrics (pycocotools) and the mean val loss over a pass; DDP-safe through ``all_reduce_sum`` only.
+
+    ``update`` takes ``infer``'s outputs (or just ``{"detections": [...]}``) and the eval targets: normalised
+    ``boxes``, ``labels``, the original ``size`` ``[H, W]`` (AP is computed in original pixels, so COCO's small /
+    medium / large areas mean what they say) and optional ``iscrowd``. Metrics are fractions in [0, 1]; an area
+    range without ground truth gives ``None``.
+    """
+
+    columns = ("loss", "mAP", "mAP50", "mAP75")
+    best = "mAP50"
+
+    def __init__(self, class_names: list[str]) -> None:
+        self.class_names = list(class_names)
+        self.sizes: list[torch.Tensor] = []  # [2] (h, w) per image
+        self.dets: list[torch.Tensor] = []  # [k, 6] x1, y1, x2, y2 (pixels), score, label
+        self.gts: list[torch.Tensor] = []  # [k, 6] x1, y1, x2, y2 (pixels), label, crowd
+        self.loss_sums = torch.zeros(2, dtype=torch.float64)  # loss * images, images
+        self.table: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, outputs: dict, targets: list[dict]) -> None:
+        detections = outputs["detections"]
+        if len(detections) != len(targets):
+            raise ConfigError(f"{len(detections)} detection results for {len(targets)} images")
+        if "class_logits" in outputs:
+            k = outputs["class_logits"].shape[-1] - 1
+            if k != len(self.class_names):
+                raise ConfigError(f"the model detects {k} classes but the data has {len(self.class_names)}")
+            plain = [{"boxes": t["boxes"][~_crowd(t)], "labels": t["labels"][~_crowd(t)]} for t in targets]
+            value, _ = detection_loss(outputs["box_regression"], outputs["class_logits"], plain, outputs["anchors"],
+                                      outputs["head"])  # fmt: skip
+            self.loss_sums += torch.tensor([value.item() * len(targets), len(targets)], dtype=torch.float64)
+        for det, t in zip(detections, targets):
+            if "size" not in t:
+                raise ConfigError("detection eval targets need the original image 'size' (mnv2.data.detection)")
+            h, w = (int(v) for v in t["size"])
+            scale = torch.tensor([w, h, w, h], dtype=torch.float64)
+            self.sizes.append(torch.tensor([h, w], dtype=torch.float64))
+            self.dets.append(torch.cat([det["boxes"].double().cpu() * scale, det["scores"].double().cpu()[:, None],
+                                        det["labels"].double().cpu()[:, None]], 1))  # fmt: skip
+            self.gts.append(torch.cat([t["boxes"].double().reshape(-1, 4) * scale, t["labels"].double()[:, None],
+                                       _crowd(t).double()[:, None]], 1))  # fmt: skip
+
+    def _local(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's images ``[n, 2]``, detections ``[d, 7]`` and boxes ``[g, 7]`` (column 0: image index)."""
+        sizes = torch.stack(self.sizes) if self.sizes else torch.zeros(0, 2, dtype=torch.float64)
+
+        def rows(parts: list[torch.Tensor]) -> torch.Tensor:
+            if not parts:
+                return torch.zeros(0, 7, dtype=torch.float64)
+            idx = [torch.full((len(p), 1), float(i), dtype=torch.float64) for i, p in enumerate(parts)]
+            return torch.cat([torch.cat(idx), torch.cat(parts)], 1)
+
+        return sizes, rows(self.dets), rows(self.gts)
+
+    def reduce(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Gather every rank's images, detections and boxes with sums alone: each rank writes its rows into its own
+        slice of zero tables sized from the summed counts, and the tables are summed."""
+        rank, world = _rank_world()
+        sizes, dets, gts = self._local()
+        counts = torch.zeros(world, 3, dtype=torch.float64)
+        counts[rank] = torch.tensor([len(sizes), len(dets), len(gts)], dtype=torch.float64)
+        all_reduce_sum(counts)
+        counts = counts.long()
+        before = counts[:rank].sum(0)
+        total = counts.sum(0)
+        sizes_all = torch.zeros(int(total[0]), 2, dtype=torch.float64)
+        dets_all = torch.zeros(int(total[1]), 7, dtype=torch.float64)
+        gts_all = torch.zeros(int(total[2]), 7, dtype=torch.float64)
+        sizes_all[before[0] : before[0] + len(sizes)] = sizes
+        dets[:, 0] += before[0]
+        gts[:, 0] += before[0]
+        dets_all[before[1] : before[1] + len(dets)] = dets
+        gts_all[before[2] : before[2] + len(gts)] = gts
+        for t in (sizes_all, dets_all, gts_all, self.loss_sums):
+            all_reduce_sum(t)
+        self.table = (sizes_all, dets_all, gts_all)
+
+    def compute(self) -> dict[str, Any]:
+        sizes, dets, gts = self.table if self.table is not None else self._local()
+        result = coco_metrics(sizes, dets, gts, self.class_names)
+        n = self.loss_sums[1].item()
+        result["loss"] = self.loss_sums[0].item() / n if n else None
+        result["n"] = len(sizes)
+        return result
+
+
+def _crowd(t: dict) -> torch.Tensor:
+    crowd = t.get("iscrowd")
+    return crowd.bool() if crowd is not None else torch.zeros(len(t["labels"]), dtype=torch.bool)
+
+
+def evaluator(class_names: list[str], *_: Any) -> Evaluator:
+    return Evaluator(class_names)
+
+
+def coco_metrics(sizes: torch.Tensor, dets: torch.Tensor, gts: torch.Tensor, class_names: list[str]) -> dict:
+    """COCO box AP/AR (pycocotools ``COCOeval``) of detections ``[d, 7]`` against boxes ``[g, 7]`` (image index,
+    pixel corners, score or label, label or crowd) on images of ``sizes`` ``[n, 2]``.
+
+    Returns ``mAP`` (AP@[.5:.95]), ``mAP50``, ``mAP75``, ``mAP_small/medium/large``, ``AR1/AR10/AR100`` (fractions;
+    ``None`` without ground truth in that range; the logged columns are 0.0 then), ``per_class`` AP@[.5:.95] by
+    name, and ``pr``: precision at COCO's 101 recall points at IoU 0.5 and 0.75, averaged over classes, and per
+    class at 0.5 (for the report plot).
+    """
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as e:
+        raise ConfigError("detection metrics need pycocotools: pip install pycocotools") from e
+    import numpy as np
+
+    images = [{"id": i, "height": int(h), "width": int(w)} for i, (h, w) in enumerate(sizes.tolist())]
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
+
+    def xywh(r) -> list[float]:
+        return [r[1], r[2], r[3] - r[1], r[4] - r[2]]
+
+    def ann(j: int, r: list[float], category: float, extra: dict) -> dict:
+        return {"id": j + 1, "image_id": int(r[0]), "category_id": int(category), "bbox": xywh(r),
+                "area": (r[3] - r[1]) * (r[4] - r[2]), **extra}  # fmt: skip
+
+    gt_anns = [ann(j, r, r[5], {"iscrowd": int(r[6])}) for j, r in enumerate(gts.tolist())]
+    dt_anns = [ann(j, r, r[6], {"score": r[5], "iscrowd": 0}) for j, r in enumerate(dets.tolist())]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        gt, dt = COCO(), COCO()
+        gt.dataset = {"images": images, "categories": categories, "annotations": gt_anns}
+        dt.dataset = {"images": images, "categories": categories, "annotations": dt_anns}
+        gt.createIndex()
+        dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = [im["id"] for im in images]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [float(s) if s >= 0 else None for s in ev.stats]
+    result: dict[str, Any] = dict(zip(COCO_KEYS, stats))  # ev.stats: AP, AP50, AP75, APs/m/l, AR1/10/100, ...
+    for key in ("mAP", "mAP50", "mAP75"):
+        result[key] = result[key] if result[key] is not None else 0.0
+    precision = ev.eval["precision"]  # [T iou, R recall, K class, A area, M maxDets]
+    per_class = {}
+    for k, name in enumerate(class_names):
+        p = precision[:, :, k, 0, -1]
+        per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else None
+    result["per_class"] = per_class
+
+    def mean_curve(t: int) -> list[float]:
+        p = precision[t, :, :, 0, -1]  # [R, K]
+        valid = (p > -1).all(0)
+        return [float(v) for v in p[:, valid].mean(1)] if valid.any() else []
+
+    result["pr"] = {
+        "recall": [float(r) for r in ev.params.recThrs],
+        "precision50": mean_curve(0),
+        "precision75": mean_curve(int(np.argmin(np.abs(ev.params.iouThrs - 0.75)))),
+        "per_class50": {
+            name: [float(v) for v in precision[0, :, k, 0, -1]]
+            for k, name in enumerate(class_names)
+            if (precision[0, :, k, 0, -1] > -1).all()
+        },
+    }
+    result["detections"] = len(dt_anns)
+    return result
+
+
+def format_metrics(m: dict) -> str:
+    """``loss 2.1234 (loc 0.81 cls 1.31) mAP 0.4567 mAP50 0.8012`` from whichever of these ``m`` holds."""
+    parts = []
+    if m.get("loss") is not None:
+        parts.append(f"loss {m['loss']:.4f}")
+        if "loc" in m and "cls" in m:
+            parts[-1] += f" (loc {m['loc']:.3f} cls {m['cls']:.3f})"
+    parts += [f"{k} {m[k]:.4f}" for k in ("mAP", "mAP50", "mAP75") if m.get(k) is not None]
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------- prediction
+@torch.no_grad()
+def predict(
+    forward: Callable[[torch.Tensor], Any], inputs: list[str], info: dict, *, batch_size: int = 16,
+    strict: bool = False, min_score: float = PREDICT_MIN_SCORE, output_dir: str | Path | None = None, **_: Any,
+) -> list[dict]:  # fmt: skip
+    """Detections in every image of ``inputs`` (files and directories), in input order.
+
+    ``forward`` maps a preprocessed float NCHW batch to ``(box_regression, class_logits)``; ``info`` holds
+    ``preprocessing``, ``class_names`` and ``head`` (``mnv2.tasks.predict_info``). Each result has ``path``,
+    ``width``, ``height`` and ``detections``: COCO results style ``{"bbox": [x, y, w, h]`` in pixels of the original
+    image, ``"category_id"`` (the label, 1..C), ``"label"`` (its name), ``"score"}``, best first, from ``min_score``
+    (0 gives all). With ``output_dir``, one PNG per image with the boxes drawn is written there (``image`` in the
+    result). Undecodable files get an ``error`` entry (or raise with ``strict``).
+    """
+    from mnv2.data.detection import eval_tensor, to_uint8_tensor
+
+    pre: Preprocessing = info["preprocessing"]
+    names = info["class_names"]
+    names = [str(i + 1) for i in range(names)] if isinstance(names, int) else list(names)
+    head = SSDLiteConfig.from_dict(info["head"], "checkpoint head")
+    size = pre.input_size
+    anchors = generate_anchors(feature_map_sizes(size, size, head.num_layers), head, (size, size))
+    out_dir = Path(output_dir) if output_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    paths = image_paths(inputs)
+    results: list[dict] = []
+    used: set[str] = set()
+    for i in range(0, len(paths), batch_size):
+        chunk, tensors, ok = paths[i : i + batch_size], [], []
+        for p in chunk:
+            try:
+                im = load_image(p)
+            except ImageError as e:
+                if strict:
+                    raise
+                results.append({"path": str(p), "error": str(e)})
+                continue
+            tensors.append(eval_tensor(to_uint8_tensor(im), pre))
+            ok.append((p, im))
+        if not tensors:
+            continue
+        box_regression, class_logits = forward(torch.stack(tensors))
+        if class_logits.shape[1] != len(anchors):
+            raise ConfigError(f"the model predicts {class_logits.shape[1]} boxes, its head {len(anchors)} anchors")
+        dets = postprocess(box_regression.float().cpu(), class_logits.float().cpu(), anchors, head)
+        for (p, im), d in zip(ok, dets):
+            w, h = im.size
+            keep = d["scores"] >= min_score
+            found = []
+            for box, score, label in zip(d["boxes"][keep].tolist(), d["scores"][keep].tolist(),
+                                         d["labels"][keep].tolist()):  # fmt: skip
+                x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
+                bbox = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+                found.append({"bbox": bbox, "category_id": int(label), "label": names[label - 1],
+                              "score": round(score, 5)})  # fmt: skip
+            result = {"path": str(p), "width": w, "height": h, "detections": found}
+            if out_dir is not None:
+                name = f"{Path(p).stem}.png"
+                n = 1
+                while name in used:
+                    n += 1
+                    name = f"{Path(p).stem}_{n}.png"
+                used.add(name)
+                result["image"] = str(draw_detections(im, found, out_dir / name))
+            results.append(result)
+    order = {str(p): n for n, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["path"]])
+
+
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128))  # fmt: skip
+
+
+def draw_detections(image, detections: list[dict], path: str | Path) -> Path:
+    """Draw COCO-style ``detections`` (boxes, ``label score``) on a copy of the PIL ``image``; save as PNG."""
+    from PIL import ImageDraw, ImageFont
+
+    im = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(im)
+    width = max(2, round(min(im.size) / 150))
+    try:
+        font = ImageFont.load_default(size=max(10, round(min(im.size) / 30)))
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        font = ImageFont.load_default()
+    for d in sorted(detections, key=lambda d: d["score"]):  # best drawn last, on top
+        x, y, w, h = d["bbox"]
+        color = PALETTE[(d["category_id"] - 1) % len(PALETTE)]
+        draw.rectangle([x, y, x + w, y + h], outline=color, width=width)
+        text = f"{d['label']} {d['score']:.2f}"
+        _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+        tx, ty = x, max(0.0, y - (bottom - top) - 2 * width)  # above the box, inside the image
+        box = draw.textbbox((tx, ty), text, font=font)
+        draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], fill=color)
+        draw.text((tx, ty), text, fill=(255, 255, 255), font=font)
+    im.save(path, format="PNG")
+    return Path(path)
+
+
+def format_prediction(r: dict) -> str:
+    """``path: raccoon 0.97 [x, y, w, h], ...`` (or ``no detections`` / ``skipped (reason)``)."""
+    if "error" in r:
+        return f"{r['path']}: skipped ({r['error']})"
+    if not r["detections"]:
+        return f"{r['path']}: no detections"
+    items = [f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['bbox'])}]" for d in r["detections"]]
+    return f"{r['path']}: " + ", ".join(items)
+
+
+def plot_report(result: dict, class_names: list[str], path: str | Path, title: str = "") -> Path:
+    """Precision–recall curves (COCO's 101 recall points): all classes at IoU 0.5 and 0.75, and per class at 0.5
+    when there are at most 10."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pr = result.get("pr") or {}
+    recall = pr.get("recall", [])
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    if recall and pr.get("precision50"):
+        ax.plot(recall, pr["precision50"], label=f"IoU 0.5 (AP {_pct(result.get('mAP50'))})", linewidth=2)
+        ax.plot(recall, pr["precision75"], label=f"IoU 0.75 (AP {_pct(result.get('mAP75'))})", linewidth=2)
+        per_class = pr.get("per_class50", {})
+        if 1 < len(per_class) <= 10:
+            for name, p in per_class.items():
+                ap = (result.get("per_class") or {}).get(name)
+                ax.plot(recall, p, linestyle="--", linewidth=1, label=f"{name} @0.5 (AP@[.5:.95] {_pct(ap)})")
+        ax.legend(fontsize=8, loc="lower left")
+    else:
+        ax.text(0.5, 0.5, "no ground truth", ha="center", va="center")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title or f"mAP@[.5:.95] {_pct(result.get('mAP'))}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+TASK = Task(
+    name=NAME,
+    build_data=build_data,
+    default_preprocessing=default_preprocessing,
+    build_model=build_model,
+    from_meta=from_meta,
+    init_from=init_from,
+    loss=loss,
+    train_parts=("loc", "cls"),
+    evaluator=evaluator,
+    infer=infer,
+    tta_modes=TTA_MODES,
+    load_eval_data=load_eval_data,
+    predict=predict,
+    format_prediction=format_prediction,
+    plot_report=plot_report,
+    report_file="pr.png",
+    format_metrics=format_metrics,
+    format_value=_pct,
+)

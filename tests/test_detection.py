@@ -1,0 +1,555 @@
+"""SSDLite-MobileNetV2 detection (paper §6.2, issue 15): anchors, box coding, matching, NMS, COCO mAP, data that must
+never give NaN, training on real raccoon photos, and the Table 6 model size."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from mnv2.data.detection import (
+    AnnotationError,
+    DetectionDataset,
+    build_detection_data,
+    collate,
+    load_coco,
+    load_detection_dataset,
+    train_val_records,
+)
+from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
+from mnv2.data.transforms import AugmentConfig
+from mnv2.errors import ConfigError
+from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config
+from mnv2.models.ssdlite import (
+    SSDLite,
+    SSDLiteConfig,
+    anchors_for_count,
+    batched_nms,
+    box_iou,
+    cxcywh_to_xyxy,
+    decode_boxes,
+    detection_loss,
+    encode_boxes,
+    feature_map_sizes,
+    generate_anchors,
+    match_anchors,
+    nms,
+    num_anchors,
+    postprocess,
+)
+from mnv2.tasks import detection as task
+from mnv2.tasks import get_task
+
+RACCOON = Path(__file__).parent / "fixtures" / "detection" / "raccoon"
+HEAD = SSDLiteConfig(num_classes=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The 2-core machine is shared: OpenMP's lock-step threads lose badly to a busy neighbour (40x measured here).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(**kw) -> SimpleNamespace:
+    """The TrainConfig fields the detection task reads."""
+    values = dict(data=str(RACCOON), resolution=128, width=0.35, model=None, padding="torch", batch_size=4,
+                  eval_batch_size=8, val_split=0.1, strict=False, workers=0, seed=0, train_limit=None, val_limit=None,
+                  augment=AugmentConfig())  # fmt: skip
+    values.update(kw)
+    return SimpleNamespace(**values)
+
+
+def tiny_model(num_classes: int = 1, **kw) -> SSDLite:
+    return SSDLite(MobileNetV2Config(width_mult=0.35, **kw), SSDLiteConfig(num_classes=num_classes))
+
+
+# ----------------------------------------------------------------------------------------------- anchors
+def test_anchor_counts_at_300_and_320_match_the_hand_derivation_and_the_model():
+    # Maps at strides 16..512 are ceil(n / 2^k): 300 → 19, 10, 5, 3, 2, 1; 320 → 20, 10, 5, 3, 2, 1. The lowest layer
+    # has 3 anchors per location, the others 5 aspect ratios + the interpolated scale = 6.
+    assert feature_map_sizes(300, 300) == [(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    assert feature_map_sizes(320, 320) == [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    assert HEAD.anchors_per_location() == [3, 6, 6, 6, 6, 6]
+    hand_300 = 19 * 19 * 3 + (10 * 10 + 5 * 5 + 3 * 3 + 2 * 2 + 1 * 1) * 6
+    hand_320 = 20 * 20 * 3 + (10 * 10 + 5 * 5 + 3 * 3 + 2 * 2 + 1 * 1) * 6
+    assert hand_300 == num_anchors(300, 300, HEAD) == 1917  # the TF model's 1,917 boxes
+    assert hand_320 == num_anchors(320, 320, HEAD) == 2034
+    model = tiny_model().eval()
+    with torch.no_grad():
+        for size, count in ((300, 1917), (320, 2034)):
+            maps = model.feature_maps(torch.zeros(1, 3, size, size))
+            assert [tuple(m.shape[-2:]) for m in maps] == feature_map_sizes(size, size)
+            assert [m.shape[1] for m in maps] == model.feature_channels
+            boxes, logits = model(torch.zeros(1, 3, size, size))
+            assert boxes.shape == (1, count, 4) and logits.shape == (1, count, 2)
+            assert model.anchors(size).shape == (count, 4)
+            assert torch.equal(anchors_for_count(count, HEAD), model.anchors(size))
+    # width 1.0: the taps are layer_15/expansion_output (576) and layer_19 (1280), then 512, 256, 256, 128
+    assert SSDLite(MobileNetV2Config(), HEAD).feature_channels == [576, 1280, 512, 256, 256, 128]
+
+
+def test_anchor_values_follow_create_ssd_anchors():
+    a = generate_anchors(feature_map_sizes(300, 300), HEAD, (300, 300))  # (cy, cx, h, w)
+    r2 = math.sqrt(2)
+    # layer 0, cell (0, 0): (0.1, 1), (0.2, 2), (0.2, 1/2); centres at half a stride (1/19)
+    c = 0.5 / 19
+    expected = [[c, c, 0.1, 0.1], [c, c, 0.2 / r2, 0.2 * r2], [c, c, 0.2 * r2, 0.2 / r2]]
+    torch.testing.assert_close(a[:3], torch.tensor(expected))
+    # the next anchor is cell (0, 1): row-major over the grid, anchors fastest
+    torch.testing.assert_close(a[3, :2], torch.tensor([c, 3 * c]))
+    # layer 1 starts after 19*19*3: scale 0.35 with ratios 1, 2, 1/2, 3, 1/3, then sqrt(0.35 * 0.5)
+    first = a[1083 : 1083 + 6]
+    scales = torch.tensor([0.35] * 5 + [math.sqrt(0.35 * 0.5)])
+    ratios = torch.tensor([1.0, 2.0, 0.5, 3.0, 1 / 3, 1.0]).sqrt()
+    torch.testing.assert_close(first[:, 2], scales / ratios)
+    torch.testing.assert_close(first[:, 3], scales * ratios)
+    torch.testing.assert_close(first[:, :2], torch.full((6, 2), 0.05))
+    # the last layer (1x1): scale 0.95 and the interpolated sqrt(0.95 * 1.0), centred
+    torch.testing.assert_close(a[-1], torch.tensor([0.5, 0.5, math.sqrt(0.95), math.sqrt(0.95)]))
+    assert HEAD.scales()[:6] == pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8, 0.95])
+
+
+# ----------------------------------------------------------------------------------------------- box coding
+def test_box_encoding_round_trip_and_hand_values():
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.cat([torch.rand(500, 2, generator=g), 0.05 + 0.9 * torch.rand(500, 2, generator=g)], 1)
+    xy = torch.rand(500, 2, generator=g) * 0.8
+    boxes = torch.cat([xy, xy + 0.01 + 0.2 * torch.rand(500, 2, generator=g)], 1)
+    codes = encode_boxes(boxes, anchors)
+    torch.testing.assert_close(decode_boxes(codes, anchors), boxes, atol=1e-5, rtol=0)
+    # a box equal to its anchor codes to 0; moved down by half the anchor height: ty = 0.5 * 10; twice as wide:
+    # tw = log(2) * 5 (codes are TF's (ty, tx, th, tw))
+    anchor = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
+    box = cxcywh_to_xyxy(anchor)
+    torch.testing.assert_close(encode_boxes(box, anchor), torch.zeros(1, 4), atol=1e-5, rtol=0)
+    moved = box + torch.tensor([0.0, 0.1, 0.0, 0.1])
+    torch.testing.assert_close(encode_boxes(moved, anchor), torch.tensor([[5.0, 0, 0, 0]]), atol=1e-5, rtol=0)
+    wide = torch.tensor([[0.1, 0.4, 0.9, 0.6]])
+    torch.testing.assert_close(encode_boxes(wide, anchor), torch.tensor([[0, 0, 0, 5 * math.log(2)]]), atol=1e-5,
+                               rtol=0)  # fmt: skip
+    # a degenerate box stays finite (TF adds 1e-8 to sizes); wild codes decode to finite boxes
+    assert torch.isfinite(encode_boxes(torch.tensor([[0.5, 0.5, 0.5, 0.5]]), anchor)).all()
+    assert torch.isfinite(decode_boxes(torch.full((1, 4), 1e4), anchor)).all()
+
+
+def test_matching_thresholds_and_the_forced_match():
+    anchors = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 0.4, 0.4], [0.6, 0.0, 1.0, 0.4]])
+    gt = torch.tensor(
+        [
+            [0.0, 0.0, 0.45, 0.45],  # IoU 0.81 with anchor 0, 0.79 with anchor 2
+            [0.5, 0.5, 0.8, 0.8],  # IoU 0.36 with anchor 1: below 0.5, matched only by force
+        ]
+    )
+    assert box_iou(gt, anchors)[1, 1] == pytest.approx(0.36)
+    assert match_anchors(gt, anchors).tolist() == [0, 1, 0, -1]
+    # without the forced match, box 1 would have no anchor
+    assert match_anchors(gt[:1], anchors).tolist() == [0, -1, 0, -1]
+    # two boxes whose best anchor is the same: the lower index takes it (TF's argmax over one-hot rows)
+    twins = torch.tensor([[0.6, 0.0, 0.9, 0.3], [0.6, 0.05, 0.95, 0.35]])
+    assert match_anchors(twins, anchors)[3].item() == 0
+    assert match_anchors(torch.zeros(0, 4), anchors).tolist() == [-1, -1, -1, -1]
+
+
+# ----------------------------------------------------------------------------------------------- NMS
+def brute_force_nms(boxes: list, scores: list, threshold: float) -> list[int]:
+    """Textbook greedy NMS in plain Python floats."""
+
+    def iou(a, b):
+        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = iw * ih
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
+    keep = []
+    for i in order:
+        if all(iou(boxes[i], boxes[j]) <= threshold for j in keep):
+            keep.append(i)
+    return keep
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.6, 0.9])
+def test_nms_matches_brute_force_on_random_boxes(threshold):
+    g = torch.Generator().manual_seed(int(threshold * 10))
+    xy = torch.rand(300, 2, generator=g)
+    boxes = torch.cat([xy, xy + 0.05 + 0.3 * torch.rand(300, 2, generator=g)], 1)
+    scores = torch.rand(300, generator=g)
+    expected = brute_force_nms(boxes.double().tolist(), scores.tolist(), threshold)
+    assert nms(boxes, scores, threshold).tolist() == expected
+    assert nms(boxes, scores, threshold, max_output=7).tolist() == expected[:7]
+    classes = torch.randint(0, 3, (300,), generator=g)
+    per_class = []
+    for c in range(3):
+        idx = torch.nonzero(classes == c).flatten().tolist()
+        kept = brute_force_nms([boxes[i].double().tolist() for i in idx], [scores[i].item() for i in idx], threshold)
+        per_class += [idx[k] for k in kept]
+    expected = sorted(per_class, key=lambda i: -scores[i].item())
+    assert batched_nms(boxes, scores, classes, threshold).tolist() == expected
+
+
+def test_postprocess_decodes_suppresses_and_caps():
+    head = SSDLiteConfig(num_classes=2, max_detections=3)
+    anchors = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.31, 0.31, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2], [0.5, 0.5, 2.0, 2.0]])
+    codes = torch.zeros(1, 4, 4)
+    logits = torch.full((1, 4, 3), -20.0)
+    logits[0, 0, 1], logits[0, 1, 1], logits[0, 2, 2], logits[0, 3, 2] = 3.0, 2.0, 1.0, 0.5
+    (out,) = postprocess(codes, logits, anchors, head)
+    # anchor 1 overlaps anchor 0 (IoU 0.82 > 0.6) in the same class: suppressed; anchor 3 is clipped to the image
+    assert out["labels"].tolist() == [1, 2, 2]
+    torch.testing.assert_close(out["scores"], torch.tensor([3.0, 1.0, 0.5]).sigmoid())
+    torch.testing.assert_close(out["boxes"][0], torch.tensor([0.2, 0.2, 0.4, 0.4]))
+    torch.testing.assert_close(out["boxes"][2], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    softmax = postprocess(codes, logits, anchors, SSDLiteConfig(num_classes=2, score_fn="softmax"))[0]
+    assert softmax["scores"][0] == pytest.approx(logits[0, 0].softmax(0)[1].item())
+
+
+# ----------------------------------------------------------------------------------------------- mAP
+def _target(boxes, labels, size=(100, 200)):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels),
+            "size": torch.tensor(size)}  # fmt: skip
+
+
+def _dets(boxes, scores, labels):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "scores": torch.tensor(scores),
+            "labels": torch.tensor(labels)}  # fmt: skip
+
+
+def _evaluate(detections, targets, names=("cat", "dog")):
+    ev = task.evaluator(list(names))
+    ev.update({"detections": detections}, targets)
+    ev.reduce(lambda t: t)  # one process: the gather is the identity
+    return ev.compute()
+
+
+def test_map_of_hand_made_cases():
+    a, b = [0.1, 0.1, 0.5, 0.6], [0.5, 0.2, 0.9, 0.9]
+    targets = [_target([a, b], [1, 2]), _target([b], [1])]
+    perfect = [_dets([a, b], [0.9, 0.8], [1, 2]), _dets([b], [0.7], [1])]
+    r = _evaluate(perfect, targets)
+    assert r["mAP"] == r["mAP50"] == r["mAP75"] == pytest.approx(1.0)
+    assert r["per_class"] == {"cat": pytest.approx(1.0), "dog": pytest.approx(1.0)}
+    assert r["n"] == 2 and r["loss"] is None and r["mAP_small"] is None  # no loss without raw outputs
+    # one of the two cats missed: precision 1 up to recall 0.5, then nothing; COCO's 101-point interpolation
+    # gives 51/101 for cat, 1.0 for dog
+    one_missing = [_dets([a, b], [0.9, 0.8], [1, 2]), _dets([], [], [])]
+    r = _evaluate(one_missing, targets)
+    assert r["per_class"]["cat"] == pytest.approx(51 / 101)
+    assert r["mAP50"] == r["mAP"] == pytest.approx((51 / 101 + 1) / 2)
+    # a false positive scored above the true one halves the precision at the first recall point
+    fp = [_dets([a, b, [0.0, 0.0, 0.05, 0.05]], [0.9, 0.8, 0.95], [1, 2, 2]), _dets([b], [0.7], [1])]
+    assert _evaluate(fp, targets)["per_class"]["dog"] == pytest.approx(0.5)
+    # no detections at all, and no ground truth at all, stay defined
+    assert _evaluate([_dets([], [], []), _dets([], [], [])], targets)["mAP"] == 0.0
+    empty = _evaluate([_dets([a], [0.5], [1])], [_target([], [])])
+    assert empty["mAP"] == 0.0 and empty["per_class"] == {"cat": None, "dog": None}
+
+
+def test_evaluator_gathers_two_ranks_with_sums_alone(monkeypatch):
+    """The DDP path without processes: two threads stand for two ranks, a barrier-summed tensor for all_reduce."""
+    import threading
+
+    a, b, c = [0.1, 0.1, 0.5, 0.6], [0.5, 0.2, 0.9, 0.9], [0.2, 0.5, 0.6, 0.95]
+    targets = [_target([a, b], [1, 2]), _target([b], [1], (50, 60)), _target([c], [2])]
+    dets = [_dets([a, c], [0.9, 0.6], [1, 2]), _dets([b, a], [0.7, 0.8], [1, 1]), _dets([c], [0.4], [2])]
+    expected = _evaluate(dets, targets)
+    local = threading.local()
+    monkeypatch.setattr(task, "_rank_world", lambda: (local.rank, 2))
+    barrier, slots, results = threading.Barrier(2), [None, None], [None, None]
+
+    def run(rank: int, shard: list[int]) -> None:
+        local.rank = rank
+
+        def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+            slots[rank] = t.clone()
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return t.copy_(total)
+
+        ev = task.evaluator(["cat", "dog"])
+        ev.update({"detections": [dets[i] for i in shard]}, [targets[i] for i in shard])
+        ev.reduce(all_reduce_sum)
+        results[rank] = ev.compute()
+
+    threads = [threading.Thread(target=run, args=(0, [0, 2])), threading.Thread(target=run, args=(1, [1]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        assert r["n"] == 3 and r["detections"] == 5
+        assert r["mAP"] == pytest.approx(expected["mAP"]) and r["per_class"] == pytest.approx(expected["per_class"])
+    assert 0 < expected["mAP"] < 1
+
+
+# ----------------------------------------------------------------------------------------------- loss
+def test_loss_is_finite_for_images_without_objects_and_for_degenerate_boxes():
+    model = tiny_model()
+    x = torch.randn(3, 3, 96, 96)
+    anchors = model.anchors(96)
+    targets = [
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+        {"boxes": torch.tensor([[0.2, 0.2, 0.7, 0.8]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[0.3, 0.3, 0.3, 0.6], [float("nan"), 0, 1, 1]]), "labels": torch.tensor([1, 1])},
+    ]
+    for score_fn in ("sigmoid", "softmax"):
+        head = SSDLiteConfig(num_classes=1, score_fn=score_fn)
+        out = model(x)
+        value, parts = detection_loss(*out, targets, anchors, head)
+        assert torch.isfinite(value) and set(parts) == {"loc", "cls"}
+        empty = [targets[0], targets[0], targets[2]]  # no usable box in the whole batch
+        value, parts = detection_loss(*out, empty, anchors, head)
+        assert torch.isfinite(value) and parts["loc"] == 0 and parts["cls"] > 0  # 3 hard negatives per image
+        value.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.zero_grad()
+
+
+def test_hard_negative_mining_keeps_three_negatives_per_positive():
+    a = 50
+    logits = torch.zeros(1, a, 2)
+    logits[0, :, 1] = torch.linspace(-3, 3, a)  # the later anchors are the most confident false positives
+    anchors = torch.stack([torch.full((a,), 0.5), torch.linspace(0.05, 0.95, a), torch.full((a,), 0.1),
+                           torch.full((a,), 0.018)], 1)  # fmt: skip
+    box = cxcywh_to_xyxy(anchors[:1])
+    head = SSDLiteConfig(num_classes=1)
+    target = [{"boxes": box, "labels": torch.tensor([1])}]
+    _, parts = detection_loss(torch.zeros(1, a, 4), logits, target, anchors, head)
+    per_anchor = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[0], torch.tensor([[1.0, 0.0]]).expand(a, 2), reduction="none"
+    ).sum(1)
+    positive = torch.nn.functional.binary_cross_entropy_with_logits(logits[0, 0], torch.tensor([0.0, 1.0])).sum() * 2
+    expected = per_anchor[-3:].sum() + positive  # one match: the 3 hardest negatives, normalised by 1 match
+    assert parts["cls"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _write_voc(root: Path, xml_objects: dict[str, str], size=(64, 48)) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for i, (stem, objects) in enumerate(xml_objects.items()):
+        Image.new("RGB", size, (40 * i, 100, 150)).save(root / "images" / f"{stem}.png")
+        (root / "annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.png</filename><size><width>{size[0]}</width><height>{size[1]}</height>"
+            f"</size>{objects}</annotation>"
+        )
+    return root
+
+
+def _obj(name: str, x1, y1, x2, y2) -> str:
+    return f"<object><name>{name}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>" \
+           "</bndbox></object>"  # fmt: skip
+
+
+def test_zero_area_and_out_of_image_boxes_are_counted_and_never_nan(tmp_path):
+    root = _write_voc(tmp_path / "voc", {
+        "a": _obj("dog", 10, 10, 30, 30) + _obj("dog", 20, 20, 20, 40),  # second: zero width → dropped
+        "b": _obj("cat", -5, 10, 70, 40) + _obj("cat", 80, 60, 90, 70),  # first clipped; second outside → dropped
+        "c": "",  # no objects: kept as a background image
+        "d": _obj("cat", 5, 5, 60, 40),
+    })  # fmt: skip
+    names, splits = load_detection_dataset(root)
+    assert names == ["cat", "dog"] and list(splits) == ["all"]
+    names, train, val, report = train_val_records(root, val_split=0.25, seed=0)
+    assert len(train) == 3 and len(val) == 1
+    assert (report.zero_area, report.outside, report.clipped, report.empty_images) == (1, 1, 1, 1)
+    message = report.message()
+    assert "dropped 1 zero-area" in message and "1 box(es) outside" in message and "clipped 1" in message
+    records = {Path(r.path).stem: r for r in train + val}
+    assert records["b"].boxes == [[0.0, 10.0, 64.0, 40.0]] and records["b"].labels == [1]
+    assert records["c"].boxes == [] and records["a"].labels == [2]
+    pre = Preprocessing(input_size=64, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
+    model = tiny_model(num_classes=2)
+    for train_mode in (True, False):
+        x, targets = collate([DetectionDataset(train + val, pre, train_mode)[i] for i in range(4)])
+        assert torch.isfinite(x).all()
+        value, _ = task.loss(model(x), targets, tiny_config())
+        assert torch.isfinite(value)
+
+
+def test_malformed_xml_and_json_raise_errors_naming_the_file(tmp_path):
+    root = _write_voc(tmp_path / "voc", {"a": _obj("dog", 1, 1, 9, 9), "b": _obj("dog", 1, 1, 9, 9)})
+    bad = root / "annotations" / "b.xml"
+    bad.write_text("<annotation><object><name>dog</name><bndbox><xmin>1</xmin>")
+    with pytest.raises(AnnotationError, match=r"b\.xml.*not valid XML"):
+        load_detection_dataset(root)
+    bad.write_text("<annotation><object><name>dog</name><bndbox><xmin>one</xmin></bndbox></object></annotation>")
+    with pytest.raises(ConfigError, match=r"b\.xml.*xmin"):
+        train_val_records(root)
+    js = tmp_path / "coco" / "instances_val.json"
+    js.parent.mkdir()
+    js.write_text('{"images": [{"id": 1, "file_name": "a.png", "width": 4, "height": 4}], "annotations": [')
+    with pytest.raises(AnnotationError, match=r"instances_val\.json.*not valid JSON"):
+        load_detection_dataset(js)
+    short_bbox = {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}
+    js.write_text(json.dumps({"images": [], "categories": [{"id": 1, "name": "dog"}], "annotations": [short_bbox]}))
+    with pytest.raises(AnnotationError, match=r"instances_val\.json.*bbox"):
+        load_detection_dataset(js)
+    js.write_text(json.dumps({"images": []}))
+    with pytest.raises(AnnotationError, match=r"instances_val\.json.*'annotations'"):
+        load_detection_dataset(js)
+
+
+def test_voc_split_lists_and_coco_json_read_the_same_boxes(tmp_path):
+    names, train, val, report = train_val_records(RACCOON)
+    assert names == ["raccoon"] and report.message() is None
+    assert [Path(r.path).name for r in val] == ["raccoon-126.jpg"] and len(train) == 4
+    assert sum(len(r.boxes) for r in train) == 5  # raccoon-12 has two
+    # split lists may name images without their extension
+    copy = shutil.copytree(RACCOON, tmp_path / "voc")
+    (copy / "val.txt").write_text("raccoon-126\n")
+    assert [Path(r.path).name for r in train_val_records(copy)[2]] == ["raccoon-126.jpg"]
+    # the same annotations as COCO JSON, images beside the file
+    coco = {"images": [], "annotations": [], "categories": [{"id": 3, "name": "raccoon"}]}
+    for i, r in enumerate(train + val):
+        coco["images"].append({"id": i, "file_name": Path(r.path).name, "width": r.width, "height": r.height})
+        for b in r.boxes:
+            ann = {"id": len(coco["annotations"]), "image_id": i, "category_id": 3, "iscrowd": 0,
+                   "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}  # fmt: skip
+            coco["annotations"].append(ann)
+    js = tmp_path / "coco" / "annotations.json"
+    shutil.copytree(RACCOON / "images", js.parent)
+    js.write_text(json.dumps(coco))
+    coco_names, records = load_coco(js)
+    assert coco_names == names
+    assert [(r.boxes, r.labels) for r in records] == [(r.boxes, r.labels) for r in train + val]
+
+
+def test_batches_are_epoch_seeded_and_sharded_by_rank():
+    pre = Preprocessing(input_size=64, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
+
+    def first_epochs(rank=0, world=1):
+        data = build_detection_data(str(RACCOON), pre, 2, 4, workers=0, seed=3, rank=rank, world=world)
+        return data, [[(x, t) for x, t in data.train.epoch(e)] for e in (0, 1)]
+
+    data, (e0, e1) = first_epochs()
+    _, (again, _) = first_epochs()
+    assert len(data.train) == 2 and all(x.shape == (2, 3, 64, 64) for x, _ in e0)
+    for (x, t), (y, u) in zip(e0, again):
+        assert torch.equal(x, y) and all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(t, u))
+    assert not torch.equal(e0[0][0], e1[0][0])  # another epoch, another order and augmentation
+    for _, targets in e0:
+        for t in targets:
+            assert t["boxes"].ndim == 2 and ((t["boxes"] >= 0) & (t["boxes"] <= 1)).all()
+            assert t["labels"].dtype == torch.long and (t["labels"] == 1).all()
+    val = [t for _, ts in data.val.epoch(0) for t in ts]
+    assert len(val) == 1 and val[0]["size"].tolist() == [197, 255]
+    shards = [first_epochs(rank, 2)[0].train for rank in (0, 1)]
+    assert [len(s) for s in shards] == [1, 1]
+
+
+# ----------------------------------------------------------------------------------------------- task
+def test_training_on_raccoon_photos_lowers_the_loss_and_finds_the_raccoons():
+    """30 steps on the five fixture photos (width 0.35 @128, one fixed eval-style batch): the loss must fall, and the
+    decoded detections must land on the annotated raccoons (mAP50 >= 0.9 on those photos)."""
+    config = tiny_config()
+    pre = task.default_preprocessing(config)
+    names, train, val, _ = train_val_records(RACCOON)
+    x, targets = collate([DetectionDataset(train + val, pre, False)[i] for i in range(5)])
+    torch.manual_seed(0)
+    model = task.build_model(config, names)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(30):
+        value, parts = task.loss(model(x), targets, config)
+        assert torch.isfinite(value) and set(parts) == set(get_task("detection").train_parts)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        losses.append(value.item())
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
+    # Batch statistics (train-mode BN): 30 steps are too few for the running averages to catch up with the weights,
+    # and this checks the box decoding, not BN. Anchors, coding and post-processing must agree for this to pass.
+    for mode, min_map50 in (("train", 0.9), ("eval", 0.0)):
+        getattr(model, mode)()
+        ev = task.evaluator(names)
+        with torch.no_grad():
+            ev.update(task.infer(model, x), targets)
+        ev.reduce(lambda t: t)
+        r = ev.compute()
+        assert math.isfinite(r["loss"]) and 0 <= r["mAP"] <= r["mAP50"] <= 1 and r["n"] == 5
+        assert r["mAP50"] >= min_map50, (mode, r["mAP50"])
+    assert "mAP50" in task.format_metrics(r) and set(task.Evaluator.columns) <= set(r)
+
+
+def test_model_api_checkpoint_head_freeze_and_init_from_a_classifier(tmp_path):
+    from mnv2.engine.finetune import frozen_modules
+
+    config = tiny_config()
+    model = task.build_model(config, ["a", "b", "c"])
+    assert isinstance(model.config, MobileNetV2Config) and model.config.num_classes == 0
+    assert isinstance(model.head_config, dict) and model.head_config["num_classes"] == 3
+    json.dumps(model.head_config)  # what the checkpoint stores
+    meta = SimpleNamespace(model_config=model.config, head=model.head_config)
+    rebuilt = task.from_meta(meta)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    assert all(hasattr(model.backbone, n) for n in ("stem", "blocks", "head"))
+    assert frozen_modules(model, "backbone")[-1] is model.backbone.head
+    classifier = MobileNetV2(MobileNetV2Config(width_mult=0.35, num_classes=10))
+    model = task.build_model(config, ["a"], classifier.config)
+    fresh = task.init_from(model, classifier)
+    assert fresh and all(k.split(".")[0] in ("extras", "box_heads", "cls_heads") for k in fresh)
+    torch.testing.assert_close(model.backbone.blocks[3][0].dw.conv.weight, classifier.blocks[3][0].dw.conv.weight)
+    torch.testing.assert_close(model.backbone.head.bn.running_var, classifier.head.bn.running_var)
+    # a detector's weights: all but the class predictors when the classes differ
+    other = task.build_model(config, ["a", "b"])
+    fresh = task.init_from(other, model)
+    assert sorted(fresh) == sorted(f"cls_heads.{i}.1.{p}" for i in range(6) for p in ("weight", "bias"))
+    with pytest.raises(ConfigError, match="published strides"):
+        SSDLite(MobileNetV2Config(output_stride=16))
+
+
+def test_predict_returns_coco_style_detections_and_draws_them(tmp_path):
+    model = tiny_model().eval()
+    pre = Preprocessing(input_size=128, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
+    info = {"preprocessing": pre, "class_names": ["raccoon"], "head": model.head_config}
+    images = sorted((RACCOON / "images").iterdir())[:2]
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with torch.no_grad():
+        results = task.predict(model, [*map(str, images), str(tmp_path / "broken.jpg")], info, min_score=0.0,
+                               output_dir=tmp_path / "out")  # fmt: skip
+    assert "error" in results[2] and "skipped" in task.format_prediction(results[2])
+    for r, path in zip(results, images):
+        w, h = Image.open(path).size
+        assert (r["width"], r["height"]) == (w, h) and len(r["detections"]) == 100  # TF's max_total_detections
+        for d in r["detections"]:
+            x, y, bw, bh = d["bbox"]
+            assert 0 <= x <= x + bw <= w + 0.01 and 0 <= y <= y + bh <= h + 0.01
+            assert d["category_id"] == 1 and d["label"] == "raccoon" and 0 <= d["score"] <= 1
+        assert Image.open(r["image"]).size == (w, h)
+        assert task.format_prediction(r).startswith(str(path))
+    report = task.plot_report(_evaluate([_dets([[0, 0, 1, 1]], [1.0], [1])], [_target([[0, 0, 1, 1]], [1])]),
+                              ["cat", "dog"], tmp_path / "pr.png")  # fmt: skip
+    assert Image.open(report).size[0] > 100
+
+
+def test_table6_model_size_at_320_with_91_classes():
+    """SSDLite-MobileNetV2 1.0 @320, COCO's 90 classes + background (TF num_classes 90 = 91 scores): Table 6 gives
+    4.3M parameters and 0.8B multiply-adds."""
+    model = SSDLite(MobileNetV2Config(width_mult=1.0), SSDLiteConfig(num_classes=90)).eval()
+    params = sum(p.numel() for p in model.parameters())
+    bn = sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    madds = 0
+
+    def count(module, _inputs, out):
+        nonlocal madds
+        madds += out[0].numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 320, 320))
+    for h in handles:
+        h.remove()
+    print(f"SSDLite-MobileNetV2 1.0 @320, 91 scores: {params:,} params ({params - bn:,} without BN), {madds:,} MAdds")
+    assert params == 4_500_543 and params - bn == 4_449_791
+    assert madds == 804_397_504
+    assert 0.75e9 < madds < 0.85e9  # Table 6: 0.8B
