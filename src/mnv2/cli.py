@@ -11,8 +11,9 @@ import sys
 
 from mnv2.errors import ConfigError, Mnv2Error
 
-# COCO as the TF Object Detection API numbers it (label-map ids 1..90, 80 in use): `num_classes: 90` in its configs.
-DETECTION_CLASSES = 90
+# Class counts of the published task models `mnv2 summary --task` builds: COCO as the TF Object Detection API numbers
+# it (label-map ids 1..90, 80 in use: `num_classes: 90` in its configs) and PASCAL VOC's 21 (Table 7).
+SUMMARY_CLASSES = {"detection": 90, "segmentation": 21}
 
 
 def _add_arch_args(p: argparse.ArgumentParser) -> None:
@@ -21,9 +22,12 @@ def _add_arch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, default=None, help="input size in pixels (>= 32; default 224)")
     p.add_argument(
         "--num-classes", type=int, default=None,
-        help="classifier outputs (1001 for TF-slim/Keras); detection: object classes without background (default 90)",
+        help="classifier outputs (1001 for TF-slim/Keras); detection: object classes without background (default "
+        "90); segmentation: classes (default 21)",
     )  # fmt: skip
-    p.add_argument("--task", default="classification", help="classification or detection (its recipe's model)")
+    p.add_argument("--task", default="classification", help="classification, detection or segmentation (the model "
+                   "its recipe builds)")  # fmt: skip
+    p.add_argument("--aspp", default=None, help="segmentation: off, separable or regular (Table 7's 'with ASPP')")
     p.add_argument("--padding", default=None, help="torch (symmetric) or tf (TF SAME)")
     p.add_argument("--output-stride", type=int, default=None, help="32 (default), 16 or 8 (dilated, §6.3)")
 
@@ -37,9 +41,10 @@ def _build_from_args(args: argparse.Namespace):
 
         task = get_task(args.task)
         config = load_recipe(args.task) if args.task in list_recipes() else TrainConfig(task=args.task)
-        flags = {"model": args.model, "width": args.width, "resolution": args.resolution, "padding": args.padding}
+        flags = {"model": args.model, "width": args.width, "resolution": args.resolution, "padding": args.padding,
+                 "output_stride": args.output_stride, "aspp": args.aspp}  # fmt: skip
         config = apply_overrides(config, flags)
-        classes = [str(i) for i in range(args.num_classes or DETECTION_CLASSES)]
+        classes = [str(i) for i in range(args.num_classes or SUMMARY_CLASSES.get(args.task, 10))]
         return task.build_model(config, classes), config.resolution
 
     overrides = {"num_classes": args.num_classes, "padding": args.padding, "output_stride": args.output_stride}
@@ -410,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on corrupt or non-image files")
     p.add_argument("--confusion", default=None, help="PNG path (default: next to the checkpoint)")
     p.add_argument(
-        "--tta", default="none",
-        help="test-time augmentation: flip averages each image with its mirror image (default none: single view)",
+        "--tta", default="none", metavar="none|flip|ms_flip",
+        help="test-time augmentation: flip averages each image with its mirror image; ms_flip (segmentation): "
+        "scales 0.5-1.75 and flips, the paper's MF setting (default none: single view)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object: top1, top5, n, loss, per_class, ...")
     p.set_defaults(func=cmd_eval)
@@ -428,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="engine intra-op threads (default: all cores)")
     p.add_argument("--strict", action="store_true", help="fail on an undecodable image instead of reporting it")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="detection: one PNG per image with the boxes drawn (default ./predictions)")  # fmt: skip
+                   help="detection: one PNG per image with the boxes drawn; segmentation: colour mask, overlay and "
+                   "label PNGs (default ./predictions)")  # fmt: skip
     p.add_argument("--min-score", type=float, default=None, help="detection: lowest score shown (default 0.3)")
     p.add_argument("--json", action="store_true", help="one JSON list (detection: COCO results-style boxes)")
     p.set_defaults(func=cmd_predict)

@@ -19,10 +19,11 @@ from mnv2.tasks import TASKS
 from mnv2.typed import strict_from_dict
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
-SCHEDULES = ("exp", "cosine", "onecycle")
+SCHEDULES = ("exp", "cosine", "onecycle", "poly")
 AMP_MODES = ("auto", "bf16", "off")
 BN_MODES = ("train", "frozen")
 SCORE_FNS = ("sigmoid", "softmax")
+ASPP_MODES = ("off", "separable", "regular")
 FREEZE_HELP = "none | stem | stage:N (stem and stages < N) | backbone (all but the classifier)"
 
 
@@ -77,10 +78,18 @@ class TrainConfig:
     decay_rate: float = 0.98  # exp schedule: ×0.98 per decay_epochs (paper §6.1)
     decay_epochs: float = 1.0
     min_lr_ratio: float = 0.0
+    poly_power: float = 0.9  # poly schedule: (1 - progress) ** power (TF DeepLab's learning_power, §6.3)
     label_smoothing: float = flag(0.0, "label smoothing (TF-slim: 0.1)")
     ema_decay: float = flag(0.0, "weight EMA decay (0 = off; TF-slim: 0.9999)")
     score_fn: str = flag("sigmoid", "detection class scores: sigmoid (the TF SSDLite config) or softmax",
                          choices=SCORE_FNS)  # fmt: skip
+    output_stride: int | None = flag(None, "segmentation: backbone output stride, 16 (the paper) or 8",
+                                     choices=(8, 16))  # fmt: skip
+    aspp: str = flag("off", "segmentation head: off (the paper's on-device head), separable or regular ASPP",
+                     choices=ASPP_MODES)  # fmt: skip
+    ignore_index: int | None = flag(None, "segmentation: the label files' 'not annotated' value (default: the data's "
+                                    "classes.json, else 255; CamVid: 11)")  # fmt: skip
+    class_weights: list[float] | None = None  # segmentation: per-class loss weights
     grad_clip: float = flag(0.0, "max global gradient norm (0 = off)")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # engine
@@ -110,6 +119,9 @@ class TrainConfig:
             (self.bn in BN_MODES, "bn must be train or frozen"),
             (self.task in TASKS, f"task must be one of {tuple(TASKS)}"),
             (self.score_fn in SCORE_FNS, f"score_fn must be one of {SCORE_FNS}"),
+            (self.aspp in ASPP_MODES, f"aspp must be one of {ASPP_MODES}"),
+            (self.output_stride in (None, 8, 16), "output_stride must be 8 or 16"),
+            (self.poly_power > 0, "poly_power must be > 0"),
             (self.padding in PADDING_MODES, f"padding must be one of {PADDING_MODES}"),
             (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be an integer >= 1"),
             (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1"),

@@ -31,9 +31,12 @@ def evaluate_checkpoint(
     model = load_checkpoint(checkpoint)
     meta = model.meta
     task = get_task(meta.task)
+    extra = {}
+    if (meta.config or {}).get("ignore_index") is not None:  # segmentation: read the labels as training did
+        extra["ignore_index"] = meta.config["ignore_index"]
     batches, classes, report = task.load_eval_data(
         data, meta.preprocessing, batch_size, split=split, workers=workers, strict=strict,
-        in_chans=meta.model_config.in_chans,
+        in_chans=meta.model_config.in_chans, **extra,
     )  # fmt: skip
     if classes is None:  # arrays (.npz) carry labels only
         classes = list(meta.class_names or [str(i) for i in range(meta.model_config.num_classes)])

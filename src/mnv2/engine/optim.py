@@ -45,7 +45,8 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
     1. linear warmup over ``warmup_epochs``;
     2. then ``exp``: ×decay_rate every decay_epochs (paper: ×0.98 per epoch), ``cosine``: half cosine to
-       ``min_lr_ratio``, ``onecycle``: warmup (30% of the run unless given) then linear decay to ``min_lr_ratio``.
+       ``min_lr_ratio``, ``onecycle``: warmup (30% of the run unless given) then linear decay to ``min_lr_ratio``,
+       ``poly``: ``(1 - progress) ** poly_power`` to 0 (TF DeepLab).
     """
     total = config.epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
@@ -59,6 +60,8 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
         return config.decay_rate ** math.floor((step / steps_per_epoch) / config.decay_epochs)
     if config.schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if config.schedule == "poly":  # TF DeepLab's polynomial_decay to 0 (§6.3 trains with it)
+        return (1 - progress) ** config.poly_power
     return floor + (1 - floor) * (1 - progress)
 
 

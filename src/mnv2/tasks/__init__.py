@@ -4,13 +4,14 @@ post-processing to the shared engine (``mnv2.tasks.base.Task``)."""
 from __future__ import annotations
 
 from mnv2.errors import ConfigError
-from mnv2.tasks import classification, detection
+from mnv2.tasks import classification, detection, segmentation
 from mnv2.tasks.base import Evaluator, Task
 
 # The one list of tasks: a checkpoint's ``task`` field and ``mnv2 train --task`` name one of these.
 TASKS: dict[str, Task] = {
     classification.NAME: classification.TASK,
     detection.NAME: detection.TASK,
+    segmentation.NAME: segmentation.TASK,
 }
 DEFAULT_TASK = classification.NAME
 

@@ -1,0 +1,440 @@
+"""Segmentation (§6.3): Mobile DeepLabv3, cross-entropy with an ignore label, mIoU from a confusion matrix.
+
+The model (``mnv2.models.deeplab.DeepLabV3``) returns logits at the input size; masks come from
+``mnv2.data.segmentation`` with the ignore label mapped to 255 (:data:`IGNORE_INDEX`), whatever the data's own
+ignore index. The :class:`Evaluator` sums a class confusion matrix over valid pixels (DDP: summed over ranks) and
+reports ``mIoU`` (TF's ``mean_iou``: classes that never occur and are never predicted are left out of the mean),
+``per_class_iou``, ``pixel_acc`` and ``mean_class_acc`` as fractions in [0, 1], the mean val cross-entropy per
+pixel (``loss``) and the number of images (``n``). ``best`` is ``mIoU``.
+
+Settings a ``TrainConfig`` does not have yet are read with ``getattr`` and their defaults: ``output_stride`` (16,
+the paper's), ``aspp`` (``"off"``: the paper's on-device head; ``"separable"`` or ``"regular"``), ``ignore_index``
+(the data's ``classes.json``, else 255) and ``class_weights`` (a list, one per class; none by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnv2.data.images import ImageError, image_paths, load_image, normalize, to_tensor
+from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
+from mnv2.data.segmentation import IGNORE_INDEX, data_class_colors, voc_colormap
+from mnv2.errors import ConfigError
+from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
+from mnv2.models.mobilenetv2 import MIN_INPUT_SIZE, MobileNetV2, MobileNetV2Config, check_resolution
+from mnv2.models.registry import model_info
+from mnv2.models.utils import unwrap
+from mnv2.tasks.base import Task
+
+NAME = "segmentation"
+# "flip": mean of the image's and its mirror image's class probabilities; "ms_flip": the paper's MF setting (Table 7),
+# TF DeepLab's eval_scales 0.5 … 1.75 with add_flipped_images, probabilities averaged over all 12 views.
+TTA_MODES = ("none", "flip", "ms_flip")
+MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+ASPP_MODES = {"off": (False, True), "separable": (True, True), "regular": (True, False)}
+EVAL_BATCH_MAX = 8  # full-resolution images (CamVid 480x360): logits of 8 images are already ~60 MB
+OVERLAY_ALPHA = 0.5
+
+
+# ----------------------------------------------------------------------------------------------- data
+def default_preprocessing(config) -> Preprocessing:
+    """Train crops of ``config.resolution`` (eval runs at full resolution, see ``mnv2.data.segmentation``) and
+    [-1, 1] inputs, as TF DeepLab's ``mobilenet_v2`` preprocessing (``2 / 255 * x - 1``). Fine-tuning replaces
+    mean/std with the ``--init`` checkpoint's (the engine does)."""
+    check_resolution(config.resolution)
+    return Preprocessing(input_size=config.resolution, crop_pct=1.0, interpolation="bilinear", mean=TF_MEAN, std=TF_STD)
+
+
+def build_data(config, preprocessing, *, rank: int = 0, world: int = 1, pin: bool = False):
+    """A VOC or SegNet-layout folder (``mnv2.data.segmentation``): augmented train crops, full-resolution val."""
+    from mnv2.data.segmentation import SegmentationAugment, build_segmentation_data
+
+    per_process = config.batch_size // world
+    if per_process < 2:
+        # BatchNorm after the image-pooling branch sees one value per channel and image: it needs two images
+        raise ConfigError(f"segmentation trains with at least 2 images per process; batch {config.batch_size} over "
+                          f"{world} process(es) gives {per_process}")  # fmt: skip
+    return build_segmentation_data(
+        config.data, preprocessing, per_process, min(config.eval_batch_size, EVAL_BATCH_MAX),
+        val_split=config.val_split, strict=config.strict, workers=config.workers, seed=config.seed, rank=rank,
+        world=world, pin=pin, train_limit=config.train_limit, val_limit=config.val_limit,
+        aug=SegmentationAugment(hflip=config.augment.hflip), ignore_index=getattr(config, "ignore_index", None),
+    )  # fmt: skip
+
+
+def load_eval_data(data: str, preprocessing, batch_size: int, **kwargs):
+    """``(batches, class_names | None, report)`` of a segmentation dataset's ``split`` (default: its val split)."""
+    from mnv2.data.segmentation import build_segmentation_eval_data
+
+    kwargs.pop("in_chans", None)
+    return build_segmentation_eval_data(data, preprocessing, min(batch_size, EVAL_BATCH_MAX), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- model
+def head_config(config, num_classes: int, class_colors=None) -> DeepLabConfig:
+    """The head a run trains: the paper's on-device head at output stride 16 unless the TrainConfig says otherwise
+    (``output_stride``, ``aspp``), with the config's dropout (the segmentation recipe: TF's 0.1)."""
+    aspp = getattr(config, "aspp", None) or "off"
+    if aspp not in ASPP_MODES:
+        raise ConfigError(f"aspp must be one of {tuple(ASPP_MODES)}, got {aspp!r}")
+    with_aspp, separable = ASPP_MODES[aspp]
+    return DeepLabConfig(
+        num_classes=num_classes, output_stride=getattr(config, "output_stride", None) or 16, aspp=with_aspp,
+        separable=separable, dropout=config.dropout, class_colors=class_colors,
+    )  # fmt: skip
+
+
+def backbone_config(config: MobileNetV2Config) -> MobileNetV2Config:
+    """The backbone DeepLab runs: no classifier, stem stride 2 (the atrous rates assume it); width, padding and BN
+    settings as given. The output stride is the head's (``DeepLabV3`` sets it)."""
+    return dataclasses.replace(config, num_classes=0, output="logits", stem_stride=2)
+
+
+def build_model(config, class_names: list[str], backbone: MobileNetV2Config | None = None) -> DeepLabV3:
+    """A fresh DeepLabV3 for ``class_names`` from the config's width (or ``--model``) and padding, or on ``backbone``
+    (an ``--init`` checkpoint's architecture). Class colours come from the data's class file (or VOC's map)."""
+    if backbone is None:
+        width = model_info(config.model).width_mult if config.model else config.width
+        backbone = MobileNetV2Config(width_mult=width, num_classes=0, padding=config.padding)
+    colors = data_class_colors(config.data, len(class_names))
+    return DeepLabV3(backbone_config(backbone), head_config(config, len(class_names), colors))
+
+
+def from_meta(meta) -> DeepLabV3:
+    """The architecture a segmentation checkpoint describes: ``model_config`` (backbone) + ``head``."""
+    if not meta.head:
+        raise ConfigError("a segmentation checkpoint needs its head arguments (metadata 'head')")
+    return DeepLabV3(meta.model_config, DeepLabConfig.from_dict(meta.head, "checkpoint head"))
+
+
+def init_from(model: DeepLabV3, source: nn.Module) -> list[str]:
+    """Copy ``--init`` weights: a classifier's ``stem.*`` and ``blocks.*`` into the backbone (its 1280-channel conv
+    and classifier are not part of DeepLab: TF's ``layer_18`` ends before them), another task model's backbone
+    (``backbone.stem.*``, ``backbone.blocks.*``: SSDLite, DeepLab), or a segmenter's every tensor whose shape fits
+    (the logits too when the classes agree). Returns the state keys left freshly initialised."""
+    src = unwrap(source)
+    state = src.state_dict()
+    own = model.state_dict()
+    if isinstance(src, MobileNetV2):
+        load = {f"backbone.{k}": v for k, v in state.items() if k.split(".")[0] in ("stem", "blocks")}
+    elif isinstance(src, DeepLabV3):
+        load = {k: v for k, v in state.items() if not (k in own and own[k].shape != v.shape and "logits" in k)}
+    elif hasattr(src, "backbone"):
+        load = {k: v for k, v in state.items() if k.split(".")[:2] in (["backbone", "stem"], ["backbone", "blocks"])}
+    else:
+        raise ConfigError(f"--init must be a MobileNetV2 classifier or a task model on its backbone, got "
+                          f"{type(src).__name__}")  # fmt: skip
+    unexpected = sorted(k for k in load if k not in own)
+    shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in load.items()
+              if k in own and own[k].shape != v.shape]  # fmt: skip
+    if unexpected or shapes:
+        raise ConfigError(f"--init weights do not fit the segmenter: unexpected {unexpected[:3]}, shapes {shapes[:3]}")
+    missing, _ = model.load_state_dict(load, strict=False)
+    return list(missing)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def loss(logits: torch.Tensor, masks: torch.Tensor, config) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pixel cross-entropy over the non-ignored pixels (TF DeepLab: softmax cross-entropy with weight 0 on
+    ``ignore_label``, averaged over the others), with the config's label smoothing and optional ``class_weights``;
+    part ``pixel_acc``: the fraction of valid pixels right on the augmented batch."""
+    logits = logits.float()
+    weights = getattr(config, "class_weights", None)
+    weight = None
+    if weights:
+        if len(weights) != logits.shape[1]:
+            raise ConfigError(f"class_weights has {len(weights)} values for {logits.shape[1]} classes")
+        weight = torch.tensor(weights, dtype=logits.dtype, device=logits.device)
+    valid = masks != IGNORE_INDEX
+    if not bool(valid.any()):  # a crop of padding only: no pixel to learn from, and a mean over none is NaN
+        return logits.sum() * 0.0, {"pixel_acc": torch.zeros(())}
+    value = F.cross_entropy(logits, masks, weight=weight, ignore_index=IGNORE_INDEX,
+                            label_smoothing=config.label_smoothing)  # fmt: skip
+    with torch.no_grad():
+        acc = (logits.argmax(1)[valid] == masks[valid]).float().mean()
+    return value, {"pixel_acc": acc}
+
+
+def infer(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Per-pixel class scores ``[N, C, H, W]`` (float, CPU) at the batch's size for the evaluator: logits, or with
+    test-time augmentation the log of the mean class probabilities over the views (still a log-distribution, so
+    the val cross-entropy applies). ``ms_flip``: each scale's probabilities resized back bilinearly (TF
+    ``predict_labels_multi_scale``)."""
+    if tta == "none":
+        return model(x).float().cpu()
+    h, w = x.shape[-2:]
+    scales = MS_SCALES if tta == "ms_flip" else (1.0,)
+    total = None
+    for s in scales:
+        size = (max(MIN_INPUT_SIZE, round(h * s)), max(MIN_INPUT_SIZE, round(w * s)))
+        xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for view in (xs, xs.flip(-1)):
+            p = model(view).float().softmax(1)
+            if view is not xs:
+                p = p.flip(-1)
+            if p.shape[-2:] != (h, w):
+                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+            total = p if total is None else total.add_(p)
+    return (total / (2 * len(scales))).clamp_min_(1e-12).log_().cpu()
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[C, C]`` pixel counts, rows = true class, columns = predicted, over pixels whose target is not ignored."""
+    valid = target != IGNORE_INDEX
+    t, p = target[valid], pred[valid]
+    return torch.bincount(t * num_classes + p, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def segmentation_metrics(confusion: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+    """mIoU, IoU per class, pixel accuracy and mean class accuracy (fractions) of a confusion matrix.
+
+    IoU of class c = TP / (TP + FP + FN); a class absent from the ground truth and never predicted has no IoU
+    (``None``) and is left out of the mean, as TF's ``mean_iou``; one never present but predicted has IoU 0. Mean
+    class accuracy averages TP / (TP + FN) over the classes present.
+    """
+    cm = confusion.double()
+    tp = cm.diag()
+    gt, pred = cm.sum(1), cm.sum(0)
+    union = gt + pred - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.nan)
+    acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.nan)
+    total = cm.sum()
+
+    def mean(v: torch.Tensor) -> float:
+        ok = ~torch.isnan(v)
+        return float(v[ok].mean()) if ok.any() else 0.0
+
+    per_class = {name: (None if math.isnan(v) else float(v)) for name, v in zip(class_names, iou.tolist())}
+    return {
+        "mIoU": mean(iou),
+        "per_class_iou": per_class,
+        "pixel_acc": float(tp.sum() / total) if total > 0 else 0.0,
+        "mean_class_acc": mean(acc),
+        "per_class_acc": {name: (None if math.isnan(v) else float(v)) for name, v in zip(class_names, acc.tolist())},
+    }
+
+
+class Evaluator:
+    """Confusion-matrix metrics and the mean val cross-entropy per valid pixel; DDP-safe (``reduce`` sums the
+    confusion matrix and the loss sums over ranks). ``update`` takes ``infer``'s scores ``[N, C, H, W]`` and masks
+    ``[N, H, W]`` (255 = ignore)."""
+
+    columns = ("loss", "mIoU", "pixel_acc", "mean_class_acc")
+    best = "mIoU"
+
+    def __init__(self, class_names: list[str]) -> None:
+        self.class_names = list(class_names)
+        k = len(self.class_names)
+        self.confusion = torch.zeros(k, k, dtype=torch.int64)
+        self.sums = torch.zeros(3, dtype=torch.float64)  # summed loss, valid pixels, images
+
+    def update(self, scores: torch.Tensor, masks: torch.Tensor) -> None:
+        k = len(self.class_names)
+        scores, masks = scores.float().cpu(), masks.cpu().long()
+        if scores.shape[1] != k:
+            raise ConfigError(f"the model has {scores.shape[1]} classes but the data has {k}")
+        if scores.shape[-2:] != masks.shape[-2:]:
+            raise ConfigError(f"scores of size {tuple(scores.shape[-2:])} for masks of {tuple(masks.shape[-2:])}")
+        valid = masks != IGNORE_INDEX
+        out = masks[valid & (masks >= k)]
+        if out.numel():
+            raise ConfigError(
+                f"the evaluation masks hold label(s) {sorted(set(out.tolist()))[:8]} outside the model's {k} classes "
+                "and not the ignore label: give the data's classes.json (with its ignore_index, e.g. CamVid's 11)"
+            )
+        if valid.any():
+            self.sums[0] += F.cross_entropy(scores, masks, ignore_index=IGNORE_INDEX, reduction="sum").double()
+        self.sums[1] += int(valid.sum())
+        self.sums[2] += len(masks)
+        self.confusion += confusion_matrix(scores.argmax(1), masks, k)
+
+    def reduce(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        all_reduce_sum(self.confusion)
+        all_reduce_sum(self.sums)
+
+    def compute(self) -> dict[str, Any]:
+        result = segmentation_metrics(self.confusion, self.class_names)
+        pixels = self.sums[1].item()
+        result["loss"] = self.sums[0].item() / pixels if pixels else 0.0
+        result["n"] = int(self.sums[2].item())
+        result["pixels"] = int(pixels)
+        result["per_class"] = result["per_class_iou"]  # what `mnv2 eval` prints per class
+        result["confusion"] = self.confusion
+        return result
+
+
+def evaluator(class_names: list[str], *_: Any) -> Evaluator:
+    return Evaluator(class_names)
+
+
+def format_metrics(m: dict) -> str:
+    """``loss 0.4321 mIoU 0.5123 pixel-acc 0.8765 class-acc 0.6012`` from whichever of these ``m`` holds
+    (training logs the loss and its batches' ``pixel_acc``)."""
+    parts = [f"loss {m['loss']:.4f}"] if m.get("loss") is not None else []
+    labels = (("mIoU", "mIoU"), ("pixel_acc", "pixel-acc"), ("mean_class_acc", "class-acc"))
+    parts += [f"{label} {m[k]:.4f}" for k, label in labels if m.get(k) is not None]
+    return " ".join(parts)
+
+
+def format_value(v: float) -> str:
+    """One per-class IoU as printed by ``mnv2 eval`` (a fraction, as in ``--json``)."""
+    return f"{v:.4f}"
+
+
+# ----------------------------------------------------------------------------------------------- prediction
+def class_colors(info: dict, num_classes: int) -> np.ndarray:
+    """``[C, 3]`` uint8 colours: the checkpoint head's ``class_colors`` (from the data), else the VOC colour map."""
+    head = info.get("head") or {}
+    colors = head.get("class_colors") or voc_colormap(num_classes)
+    return np.asarray(colors, dtype=np.uint8)[:num_classes]
+
+
+@torch.no_grad()
+def predict(
+    forward: Callable[[torch.Tensor], Any], inputs: list[str], info: dict, *, batch_size: int = 4,
+    strict: bool = False, output_dir: str | Path | None = None, **_: Any,
+) -> list[dict]:  # fmt: skip
+    """Per-pixel classes of every image in ``inputs`` (files and directories), in input order, at full resolution.
+
+    ``forward`` maps a preprocessed float NCHW batch to logits ``[N, C, H, W]``; ``info`` holds ``preprocessing``,
+    ``class_names`` and ``head`` (``mnv2.tasks.predict_info``). Each result has ``path``, ``width``, ``height`` and
+    ``fractions`` (each class's fraction of the image's pixels, every class in class order). With ``output_dir``,
+    three PNGs per image are written there: ``<name>_label.png`` (class indices, mode L), ``<name>_color.png``
+    (class colours) and ``<name>_overlay.png`` (the colours over the photo, half transparent); their paths are in
+    ``label``, ``color``, ``overlay``. Images smaller than 32 px are padded for the model. Undecodable files get an
+    ``error`` entry (or raise with ``strict``).
+    """
+    from PIL import Image
+
+    pre: Preprocessing = info["preprocessing"]
+    names = info["class_names"]
+    names = [str(i) for i in range(names)] if isinstance(names, int) else list(names)
+    palette = class_colors(info, len(names))
+    out_dir = Path(output_dir) if output_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    paths = image_paths(inputs)
+    results: list[dict] = []
+    used: set[str] = set()
+    pending: list[tuple[Path, Any, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        x = torch.stack([t for _, _, t in pending])
+        h, w = pending[0][2].shape[-2:]
+        ph, pw = max(MIN_INPUT_SIZE - h, 0), max(MIN_INPUT_SIZE - w, 0)
+        logits = forward(F.pad(x, (0, pw, 0, ph)) if ph or pw else x)
+        logits = torch.as_tensor(logits).float()[..., :h, :w]
+        if logits.shape[1] != len(names):
+            raise ConfigError(f"the model predicts {logits.shape[1]} classes, its checkpoint names {len(names)}")
+        labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        for (p, im, _), lab in zip(pending, labels):
+            counts = np.bincount(lab.ravel(), minlength=len(names))
+            result = {"path": str(p), "width": im.size[0], "height": im.size[1],
+                      "fractions": {n: round(float(c) / lab.size, 6) for n, c in zip(names, counts)}}  # fmt: skip
+            if out_dir is not None:
+                stem = _unique_stem(Path(p).stem, used)
+                color = palette[lab]
+                overlay = (np.asarray(im, dtype=np.float32) * (1 - OVERLAY_ALPHA) + color * OVERLAY_ALPHA).round()
+                for kind, array in (("label", lab), ("color", color), ("overlay", overlay.astype(np.uint8))):
+                    path = out_dir / f"{stem}_{kind}.png"
+                    Image.fromarray(array).save(path, format="PNG")
+                    result[kind] = str(path)
+            results.append(result)
+        pending.clear()
+
+    for p in paths:
+        try:
+            im = load_image(p)
+        except ImageError as e:
+            if strict:
+                raise
+            results.append({"path": str(p), "error": str(e)})
+            continue
+        x = normalize(to_tensor(im), pre)
+        if pending and (pending[0][2].shape != x.shape or len(pending) >= batch_size):
+            flush()
+        pending.append((p, im, x))
+    flush()
+    order = {str(p): n for n, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["path"]])
+
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}"
+    used.add(name)
+    return name
+
+
+def format_prediction(r: dict) -> str:
+    """``path: road 41.2%, sky 20.1%, building 12.0% -> out/x_overlay.png`` (the three largest classes)."""
+    if "error" in r:
+        return f"{r['path']}: skipped ({r['error']})"
+    top = sorted(((f, n) for n, f in r["fractions"].items() if f > 0), reverse=True)[:3]
+    text = f"{r['path']}: " + ", ".join(f"{n} {100 * f:.1f}%" for f, n in top)
+    return text + (f" -> {r['overlay']}" if "overlay" in r else "")
+
+
+def plot_report(result: dict, class_names: list[str], path: str | Path, title: str = "") -> Path:
+    """IoU per class as horizontal bars, with the mIoU as a line (classes without IoU shown as n/a)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_class = result.get("per_class_iou") or {}
+    values = [per_class.get(n) for n in class_names]
+    fig, ax = plt.subplots(figsize=(6.0, max(2.5, 0.3 * len(class_names) + 1.2)))
+    y = np.arange(len(class_names))
+    ax.barh(y, [v or 0.0 for v in values], color="tab:blue")
+    for i, v in enumerate(values):
+        ax.text((v or 0.0) + 0.01, i, "n/a" if v is None else f"{v:.3f}", va="center", fontsize=7)
+    miou = result.get("mIoU")
+    if miou is not None:
+        ax.axvline(miou, color="tab:red", linestyle="--", linewidth=1, label=f"mIoU {miou:.3f}")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(y, class_names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("IoU")
+    ax.set_title(title or "IoU per class", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+TASK = Task(
+    name=NAME,
+    build_data=build_data,
+    default_preprocessing=default_preprocessing,
+    build_model=build_model,
+    from_meta=from_meta,
+    init_from=init_from,
+    loss=loss,
+    train_parts=("pixel_acc",),
+    evaluator=evaluator,
+    infer=infer,
+    tta_modes=TTA_MODES,
+    load_eval_data=load_eval_data,
+    predict=predict,
+    format_prediction=format_prediction,
+    plot_report=plot_report,
+    report_file="iou.png",
+    format_metrics=format_metrics,
+    format_value=format_value,
+)
