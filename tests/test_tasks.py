@@ -27,7 +27,7 @@ def tiny(**kw) -> TrainConfig:
     return apply_overrides(load_recipe("default"), values)
 
 
-def test_a_checkpoint_from_before_tasks_loads_as_classification_and_scores_the_same():
+def test_a_checkpoint_from_before_tasks_loads_as_classification_and_scores_the_same(tmp_path):
     """`make run`'s best checkpoint from main at 217d691: its file has no `task`; it must still load as a classifier
     and reach the test-split top-1 that main's own `mnv2 eval --json` printed for it."""
     from mnv2.engine.evaluate import evaluate_checkpoint
@@ -37,7 +37,9 @@ def test_a_checkpoint_from_before_tasks_loads_as_classification_and_scores_the_s
     assert "task" not in raw  # really a file from before the change
     assert header["task"] == "classification" and header["head"] is None
     recorded = json.loads((FIXTURES / "main-217d691-default.eval.json").read_text())
-    result = evaluate_checkpoint(LEGACY, "fashion-mnist", confusion_png=None, batch_size=500, workers=0)
+    png = tmp_path / "confusion.png"
+    result = evaluate_checkpoint(LEGACY, "fashion-mnist", confusion_png=png, batch_size=500, workers=0)
+    assert png.stat().st_size > 0
     assert result["n"] == recorded["n"] == 10_000
     assert result["top1"] == pytest.approx(recorded["top1"], abs=1e-9)
     assert result["top5"] == pytest.approx(recorded["top5"], abs=1e-9)
