@@ -17,6 +17,8 @@ import pytest
 import torch
 
 import mnv2
+import mnv2.weights.convert.common
+import mnv2.weights.hub
 from mnv2.data import TF_MEAN, TF_STD
 from mnv2.models.layers import BN_MOMENTUM_KERAS
 from mnv2.weights.convert import ConvertError, convert

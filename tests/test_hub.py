@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import mnv2
-from mnv2.weights import hub
 from mnv2.data.download import DownloadError
 from mnv2.errors import ConfigError
+from mnv2.weights import hub
 from mnv2.weights.convert import ConvertError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "interop" / "timm_035_c10.pth"

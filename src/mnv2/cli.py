@@ -1,12 +1,15 @@
 """The ``mnv2`` command line: ``mnv2 <verb>``. Each verb parses its arguments and calls the library.
 
-User errors (bad arguments, files, data) are printed as one line without a traceback, exit status 2.
+Every failure is one line on stderr. Exit status 2: a user-caused failure (``mnv2: error: ...``: a bad argument,
+file or data; an I/O failure such as a full or read-only disk, named as such); 70 (``EX_SOFTWARE``): a bug in mnv2,
+one line asking for a report (the traceback only with ``MNV2_DEBUG=1``); 130: interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from mnv2.errors import ConfigError, Mnv2Error
@@ -14,6 +17,45 @@ from mnv2.errors import ConfigError, Mnv2Error
 # Class counts of the published task models `mnv2 summary --task` builds: COCO as the TF Object Detection API numbers
 # it (label-map ids 1..90, 80 in use: `num_classes: 90` in its configs) and PASCAL VOC's 21 (Table 7).
 SUMMARY_CLASSES = {"detection": 90, "segmentation": 21}
+
+
+def _finite(obj):
+    """``obj`` with every NaN or infinity replaced by ``None``: strict JSON (``null``), never ``NaN``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _dumps(obj) -> str:
+    return json.dumps(_finite(obj), allow_nan=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line ``mnv2: error: ...`` (exit status 2) like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"mnv2: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+_positive, _non_negative = _int_at_least(1), _int_at_least(0)
 
 
 def _add_arch_args(p: argparse.ArgumentParser) -> None:
@@ -64,7 +106,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return _print_pretrained(args.json)
     infos = [model_info(n) for n in list_models()]
     if args.json:
-        print(json.dumps([dataclasses.asdict(i) for i in infos]))
+        print(_dumps([dataclasses.asdict(i) for i in infos]))
         return 0
     print(f"{'name':<18} {'width':>6}  resolutions with published checkpoints")
     for i in infos:
@@ -77,7 +119,7 @@ def _print_pretrained(as_json: bool) -> int:
 
     entries = [describe(get_pretrained(n)) for n in list_pretrained()]
     if as_json:
-        print(json.dumps(entries))
+        print(_dumps(entries))
         return 0
     # "top1" is the publisher's own figure; "slim" the TF-slim checkpoint of the same width/resolution (Keras).
     print(f"{'name':<40} {'framework':<12} {'res':>4} {'classes':>7} {'top1':>7} {'slim':>5}  sha256")
@@ -91,7 +133,20 @@ def _print_pretrained(as_json: bool) -> int:
     return 0
 
 
+def _check_out_file(path: str, flag: str = "--out") -> None:
+    """Refuse an output file path that cannot be written, before any work: a directory, or a path below a file."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path!r} is a directory; give a file name")
+    parent = next((a for a in p.parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{flag} {path!r}: {str(parent)!r} is not a directory")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
+    _check_out_file(args.out)
     from mnv2.weights.checkpoint import save_checkpoint
     from mnv2.weights.convert import convert_source
 
@@ -109,7 +164,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         "preprocessing": meta.preprocessing.to_dict(),
     }
     if args.json:
-        print(json.dumps(summary))
+        print(_dumps(summary))
     else:
         p = meta.preprocessing
         print(
@@ -130,14 +185,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
         from mnv2.bench.memory import memory_report
 
         report = memory_report(model, resolution, args.splits)
-        print(
-            json.dumps({"config": model.config.to_dict(), **report.to_dict()}) if args.json else report.format_table()
-        )
+        print(_dumps({"config": model.config.to_dict(), **report.to_dict()}) if args.json else report.format_table())
         return 0
     summary = summarize(model, resolution)
     if args.json:
         head = {"head": model.head_config} if hasattr(model, "head_config") else {}
-        print(json.dumps({"task": args.task, "config": model.config.to_dict(), **head, **summary.to_dict()}))
+        print(_dumps({"task": args.task, "config": model.config.to_dict(), **head, **summary.to_dict()}))
     else:
         print(summary.format_table())
     return 0
@@ -218,8 +271,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, workers=args.workers,
         strict=args.strict, confusion_png=args.confusion, tta=args.tta,
     )  # fmt: skip
+    if r.get("confusion_error"):
+        print(f"mnv2: warning: {r['confusion_error']}", file=sys.stderr)
     if args.json:
-        print(json.dumps(r))
+        print(_dumps(r))
         return 0
     tta = f"  ({r['tta']} test-time augmentation)" if r["tta"] != "none" else ""
     print(f"{r['checkpoint']} on {r['data']}: {task.format_metrics(r)}  n={r['n']}{tta}")
@@ -227,7 +282,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  {name:<20} {'-' if value is None else task.format_value(value)}")
     if any(r["skipped"].values()):
         print(f"skipped: {r['skipped']['corrupt']} corrupt image(s), {r['skipped']['non_image']} non-image file(s)")
-    print(f"{task.report_file.removesuffix('.png')}: {r['confusion_png']}")
+    if r["confusion_png"] is not None:
+        print(f"{task.report_file.removesuffix('.png')}: {r['confusion_png']}")
+    else:
+        print(f"{task.report_file.removesuffix('.png')}: {r['confusion_error']}")
     return 0
 
 
@@ -253,6 +311,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = {"topk": args.topk, "strict": args.strict}
     if task.name != "classification":  # tasks that draw their results
         options["output_dir"] = args.out or "predictions"
+    if args.min_score is not None and not 0 <= args.min_score <= 1:  # also refuses nan
+        raise ConfigError(f"--min-score must be in [0, 1]; got {args.min_score}")
     if args.min_score is not None:
         options["min_score"] = args.min_score
     if engine == "torch" and args.precision in (None, "fp32") and not exported:
@@ -262,7 +322,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from mnv2.deploy import engines
 
         results = engines.predict(args.checkpoint, args.inputs, engine, args.precision, threads=args.threads, **options)
-    print(json.dumps(results) if args.json else "\n".join(task.format_prediction(r) for r in results))
+    print(_dumps(results) if args.json else "\n".join(task.format_prediction(r) for r in results))
     return 0
 
 
@@ -283,7 +343,7 @@ def _bench_memory(args: argparse.Namespace) -> int:
     if args.json:
         best = memory_bench.best_split(rows)
         out = {**best.to_dict(), "candidates": [r.to_dict() for r in rows], **memory_bench.environment()}
-        print(json.dumps({"device": args.device, **out}))
+        print(_dumps({"device": args.device, **out}))
         return 0
     print(memory_bench.format_rows(rows))
     env = memory_bench.environment()
@@ -297,6 +357,7 @@ def _bench_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _check_out_file(args.out)
     from mnv2.deploy import ExportOptions, export
 
     options = ExportOptions(
@@ -308,7 +369,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     report = export(args.checkpoint, args.out, args.format, options)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(_dumps(report.to_dict()))
     else:
         shape = "x".join(str(d) for d in report.input_shape)
         print(
@@ -341,6 +402,7 @@ def _quantize_data(model, data: str, calibration: bool, limit: int | None, worke
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    _check_out_file(args.out)
     from mnv2.deploy.quantize import quantize
     from mnv2.weights.checkpoint import load_checkpoint
 
@@ -351,7 +413,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         model, args.out, calib, held_out, method=args.method, num_calibration=args.num_calibration,
         per_channel=not args.per_tensor,
     )  # fmt: skip
-    print(json.dumps(report.to_dict()) if args.json else report.format())
+    print(_dumps(report.to_dict()) if args.json else report.format())
     return 0
 
 
@@ -374,19 +436,23 @@ def _bench_speed(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if not args.json:
         print("\r\033[K", end="", file=sys.stderr)
-    print(json.dumps([r.to_dict() for r in records]) if args.json else format_table(records, args.batch or 32))
+    print(_dumps([r.to_dict() for r in records]) if args.json else format_table(records, args.batch or 32))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     # One verb, two benchmarks: §5.1 memory (issue 5) or engine speed (issue 6).
+    if args.resolution is not None:
+        from mnv2.models.mobilenetv2 import check_resolution
+
+        check_resolution(args.resolution)
     return _bench_memory(args) if args.memory else _bench_speed(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from mnv2._version import __version__
 
-    parser = argparse.ArgumentParser(prog="mnv2", description="MobileNetV2 (arXiv:1801.04381) as practical software.")
+    parser = _Parser(prog="mnv2", description="MobileNetV2 (arXiv:1801.04381) as practical software.")
     parser.add_argument("--version", action="version", version=f"mnv2 {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
 
@@ -410,8 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (its test split) or an image folder")
     p.add_argument("--split", default=None, help="fashion-mnist: train|test; folder: a subfolder name (default val/)")
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=_positive, default=250)
+    p.add_argument("--workers", type=_non_negative, default=2)
     p.add_argument("--strict", action="store_true", help="fail on corrupt or non-image files")
     p.add_argument("--confusion", default=None, help="PNG path (default: next to the checkpoint)")
     p.add_argument(
@@ -425,13 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="class names and probabilities for images")
     p.add_argument("checkpoint", help="mnv2 checkpoint (.safetensors), or an .onnx/.tflite from mnv2 export/quantize")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=_positive, default=5)
     p.add_argument(
         "--engine", default=None, help="auto (fastest installed), onnxruntime, openvino, litert or torch "
         "(default: torch for checkpoints, auto for .onnx/.tflite files)",
     )  # fmt: skip
     p.add_argument("--precision", default=None, help="fp32, bf16 (openvino) or int8 (an INT8 file)")
-    p.add_argument("--threads", type=int, default=None, help="engine intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=_positive, default=None, help="engine intra-op threads (default: all cores)")
     p.add_argument("--strict", action="store_true", help="fail on an undecodable image instead of reporting it")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="detection: one PNG per image with the boxes drawn; segmentation: colour mask, overlay and "
@@ -455,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bake-preprocessing", action="store_true", help="uint8 HWC RGB in, probabilities out")
     p.add_argument("--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic batch)")
     p.add_argument("--dynamic-size", action="store_true", help="symbolic height/width (padding='torch' only)")
-    p.add_argument("--input-size", type=int, default=None, help="spatial size (default: the checkpoint's)")
+    p.add_argument("--input-size", type=_positive, default=None, help="spatial size (default: the checkpoint's)")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm ops in the graph")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=cmd_export)
@@ -472,11 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default="auto",
         help="auto (measure all); .onnx: percentile, entropy, distribution, minmax; .tflite: histogram, minmax",
     )  # fmt: skip
-    p.add_argument("--num-calibration", type=int, default=512, help="images used to calibrate ranges")
-    p.add_argument("--max-calibration", type=int, default=2048, help="images read from --calibration")
-    p.add_argument("--max-eval", type=int, default=None, help="images read from --eval (default all)")
+    p.add_argument("--num-calibration", type=_positive, default=512, help="images used to calibrate ranges")
+    p.add_argument("--max-calibration", type=_positive, default=2048, help="images read from --calibration")
+    p.add_argument("--max-eval", type=_positive, default=None, help="images read from --eval (default all)")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (to see depthwise collapse)")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes for folders")
+    p.add_argument("--workers", type=_non_negative, default=2, help="image-decoding worker processes for folders")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
@@ -484,36 +550,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", action="store_true", help="§5.1: measured peak activation memory, bound, latency")
     p.add_argument("--model", default="mobilenetv2_100", help="speed: registered name (random weights)")
     p.add_argument("--width", type=float, default=None, help="memory: one width (default: 0.35 and 1.0)")
-    p.add_argument("--resolution", type=int, default=None, help="input size (default 224)")
-    p.add_argument("--batch", type=int, default=None, help="speed: throughput batch (default 32); memory: default 1")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (speed default 2; memory: torch's)")
+    p.add_argument("--resolution", type=_positive, default=None, help="input size (default 224)")
+    p.add_argument(
+        "--batch", type=_positive, default=None, help="speed: throughput batch (default 32); memory: default 1"
+    )
+    p.add_argument(
+        "--threads", type=_positive, default=None, help="intra-op threads (speed default 2; memory: torch's)"
+    )
     p.add_argument("--json", action="store_true", help="speed: a list of records; memory: one object (best split)")
-    p.add_argument("--rounds", type=int, default=3, help="speed: rounds (engine order alternates); figures are medians")
-    p.add_argument("--iters", type=int, default=30, help="speed: timed batch-1 calls per round")
+    p.add_argument(
+        "--rounds", type=_positive, default=3, help="speed: rounds (engine order alternates); figures are medians"
+    )
+    p.add_argument("--iters", type=_positive, default=30, help="speed: timed batch-1 calls per round")
     p.add_argument("--engines", nargs="*", default=None, help="speed: only engines whose name contains one of these")
     p.add_argument("--no-peers", action="store_true", help="speed: skip the peers")
     p.add_argument("--no-int8", action="store_true", help="speed: skip INT8")
     p.add_argument("--splits", nargs="+", default=None, help="memory: split counts (default: 1 2 4 6 full)")
-    p.add_argument("--repeats", type=int, default=7, help="memory: interleaved latency repeats (medians)")
+    p.add_argument("--repeats", type=_positive, default=7, help="memory: interleaved latency repeats (medians)")
     p.add_argument("--device", default="cpu", help="memory: cpu, or cuda (torch.cuda.max_memory_allocated)")
     p.add_argument("--plot", default=None, help="memory: also write the per-layer memory plot (PNG)")
     p.set_defaults(func=cmd_bench)
     return parser
 
 
+# Exit statuses: 0 success, 2 a user-caused failure (bad argument, file or data; an I/O failure such as a full or
+# read-only disk), 70 (EX_SOFTWARE) a bug in mnv2, 130 interrupted. Every failure is one line on stderr; a bug's
+# traceback is printed only with MNV2_DEBUG=1.
+EXIT_USER, EXIT_BUG = 2, 70
+
+
+def _io_message(e: OSError) -> str:
+    import errno
+    import os
+
+    what = {
+        errno.ENOSPC: "no space left on device",
+        errno.EROFS: "read-only file system",
+        errno.ENOTDIR: "not a directory",
+        errno.EISDIR: "is a directory",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENOENT: "no such file or directory",
+        errno.EEXIST: "file exists",
+        errno.EDQUOT: "disk quota exceeded",
+    }.get(e.errno, e.strerror or (os.strerror(e.errno) if e.errno else str(e)))
+    names = " -> ".join(repr(str(f)) for f in (e.filename, e.filename2) if f is not None)
+    return f"{names}: {what}" if names else f"{what} ({e})"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except Mnv2Error as e:
-        print(f"mnv2: error: {e}", file=sys.stderr)
-        return 2
+        print(f"mnv2: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USER
     except BrokenPipeError:  # e.g. `mnv2 summary | head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
         print("mnv2: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("mnv2: error: out of memory (try a smaller --batch-size or --resolution)", file=sys.stderr)
+        return EXIT_USER
+    except OSError as e:
+        print(f"mnv2: error: {_one_line(_io_message(e))}", file=sys.stderr)
+        return EXIT_USER
+    except Exception as e:  # a bug: one line, the traceback only on request
+        if os.environ.get("MNV2_DEBUG") == "1":
+            import traceback
+
+            traceback.print_exc()
+        print(
+            f"mnv2: internal error: {type(e).__name__}: {_one_line(e)[:300]} -- this is a bug in mnv2; please report "
+            "it with the command line (set MNV2_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

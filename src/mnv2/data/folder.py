@@ -107,6 +107,12 @@ def folder_splits(
         k = max(1, round(len(own) * val_split)) if len(own) > 1 else 0
         val += own[:k]
         train += own[k:]
+    no_train = [c for i, c in enumerate(classes) if not any(s[1] == i for s in train)]
+    if no_train:
+        raise DatasetError(
+            f"--val-split {val_split} leaves no training image for class(es) {', '.join(no_train[:5])} of "
+            f"{str(root)!r}; use a smaller --val-split or more images"
+        )
     return classes, train, val, report
 
 

@@ -30,9 +30,24 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()  # decodes everything: truncated files fail here, not later in a worker
-            return im.convert("RGB")
+            return _to_rgb(im)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"cannot decode image {str(path)!r} ({e})") from e
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB of ``im``, decoded by what it is: 16-bit (``I;16*``, ``I``) and float (``F``) single-channel images are
+    scaled to 8 bits (Pillow's own conversion clips them, turning a 16-bit image near-white); palette, CMYK, RGBA
+    and grayscale as Pillow converts them."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64) / 257.0  # 0..65535 -> 0..255: value*257 maps back to value exactly
+    elif im.mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if a.size and a.max() <= 1.0:  # float images are on [0, 1]; larger values are taken as 0..255
+            a = a * 255.0
+    else:
+        return im.convert("RGB")
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
 def to_tensor(im: Image.Image) -> torch.Tensor:

@@ -15,15 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from mnv2.data import fashion_mnist
+from mnv2.data.batches import LoaderBatches, epoch_seed
+from mnv2.data.fashion_mnist import DatasetError
 from mnv2.data.folder import ImageFolderDataset, ScanReport, folder_splits
 from mnv2.data.images import eval_image, normalize
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mnv2.data.transforms import AugmentConfig, BatchAugment, ImageTrainTransform
 from mnv2.errors import ConfigError
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
 
 
 class TensorBatches:
@@ -63,49 +61,6 @@ class TensorBatches:
             with torch.no_grad():
                 x = self.augment(self.images[idx])
             yield x, self.labels[idx]  # outside no_grad: a suspended generator would leak the grad mode
-
-
-class LoaderBatches:
-    """Batches of an image-folder dataset through DataLoader worker processes (pinned when a GPU is used)."""
-
-    def __init__(
-        self,
-        dataset,
-        batch_size: int,
-        shuffle: bool,
-        workers: int,
-        seed: int = 0,
-        rank: int = 0,
-        world: int = 1,
-        pin: bool = False,
-    ):
-        self.dataset, self.batch_size, self.shuffle, self.workers = dataset, batch_size, shuffle, workers
-        self.seed, self.rank, self.world, self.pin = seed, rank, world, pin
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
-
-    def __len__(self) -> int:
-        n = math.ceil(self.num_samples / self.world)
-        return n // self.batch_size if self.shuffle and n >= self.batch_size else math.ceil(n / self.batch_size)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        order = torch.randperm(self.num_samples, generator=g) if self.shuffle else torch.arange(self.num_samples)
-        subset = torch.utils.data.Subset(self.dataset, order[self.rank :: self.world].tolist())
-        loader = torch.utils.data.DataLoader(
-            subset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            drop_last=self.shuffle and len(subset) >= self.batch_size,
-            num_workers=self.workers,
-            generator=g,  # workers' seeds (and so kornia's draws in them) derive from it
-            pin_memory=self.pin,
-            persistent_workers=False,
-        )
-        for x, y in loader:
-            yield x.contiguous(memory_format=torch.channels_last), y
 
 
 @dataclass
@@ -174,6 +129,11 @@ def build_data(
         )
         return DataBundle(train, val, list(fashion_mnist.CLASS_NAMES), preprocessing, ScanReport(), "test")
     classes, tr, va, report = folder_splits(data, val_split, seed, strict)
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{str(data)!r} has {len(classes)} class folder ({', '.join(classes)}): a classifier needs at least 2 "
+            "classes (one class would always score 100%)"
+        )
     if train_limit is not None:  # a seeded sample, so a limit keeps every class (the lists are class-sorted)
         tr = random.Random(seed).sample(tr, min(train_limit, len(tr)))
     if val_limit is not None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from mnv2.data.batches import LoaderBatches
 from mnv2.data.folder import ScanReport
 from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image, normalize
 from mnv2.data.preprocessing import Preprocessing
@@ -598,62 +598,22 @@ def pad_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
-class SegmentationBatches:
-    """Batches through DataLoader workers with ``mnv2.data.loaders.LoaderBatches``' epoch seeding and rank sharding
-    (every rank takes every world-th sample of the same (seed, epoch) permutation). In-process loading
-    (``workers=0``) draws the augmentation from its own (seed, epoch) stream, so the model's draws stay untouched."""
-
-    def __init__(
-        self, dataset: SegmentationDataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
-        rank: int = 0, world: int = 1, pin: bool = False,
-    ) -> None:  # fmt: skip
-        self.dataset, self.batch_size, self.shuffle, self.workers = dataset, batch_size, shuffle, workers
-        self.seed, self.rank, self.world, self.pin = seed, rank, world, pin
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
-
-    def __len__(self) -> int:
-        n = math.ceil(self.num_samples / self.world)
-        return n // self.batch_size if self.shuffle and n >= self.batch_size else math.ceil(n / self.batch_size)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from mnv2.data.loaders import epoch_seed
-
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        order = torch.randperm(self.num_samples, generator=g) if self.shuffle else torch.arange(self.num_samples)
-        subset = torch.utils.data.Subset(self.dataset, order[self.rank :: self.world].tolist())
-        loader = torch.utils.data.DataLoader(
-            subset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            drop_last=self.shuffle and len(subset) >= self.batch_size,
-            num_workers=self.workers,
-            generator=g,  # workers' seeds, so their augmentation draws, derive from (seed, epoch)
-            pin_memory=self.pin,
-            collate_fn=pad_collate,
-            persistent_workers=False,
-        )
-        if self.workers > 0:
-            for x, y in loader:
-                yield x.contiguous(memory_format=torch.channels_last), y
-            return
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(epoch_seed(self.seed, epoch) + 7919)
-            state = torch.get_rng_state()
-        batches = iter(loader)
-        while True:
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(state)
-                batch = next(batches, None)
-                state = torch.get_rng_state()
-            if batch is None:
-                return
-            yield batch[0].contiguous(memory_format=torch.channels_last), batch[1]
+def SegmentationBatches(
+    dataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    pin: bool = False,
+) -> LoaderBatches:
+    """The shared epoch-seeded loader (``mnv2.data.batches``) with this task's collate and its own RNG stream."""
+    return LoaderBatches(
+        dataset, batch_size, shuffle, workers, seed, rank, world, pin, collate_fn=pad_collate, own_rng=True
+    )
 
 
-# ----------------------------------------------------------------------------------------------- entry points
 @dataclass
 class SegmentationData:
     """A read and checked dataset: class names, label spec, train/val records and the scan report."""

@@ -426,7 +426,12 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"ONNX file {str(path)!r} does not exist")
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except OSError:
+        raise
+    except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file
+        raise ConfigError(f"{str(path)!r} is not a readable ONNX file ({type(e).__name__}: {e})") from e
     return _decode_metadata({p.key: p.value for p in proto.metadata_props})
 
 

@@ -5,6 +5,7 @@ override them; the resolved config is saved as ``config.yaml`` in the run direct
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from mnv2.data.transforms import AugmentConfig
 from mnv2.errors import ConfigError
 from mnv2.models.layers import PADDING_MODES
+from mnv2.models.mobilenetv2 import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from mnv2.tasks import TASKS
 from mnv2.typed import strict_from_dict
 
@@ -112,6 +114,7 @@ class TrainConfig:
             self.augment = strict_from_dict(AugmentConfig, self.augment, "augment")
         if isinstance(self.augment.scale, list):
             self.augment = dataclasses.replace(self.augment, scale=tuple(self.augment.scale))
+        self._check_numbers()
         checks = [
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
@@ -138,6 +141,46 @@ class TrainConfig:
                 raise ConfigError(f"{msg} (recipe {self.recipe!r}); got {self._value_for(msg)!r}")
         parse_freeze(self.freeze)
 
+    def _check_numbers(self) -> None:
+        """Every number finite and in range, whether it comes from a flag, a recipe or a saved run (``--resume``)."""
+        r = f" (recipe {self.recipe!r})"
+        ints = {  # name: (lowest value, None allowed)
+            "epochs": (1, False), "batch_size": (1, False), "eval_batch_size": (1, False), "lr_batch": (1, False),
+            "workers": (0, False), "threads": (1, True), "resolution": (MIN_INPUT_SIZE, False),
+            "train_limit": (1, True), "val_limit": (1, True), "seed": (0, False),
+        }  # fmt: skip
+        for name, (low, optional) in ints.items():
+            v = getattr(self, name)
+            if v is None and optional:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{name} must be an integer >= {low}{' or unset' if optional else ''}{r}; got {v!r}")
+        if self.resolution > MAX_INPUT_SIZE:
+            raise ConfigError(f"resolution must be at most {MAX_INPUT_SIZE} pixels{r}; got {self.resolution}")
+        inf = math.inf
+        floats = {  # name: (low, high, low inclusive, high inclusive)
+            "lr": (0, inf, False, False), "weight_decay": (0, inf, True, False), "momentum": (0, 1, True, False),
+            "label_smoothing": (0, 1, True, False), "ema_decay": (0, 1, True, False),
+            "grad_clip": (0, inf, True, False),
+            "dropout": (0, 1, True, False), "val_split": (0, 1, True, False), "width": (0, inf, False, False),
+            "rmsprop_decay": (0, 1, True, False), "rmsprop_eps": (0, inf, False, False),
+            "warmup_epochs": (0, inf, True, False), "decay_rate": (0, 1, False, True),
+            "decay_epochs": (0, inf, False, False), "min_lr_ratio": (0, 1, True, True),
+            "poly_power": (0, inf, False, False),
+        }  # fmt: skip
+        for name, (low, high, low_in, high_in) in floats.items():
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v >= low if low_in else v > low) and (v <= high if high_in else v < high)
+            if not ok:
+                rng = f"{'[' if low_in else '('}{low}, {high if high < inf else 'inf'}{']' if high_in else ')'}"
+                raise ConfigError(f"{name} must be a finite number in {rng}{r}; got {v!r}")
+        if self.class_weights is not None and not all(
+            isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in self.class_weights
+        ):
+            raise ConfigError(f"class_weights must be finite numbers >= 0{r}; got {self.class_weights!r}")
+        check_augment(self.augment, r)
+
     def _value_for(self, msg: str) -> Any:
         return getattr(self, msg.split()[0], None)
 
@@ -157,6 +200,31 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
         return strict_from_dict(cls, values, source)
+
+
+def check_augment(aug: AugmentConfig, where: str = "") -> None:
+    """Refuse augmentation values out of range (``augment.scale`` must be two areas 0 < lo <= hi <= 1)."""
+    scale = aug.scale
+    ok = (
+        isinstance(scale, (tuple, list))
+        and len(scale) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scale)
+        and 0 < scale[0] <= scale[1] <= 1
+    )
+    if not ok:
+        raise ConfigError(
+            f"augment.scale must be two area fractions [lo, hi] with 0 < lo <= hi <= 1{where}; got {scale!r}"
+        )
+    probs = {"hflip": aug.hflip, "random_erasing": aug.random_erasing}
+    for name, v in probs.items():
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= 1):
+            raise ConfigError(f"augment.{name} must be a probability in [0, 1]{where}; got {v!r}")
+    if not (isinstance(aug.color_jitter, (int, float)) and math.isfinite(aug.color_jitter) and aug.color_jitter >= 0):
+        raise ConfigError(f"augment.color_jitter must be a finite number >= 0{where}; got {aug.color_jitter!r}")
+    for name in ("crop_padding", "randaugment_n", "randaugment_m"):
+        v = getattr(aug, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"augment.{name} must be an integer >= 0{where}; got {v!r}")
 
 
 def parse_freeze(spec: str) -> tuple[str, int]:

@@ -3,6 +3,7 @@ read from the checkpoint)."""
 
 from __future__ import annotations
 
+import errno
 import warnings
 from pathlib import Path
 
@@ -52,12 +53,33 @@ def evaluate_checkpoint(
             stacklevel=2,
         )
     result = evaluate(model, batches, task, classes, tta=tta)
-    png = Path(confusion_png) if confusion_png else Path(checkpoint).with_suffix("." + task.report_file)
+    png = report_path(checkpoint, confusion_png, task.report_file)
     title = f"{Path(checkpoint).name} on {data}: {task.format_metrics(result)}"
-    task.plot_report(result, classes, png, title)
+    written: str | None = str(png)
+    why = None
+    try:  # the metrics come first: a picture that cannot be written is reported, not fatal
+        if not png.parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "no such directory", str(png.parent))
+        task.plot_report(result, classes, png, title)
+    except OSError as e:
+        written, why = None, f"{str(png)!r} not written: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
     result = {k: v for k, v in result.items() if not isinstance(v, torch.Tensor)}
-    result.update(tta=tta, confusion_png=str(png), skipped=_skipped(report), checkpoint=str(checkpoint), data=data)
+    result.update(tta=tta, confusion_png=written, skipped=_skipped(report), checkpoint=str(checkpoint), data=data)
+    if why:
+        result["confusion_error"] = why
     return result
+
+
+def report_path(checkpoint: str | Path, given: str | Path | None, report_file: str) -> Path:
+    """Where the report picture goes: ``given`` (inside it when it is a directory; ``.png`` added when it has no
+    suffix, as matplotlib would), else next to the checkpoint."""
+    default_name = Path(checkpoint).with_suffix("." + report_file).name
+    if not given:
+        return Path(checkpoint).with_suffix("." + report_file)
+    png = Path(given)
+    if png.is_dir():
+        return png / default_name
+    return png if png.suffix else png.with_name(png.name + ".png")
 
 
 def _trained_with_flips(meta) -> bool:

@@ -38,7 +38,16 @@ from mnv2.engine.plots import plot_curves
 from mnv2.errors import ConfigError, Mnv2Error
 from mnv2.models.utils import unwrap
 from mnv2.tasks import Task, get_task
-from mnv2.weights.checkpoint import CheckpointMeta, atomic_write, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from mnv2.weights.checkpoint import (
+    CheckpointMeta,
+    NonFiniteError,
+    atomic_write,
+    load_checkpoint,
+    non_finite_tensors,
+    read_checkpoint_meta,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 
 STATE_FILE = "train_state.pt"
 CPU = torch.device("cpu")
@@ -254,7 +263,18 @@ def _resolve(config: TrainConfig, out: Path, resume: bool, log) -> tuple[TrainCo
         return config, None
     if not (out / STATE_FILE).is_file():
         raise ResumeError(f"{str(out)!r} has no {STATE_FILE} to resume from")
-    state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # truncated, empty, not a torch file, or a pickle weights_only refuses
+        raise ResumeError(
+            f"{str(out / STATE_FILE)!r} is not a readable mnv2 training state ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]})"
+        ) from e
+    keys = ("config", "epoch", "step", "best", "history", "model", "optimizer", "ema")
+    if not isinstance(state, dict) or any(k not in state for k in keys) or not isinstance(state["config"], dict):
+        raise ResumeError(f"{str(out / STATE_FILE)!r} is not an mnv2 training state (missing keys)")
     saved = TrainConfig.from_dict(state["config"], f"{out}/{STATE_FILE}")
     now = {k: getattr(config, k) for k in RESUME_FLAGS}
     now["epochs"] = max(config.epochs, saved.epochs)
@@ -327,6 +347,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
     dtype = autocast_dtype(config.amp, device)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        for f in remove_stale_temporaries(out):
+            log(f"removed {f.name}, left by an interrupted write")
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()))
         log(_describe(task, config, model, pre, data, dtype, world))
     meta = CheckpointMeta(model.config, pre, data.class_names, {"framework": "mnv2", "recipe": config.recipe},
@@ -347,6 +369,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
                        desc=data.val_name, rank=rank)  # fmt: skip
         if config.qat:
             qat.observe(eval_model, True)
+        _check_finite(epoch, step, val, model, eval_model)
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": val[k] for k in writer.columns},
                "epoch_s": time.perf_counter() - t0, "img_s": img_s}  # fmt: skip
@@ -366,6 +389,22 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
     last = history[-1][f"val_{metric}"] if history else math.nan
     return {f"best_{metric}": best, f"last_{metric}": last, "metric": metric, "epochs": config.epochs,
             "wall_s": wall, "best": str(out / "best.safetensors")}  # fmt: skip
+
+
+def _check_finite(epoch: int, step: int, val: dict, *models: nn.Module) -> None:
+    """Stop a diverged run before anything of it is written: a non-finite val loss or weight ends it, naming the
+    epoch and step (the train loss is checked before every step in :func:`train_one_epoch`)."""
+    loss = val.get("loss")
+    where = f"at epoch {epoch + 1}, step {step}; lower --lr or add --grad-clip"
+    if isinstance(loss, float) and not math.isfinite(loss):
+        raise NonFiniteError(f"val loss became {loss} {where}")
+    for m in models:  # parameters and BN statistics (not QAT observers, whose unused ranges start at +-inf)
+        m = unwrap(m)
+        tensors = dict(m.named_parameters())
+        tensors.update((k, b) for k, b in m.named_buffers() if k.endswith(("running_mean", "running_var")))
+        bad = non_finite_tensors({k: t.detach() for k, t in tensors.items()})
+        if bad:
+            raise NonFiniteError(f"weights became non-finite ({', '.join(bad[:3])}) {where}")
 
 
 def _describe(task: Task, config: TrainConfig, model: nn.Module, pre, data, dtype, world: int) -> str:
@@ -418,4 +457,10 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
     path = Path(out_dir) / "config.yaml"
     if not path.is_file():
         raise ResumeError(f"{str(out_dir)!r} has no config.yaml")
-    return TrainConfig.from_dict(yaml.safe_load(path.read_text()), str(path))
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ResumeError(f"{str(path)!r} is not valid YAML ({' '.join(str(e).split())})") from e
+    if not isinstance(values, dict):
+        raise ResumeError(f"{str(path)!r} is not a mapping of config keys")
+    return TrainConfig.from_dict(values, str(path))

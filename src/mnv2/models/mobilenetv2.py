@@ -36,6 +36,7 @@ TABLE2: tuple[tuple[int, int, int, int], ...] = (
 STEM_CHANNELS = 32  # Table 2, first row: conv2d 3x3, 32 filters, stride 2
 HEAD_CHANNELS = 1280  # Table 2: conv2d 1x1 to 1280 before the pool
 MIN_INPUT_SIZE = 32  # five stride-2 stages: below 32 px the last feature map would be smaller than 1x1
+MAX_INPUT_SIZE = 8192  # a size check before any allocation (a 100000-px input would need terabytes)
 OUTPUT_STRIDES = (8, 16, 32)
 OUTPUTS = ("logits", "softmax")
 # The one vocabulary for what a model returns, used by exported files' metadata, engines and predict.
@@ -280,6 +281,8 @@ def check_resolution(resolution: int | tuple[int, int]) -> tuple[int, int]:
         raise ConfigError(
             f"resolution {h}x{w} is too small: MobileNetV2 needs at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels"
         )
+    if h > MAX_INPUT_SIZE or w > MAX_INPUT_SIZE:
+        raise ConfigError(f"resolution {h}x{w} is too large: at most {MAX_INPUT_SIZE}x{MAX_INPUT_SIZE} pixels")
     return h, w
 
 

@@ -12,6 +12,7 @@ Training state for ``--resume`` (optimizer, scheduler, EMA, RNG) is separate and
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import tempfile
@@ -74,18 +75,39 @@ class CheckpointMeta:
 
     @classmethod
     def from_json(cls, text: str) -> CheckpointMeta:
-        d = json.loads(text)
-        if d.get("format_version", 0) > FORMAT_VERSION:
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise CheckpointError(f"the mnv2 metadata is not valid JSON ({e})") from e
+        if not isinstance(d, dict):
+            raise CheckpointError(f"the mnv2 metadata must be a JSON object, not {type(d).__name__}")
+        version = d.get("format_version", 0)
+        if not isinstance(version, int):
+            raise CheckpointError(f"the mnv2 metadata's format_version {version!r} is not an integer")
+        if version > FORMAT_VERSION:
             raise CheckpointError(f"checkpoint format {d['format_version']} is newer than this mnv2 understands")
-        d["model_config"] = MobileNetV2Config.from_dict(d["model_config"])
-        d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
-        return strict_from_dict(cls, d, "checkpoint metadata")
+        for key in ("model_config", "preprocessing"):
+            if not isinstance(d.get(key), dict):
+                raise CheckpointError(f"the mnv2 metadata has no {key!r} object (got {d.get(key)!r})")
+        names = d.get("class_names")
+        if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise CheckpointError("the mnv2 metadata's class_names must be a list of strings")
+        try:
+            d["model_config"] = MobileNetV2Config.from_dict(d["model_config"])
+            d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
+            return strict_from_dict(cls, d, "checkpoint metadata")
+        except Mnv2Error:
+            raise
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"the mnv2 metadata is invalid ({type(e).__name__}: {e})") from e
 
 
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", str(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -99,6 +121,31 @@ def atomic_write(path: str | Path, write) -> None:
             os.unlink(tmp)
 
 
+class NonFiniteError(Mnv2Error):
+    """Weights or a loss became NaN or infinite (training diverged); nothing non-finite is written."""
+
+
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating tensors of ``state`` that hold a NaN or an infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the ``.<name>.*.tmp`` files an interrupted :func:`atomic_write` left in ``directory``."""
+    removed = []
+    d = Path(directory)
+    if not d.is_dir():
+        return removed
+    for f in d.glob(".*.tmp"):
+        if f.is_file():
+            try:
+                f.unlink()
+                removed.append(f)
+            except OSError:
+                pass
+    return removed
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) -> Path:
     """Write ``model``'s weights and ``meta`` to ``path`` (a ``.safetensors`` file), atomically."""
     from mnv2._version import __version__
@@ -106,6 +153,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     model = unwrap(model)
     meta = dataclasses.replace(meta, package_version=__version__)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    bad = non_finite_tensors(state)
+    if bad:
+        raise NonFiniteError(
+            f"refusing to write {str(path)!r}: {len(bad)} tensor(s) hold NaN or inf, e.g. {', '.join(bad[:5])}"
+        )
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: meta.to_json()}))
     return Path(path)
 
@@ -122,7 +174,10 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors checkpoint ({e})") from e
     if METADATA_KEY not in header:
         raise CheckpointError(f"{str(path)!r} is a safetensors file without mnv2 metadata; use `mnv2 convert` on it")
-    return CheckpointMeta.from_json(header[METADATA_KEY])
+    try:
+        return CheckpointMeta.from_json(header[METADATA_KEY])
+    except CheckpointError as e:
+        raise CheckpointError(f"{str(path)!r}: {e}") from e
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -140,7 +195,28 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
         task = get_task(meta.task)
     except ConfigError as e:
         raise CheckpointError(f"{str(path)!r}: {e}") from e
-    model = task.from_meta(meta)
+    n_out = meta.model_config.num_classes
+    if meta.class_names is not None and meta.task == DEFAULT_TASK and n_out and len(meta.class_names) != n_out:
+        raise CheckpointError(
+            f"{str(path)!r} names {len(meta.class_names)} classes but its classifier has {n_out} outputs"
+        )
+    try:
+        model = task.from_meta(meta)
+    except Mnv2Error:
+        raise
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{str(path)!r}: its metadata does not describe a buildable model ({e})") from e
+    own = model.state_dict()
+    wrong = [
+        f"{k} ({v.dtype})"
+        for k, v in state.items()
+        if k in own and own[k].is_floating_point() and not v.is_floating_point()
+    ]
+    if wrong:
+        raise CheckpointError(f"{str(path)!r} holds non-floating weights where floats belong: {', '.join(wrong[:5])}")
+    bad = non_finite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{str(path)!r} holds NaN or inf in {len(bad)} tensor(s), e.g. {', '.join(bad[:5])}")
     load_state_dict_checked(model, state, source=str(path))
     model.meta = meta
     return model.to(device).eval()

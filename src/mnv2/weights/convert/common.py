@@ -242,7 +242,7 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             f"tensors). mnv2 loads PyTorch files only with torch.load(weights_only=True); save "
             f"model.state_dict() instead. Detail: {str(e).splitlines()[-1][:200]}"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, SafetensorError) as e:
         raise ConvertError(f"{str(path)!r} is truncated or not a PyTorch/safetensors weights file ({e})") from e
     return flatten_state(obj, str(path))
 

@@ -256,6 +256,95 @@ def _input_size(config: dict) -> int | None:
     return None
 
 
+def _pair(v: Any) -> tuple | None:
+    if isinstance(v, int):
+        return (v, v)
+    return tuple(v) if isinstance(v, (list, tuple)) else None
+
+
+def _expected_body() -> dict[str, tuple[str, int, int]]:
+    """keras.applications.MobileNetV2's conv layers: name -> (kind, kernel, stride)."""
+    out = {"Conv1": ("Conv2D", 3, 2), "Conv_1": ("Conv2D", 1, 1)}
+    for spec in structure():
+        p = _prefix(spec)
+        if spec.expand_ratio != 1:
+            out[f"{p}_expand"] = ("Conv2D", 1, 1)
+        out[f"{p}_depthwise"] = ("DepthwiseConv2D", 3, spec.stride)
+        out[f"{p}_project"] = ("Conv2D", 1, 1)
+    return out
+
+
+def _is_relu6(layer: dict) -> bool:
+    cls, c = layer.get("class_name"), layer.get("config", {})
+    if cls == "ReLU":
+        mx = c.get("max_value")
+        return mx is not None and float(mx) == 6.0 and not float(c.get("negative_slope") or 0.0)
+    if cls == "Activation":
+        return c.get("activation") == "relu6"
+    return False
+
+
+def _describe_layer(layer: dict) -> str:
+    cls, c = layer.get("class_name"), layer.get("config", {})
+    if cls == "Activation":
+        return f"Activation({c.get('activation')!r})"
+    if cls == "ReLU":
+        return f"ReLU(max_value={c.get('max_value')}, negative_slope={c.get('negative_slope', 0.0)})"
+    return str(cls)
+
+
+def _differs(name: str, what: str) -> ConvertError:
+    return ConvertError(f"body layer {name!r} differs from MobileNetV2: {what}")
+
+
+def check_body(body_layers: list[dict]) -> None:
+    """Every layer of the body must be MobileNetV2's: kind, activation, kernel, stride and padding; the first that
+    differs is named (e.g. a swish where the paper has ReLU6 would convert to different outputs)."""
+    expected = _expected_body()
+    names = {_layer_name(la) for la in body_layers}
+    missing = [n for n in expected if n not in names]
+    if missing:
+        raise ConvertError(f"the MobileNetV2 body has no layer {missing[0]!r} ({len(missing)} missing)")
+    for la in body_layers:
+        name, cls, c = _layer_name(la), la.get("class_name"), la.get("config", {})
+
+        if name in expected:
+            kind, kernel, stride = expected[name]
+            if cls != kind:
+                raise _differs(name, f"{cls}, expected {kind}")
+            if c.get("activation", "linear") not in ("linear", None):
+                raise _differs(
+                    name, f"activation {c.get('activation')!r}, expected linear (the ReLU6 is its own layer)"
+                )
+            if _pair(c.get("kernel_size")) != (kernel, kernel):
+                raise _differs(name, f"kernel {c.get('kernel_size')}, expected {kernel}x{kernel}")
+            if _pair(c.get("strides", 1)) != (stride, stride):
+                raise _differs(name, f"stride {c.get('strides')}, expected {stride}")
+            if _pair(c.get("dilation_rate", 1)) not in ((1, 1), None):
+                raise _differs(name, f"dilation {c.get('dilation_rate')}, expected 1")
+            if int(c.get("groups", 1) or 1) != 1 or int(c.get("depth_multiplier", 1) or 1) != 1:
+                raise _differs(name, "grouped conv or depth multiplier != 1")
+            padding = c.get("padding", "valid")
+            # TF SAME: "same", or "valid" after Keras's explicit ZeroPadding2D (stride 2) / on a 1x1 conv
+            pad_layer = f"{name[: -len('_depthwise')]}_pad" if name.endswith("_depthwise") else f"{name}_pad"
+            if padding != "same" and not (kernel == 1 or (padding == "valid" and pad_layer in names)):
+                raise _differs(name, f"padding {padding!r} without the zero padding MobileNetV2 needs")
+        elif name.endswith("_relu") or name == "out_relu":
+            if not _is_relu6(la):
+                raise _differs(name, f"{_describe_layer(la)}, expected ReLU6 (ReLU with max_value 6)")
+        elif name.endswith(("_BN", "_bn")) or name == "bn_Conv1":
+            if cls != "BatchNormalization":
+                raise _differs(name, f"{cls}, expected BatchNormalization")
+        elif name.endswith("_pad"):
+            if cls != "ZeroPadding2D":
+                raise _differs(name, f"{cls}, expected ZeroPadding2D")
+        elif name.endswith("_add"):
+            if cls != "Add":
+                raise _differs(name, f"{cls}, expected Add")
+        elif cls not in ("InputLayer",) and not name.startswith("input"):
+            raise _differs(name, f"unexpected {cls} layer inside the body")
+
+
 def _analyse(config: dict) -> dict[str, Any]:
     """Head, BN settings and input scaling of a saved Keras model, from its config alone."""
     top, body = _find_body(config)
@@ -268,6 +357,7 @@ def _analyse(config: dict) -> dict[str, Any]:
                 f"layer {_layer_name(la)!r} is a {la['class_name']}: it holds arbitrary Python code, which mnv2 never "
                 "runs; rebuild the model without it (e.g. use keras.layers.Rescaling for input scaling)"
             )
+    check_body(body_layers)
     out: dict[str, Any] = {"dense": None, "activation": None, "dropout": None, "pooled": False, "rescale": None}
     bns = [la.get("config", {}) for la in body_layers if la.get("class_name") == "BatchNormalization"]
     eps = {float(c.get("epsilon", BN_EPS_TF)) for c in bns}

@@ -1,0 +1,446 @@
+"""Issue 18: one error surface and no silent wrong result.
+
+A catalogue of bad inputs across the verbs: each runs ``mnv2.cli.main(argv)`` in-process and must end with exit
+status 2, exactly one stderr line starting ``mnv2: error:``, no traceback and nothing left at the output location.
+The formerly silent cases also check the correct behaviour.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from conftest import make_image_folder
+from mnv2.cli import EXIT_BUG, main
+from mnv2.data.preprocessing import Preprocessing
+from mnv2.models import mobilenet_v2
+from mnv2.weights.checkpoint import METADATA_KEY, CheckpointMeta, NonFiniteError, save_checkpoint
+
+CLASSES = ["blue", "green", "red"]  # make_image_folder's classes, sorted as the folder scan sorts them
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # progress bars would be extra stderr lines
+    monkeypatch.delenv("MNV2_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Tiny data and checkpoints shared by the catalogue: ``{name: path}``."""
+    root = tmp_path_factory.mktemp("reliability")
+    p = {"root": root}
+    p["split"] = make_image_folder(root / "split", classes=("red", "green", "blue"), n=4, size=36)  # root/<class>
+    p["tv"] = root / "tv"
+    make_image_folder(p["tv"] / "train", n=4, size=36, seed=1)
+    make_image_folder(p["tv"] / "val", n=2, size=36, seed=2)
+    p["one"] = make_image_folder(root / "one", classes=("red",), n=4, size=36)
+    torch.manual_seed(0)
+    model = mobilenet_v2(width_mult=0.35, num_classes=3, stem_stride=1)
+    meta = CheckpointMeta(model.config, Preprocessing(input_size=32, crop_pct=1.0), list(CLASSES))
+    p["ckpt"] = save_checkpoint(root / "good.safetensors", model, meta)
+    state = load_file(str(p["ckpt"]))
+    good_meta = json.loads(meta.to_json())
+
+    def variant(name, tensors=None, meta_text=None):
+        path = root / f"{name}.safetensors"
+        save_file(tensors or state, str(path), metadata={METADATA_KEY: meta_text or json.dumps(good_meta)})
+        p[name] = path
+
+    variant("not_json", meta_text="{not json")
+    variant("no_model_config", meta_text=json.dumps({k: v for k, v in good_meta.items() if k != "model_config"}))
+    variant("short_names", meta_text=json.dumps({**good_meta, "class_names": ["a", "b"]}))
+    variant("int8", tensors={k: v.to(torch.int8) if v.is_floating_point() else v for k, v in state.items()})
+    variant("nan", tensors={k: torch.full_like(v, math.nan) if v.is_floating_point() else v for k, v in state.items()})
+    variant("inf", tensors={**state, "classifier.weight": torch.full_like(state["classifier.weight"], math.inf)})
+    p["pickle"] = root / "pickle.safetensors"
+    p["pickle"].write_bytes(pickle.dumps({"a": 1}))
+    p["text"] = root / "text.safetensors"
+    p["text"].write_text("hello")
+    p["onnx"] = root / "trunc.onnx"
+    p["onnx"].write_bytes(b"\x08\x07\x12\x03abc\x1a")  # a truncated protobuf
+    p["file"] = root / "a_file"
+    p["file"].write_text("x")
+    p["dir"] = root / "a_dir"
+    p["dir"].mkdir()
+    p["img"] = root / "split" / "red" / "0.png"
+    for name, text in {
+        "scale": "augment:\n  scale: [0.5]\n",
+        "momentum": "momentum: 2\n",
+        "dropout": "dropout: 1.5\n",
+        "poly": "poly_power: -1\n",
+        "warmup": "warmup_epochs: .nan\n",
+        "decay": "decay_rate: 0\n",
+        "evalbatch": "eval_batch_size: 0\n",
+        "hflip": "augment:\n  hflip: 2\n",
+        "lrinf": "lr: .inf\n",
+        "threads": "threads: 0\n",
+    }.items():
+        (root / f"{name}.yaml").write_text(text)
+    # run directories whose train_state.pt is broken (config.yaml is valid)
+    from mnv2.engine.config import load_recipe
+
+    cfg = load_recipe("default").to_yaml()
+    for name, content in {"empty": b"", "truncated": None, "garbage": b"not a torch file at all"}.items():
+        d = root / f"run_{name}"
+        d.mkdir()
+        (d / "config.yaml").write_text(cfg)
+        if content is None:
+            torch.save({"config": {}, "model": state}, d / "train_state.pt")
+            data = (d / "train_state.pt").read_bytes()
+            content = data[: len(data) // 2]
+        (d / "train_state.pt").write_bytes(content)
+    d = root / "run_badcfg"
+    d.mkdir()
+    (d / "config.yaml").write_text(cfg.replace("lr: 0.4", "lr: .inf"))
+    torch.save({"x": 1}, d / "train_state.pt")
+    return p
+
+
+def T(*args):
+    """train on the tiny split folder, 1 epoch, one thread, no workers."""
+    return ["train", "--data", "{split}", "--epochs", "1", "--workers", "0", "--threads", "1", "--out", "{out}", *args]
+
+
+# (id, argv with {name} placeholders from `env` and {out}, a substring the one error line must hold)
+CATALOGUE = [
+    # train: flags
+    ("train-lr-inf", T("--lr", "inf"), "lr must be a finite number"),
+    ("train-lr-nan", T("--lr", "nan"), "lr must be a finite number"),
+    ("train-lr-zero", T("--lr", "0"), "lr must be"),
+    ("train-lr-text", T("--lr", "fast"), "--lr"),
+    ("train-wd-nan", T("--weight-decay", "nan"), "weight_decay"),
+    ("train-wd-negative", T("--weight-decay", "-1"), "weight_decay"),
+    ("train-smoothing", T("--label-smoothing", "1.5"), "label_smoothing"),
+    ("train-ema-one", T("--ema-decay", "1.0"), "ema_decay"),
+    ("train-ema-nan", T("--ema-decay", "nan"), "ema_decay"),
+    ("train-clip-negative", T("--grad-clip", "-1"), "grad_clip"),
+    ("train-clip-inf", T("--grad-clip", "inf"), "grad_clip"),
+    ("train-threads-negative", T("--threads", "-3"), "threads"),
+    ("train-threads-zero", T("--threads", "0"), "threads"),
+    ("train-workers-negative", T("--workers", "-1"), "workers"),
+    ("train-batch-zero", T("--batch-size", "0"), "batch_size"),
+    ("train-epochs-zero", T("--epochs", "0"), "epochs"),
+    ("train-resolution-huge", T("--resolution", "100000"), "at most 8192"),
+    ("train-resolution-small", T("--resolution", "16"), "resolution"),
+    ("train-width-zero", T("--width", "0"), "width"),
+    ("train-width-inf", T("--width", "inf"), "width"),
+    ("train-val-split-all", T("--val-split", "0.999"), "leaves no training image"),
+    ("train-val-split-nan", T("--val-split", "nan"), "val_split"),
+    ("train-val-split-one", T("--val-split", "1.0"), "val_split"),
+    ("train-freeze", T("--freeze", "stage:9"), "--freeze"),
+    ("train-task", T("--task", "pose"), "task"),
+    # train: recipes
+    ("recipe-scale-one-value", T("--recipe", "{root}/scale.yaml"), "augment.scale"),
+    ("recipe-momentum", T("--recipe", "{root}/momentum.yaml"), "momentum"),
+    ("recipe-dropout", T("--recipe", "{root}/dropout.yaml"), "dropout"),
+    ("recipe-poly-power", T("--recipe", "{root}/poly.yaml"), "poly_power"),
+    ("recipe-warmup-nan", T("--recipe", "{root}/warmup.yaml"), "warmup_epochs"),
+    ("recipe-decay-rate", T("--recipe", "{root}/decay.yaml"), "decay_rate"),
+    ("recipe-eval-batch", T("--recipe", "{root}/evalbatch.yaml"), "eval_batch_size"),
+    ("recipe-hflip", T("--recipe", "{root}/hflip.yaml"), "augment.hflip"),
+    ("recipe-lr-inf", T("--recipe", "{root}/lrinf.yaml"), "lr"),
+    ("recipe-missing", T("--recipe", "{root}/nope.yaml"), "nope.yaml"),
+    # train: data and files
+    ("train-one-class", ["train", "--data", "{one}", "--epochs", "1", "--workers", "0", "--out", "{out}"], "2 classes"),
+    ("train-data-missing", ["train", "--data", "{root}/none", "--epochs", "1", "--out", "{out}"], "does not exist"),
+    ("train-out-is-file", ["train", "--data", "{split}", "--epochs", "1", "--workers", "0", "--out", "{file}"],
+     "a_file"),
+    ("train-out-below-file", ["train", "--data", "{split}", "--epochs", "1", "--workers", "0", "--out",
+                              "{file}/run"], "not a directory"),
+    ("resume-empty-state", ["train", "--resume", "{root}/run_empty"], "train_state.pt"),
+    ("resume-truncated-state", ["train", "--resume", "{root}/run_truncated"], "train_state.pt"),
+    ("resume-garbage-state", ["train", "--resume", "{root}/run_garbage"], "train_state.pt"),
+    ("resume-config-lr-inf", ["train", "--resume", "{root}/run_badcfg"], "lr must be a finite number"),
+    ("resume-threads-zero", ["train", "--resume", "{root}/run_empty", "--threads", "0"], "threads must be"),
+    ("resume-no-run", ["train", "--resume", "{dir}"], "config.yaml"),
+    # detection / segmentation data
+    ("detection-no-annotations", ["train", "--task", "detection", "--data", "{split}", "--epochs", "1", "--workers",
+                                  "0", "--out", "{out}"], "not a detection dataset"),
+    ("segmentation-no-labels", ["train", "--task", "segmentation", "--data", "{split}", "--epochs", "1", "--workers",
+                                "0", "--out", "{out}"], "not a segmentation dataset"),
+    # eval
+    ("eval-batch-zero", ["eval", "{ckpt}", "--data", "{tv}", "--batch-size", "0"], "--batch-size"),
+    ("eval-batch-negative", ["eval", "{ckpt}", "--data", "{tv}", "--batch-size", "-5"], "--batch-size"),
+    ("eval-workers-negative", ["eval", "{ckpt}", "--data", "{tv}", "--workers", "-1"], "--workers"),
+    ("eval-meta-not-json", ["eval", "{not_json}", "--data", "{tv}"], "not valid JSON"),
+    ("eval-meta-no-model-config", ["eval", "{no_model_config}", "--data", "{tv}"], "model_config"),
+    ("eval-int8-weights", ["eval", "{int8}", "--data", "{tv}"], "non-floating"),
+    ("eval-nan-weights", ["eval", "{nan}", "--data", "{tv}", "--json"], "NaN or inf"),
+    ("eval-inf-weights", ["eval", "{inf}", "--data", "{tv}"], "classifier.weight"),
+    ("eval-missing-checkpoint", ["eval", "{root}/none.safetensors", "--data", "{tv}"], "does not exist"),
+    ("eval-text-checkpoint", ["eval", "{text}", "--data", "{tv}"], "text.safetensors"),
+    ("eval-tta", ["eval", "{ckpt}", "--data", "{tv}", "--tta", "zoom"], "zoom"),
+    # predict
+    ("predict-topk-zero", ["predict", "{ckpt}", "{img}", "--topk", "0"], "--topk"),
+    ("predict-threads-negative", ["predict", "{ckpt}", "{img}", "--threads", "-1"], "--threads"),
+    ("predict-short-names", ["predict", "{short_names}", "{img}"], "names 2 classes"),
+    ("predict-nan-weights", ["predict", "{nan}", "{img}"], "NaN or inf"),
+    ("predict-int8-weights", ["predict", "{int8}", "{img}"], "non-floating"),
+    ("predict-min-score", ["predict", "{ckpt}", "{img}", "--min-score", "2"], "--min-score"),
+    ("predict-missing-input", ["predict", "{ckpt}", "{root}/none.png"], "none.png"),
+    ("predict-truncated-onnx", ["predict", "{onnx}", "{img}"], "trunc.onnx"),
+    # convert
+    ("convert-pickle-as-safetensors", ["convert", "{pickle}", "--out", "{out}"], "pickle.safetensors"),
+    ("convert-missing-source", ["convert", "{root}/none.h5", "--out", "{out}"], "none.h5"),
+    ("convert-out-is-dir", ["convert", "{ckpt}", "--out", "{dir}"], "is a directory"),
+    ("convert-out-below-file", ["convert", "{ckpt}", "--out", "{file}/x.safetensors"], "not a directory"),
+    ("quantize-out-is-dir", ["quantize", "{ckpt}", "--calibration", "{tv}", "--out", "{dir}"], "is a directory"),
+    # export
+    ("export-out-is-dir", ["export", "{ckpt}", "--out", "{dir}"], "a_dir"),
+    ("export-input-size-zero", ["export", "{ckpt}", "--out", "{out}", "--input-size", "0"], "--input-size"),
+    ("export-input-size-huge", ["export", "{ckpt}", "--out", "{out}", "--input-size", "100000"], "at most"),
+    ("export-nan-weights", ["export", "{nan}", "--out", "{out}"], "NaN or inf"),
+    ("export-format", ["export", "{ckpt}", "--out", "{out}", "--format", "coreml"], "coreml"),
+    # quantize
+    ("quantize-num-calibration-zero", ["quantize", "{ckpt}", "--calibration", "{tv}", "--out", "{out}",
+                                       "--num-calibration", "0"], "--num-calibration"),
+    ("quantize-workers-negative", ["quantize", "{ckpt}", "--calibration", "{tv}", "--out", "{out}", "--workers",
+                                   "-1"], "--workers"),
+    ("quantize-calibration-missing", ["quantize", "{ckpt}", "--calibration", "{root}/none", "--out", "{out}"],
+     "none"),
+    ("quantize-nan-weights", ["quantize", "{nan}", "--calibration", "{tv}", "--out", "{out}"], "NaN or inf"),
+    # bench and summary
+    ("bench-resolution-huge", ["bench", "--resolution", "100000"], "at most 8192"),
+    ("bench-batch-zero", ["bench", "--batch", "0"], "--batch"),
+    ("bench-threads-zero", ["bench", "--threads", "0"], "--threads"),
+    ("bench-rounds-zero", ["bench", "--rounds", "0"], "--rounds"),
+    ("bench-memory-resolution-huge", ["bench", "--memory", "--resolution", "100000"], "at most 8192"),
+    ("summary-resolution-huge", ["summary", "--resolution", "100000"], "at most 8192"),
+    ("summary-width-nan", ["summary", "--width", "nan"], "nan"),
+    ("unknown-verb", ["fly"], "fly"),
+]  # fmt: skip
+
+
+def run(argv, capsys):
+    """``main(argv)`` in-process: (exit status, stdout, stderr); argparse's SystemExit counts as the status."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_error_line(rc, err, needle=""):
+    lines = err.strip().splitlines()
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("mnv2: error:"), err
+    assert "Traceback" not in err
+    assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(("argv", "needle"), [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
+def test_bad_input_is_one_line_exit_2(env, argv, needle, tmp_path, capsys):
+    out = tmp_path / "out" / "result"
+    names = {k: str(v) for k, v in env.items()}
+    argv = [a.format(**names, out=out) for a in argv]
+    before = {p: sorted(Path(p).iterdir()) for p in (env["dir"],)}
+    rc, _, err = run(argv, capsys)
+    assert_one_error_line(rc, err, needle)
+    assert not out.exists() and not (tmp_path / "out").exists(), "a failed command left its output behind"
+    assert {p: sorted(Path(p).iterdir()) for p in before} == before
+    assert env["file"].read_text() == "x"
+    leftovers = [f for f in env["root"].rglob(".*.tmp")]
+    assert not leftovers
+
+
+def test_catalogue_is_large():
+    assert len(CATALOGUE) >= 50
+    verbs = {c[1][0] for c in CATALOGUE}
+    assert {"train", "eval", "predict", "convert", "export", "quantize", "bench"} <= verbs
+
+
+# ---- the formerly silent cases: the correct behaviour ----
+
+
+def test_sixteen_bit_and_float_images_predict_like_eight_bit(env, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 40), dtype=np.uint16)
+    Image.fromarray(a.astype(np.uint8)).save(tmp_path / "g8.png")
+    Image.fromarray(a * 257).save(tmp_path / "g16.png")
+    Image.fromarray(a.astype(np.float32) / 255).save(tmp_path / "gf.tiff")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    results = []
+    for name in ("g8.png", "g16.png", "gf.tiff"):
+        rc, out, _ = run(["predict", env["ckpt"], tmp_path / name, "--json", "--topk", "3"], capsys)
+        assert rc == 0
+        results.append([(c["class"], round(c["prob"], 5)) for c in json.loads(out)[0]["top"]])
+    assert results[0] == results[1] == results[2]
+
+
+def test_eval_confusion_dir_reports_the_file_written(env, tmp_path, capsys):
+    d = tmp_path / "reports"
+    d.mkdir()
+    rc, out, _ = run(["eval", env["ckpt"], "--data", env["tv"], "--workers", "0", "--confusion", d, "--json"], capsys)
+    assert rc == 0
+    r = json.loads(out)
+    assert Path(r["confusion_png"]).is_file() and Path(r["confusion_png"]).parent == d
+    assert not Path(str(d) + ".png").exists()
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "read-only"])
+def test_eval_prints_results_when_the_plot_cannot_be_written(env, tmp_path, capsys, monkeypatch, where):
+    args = ["eval", env["ckpt"], "--data", env["tv"], "--workers", "0", "--json"]
+    if where == "missing-dir":
+        args += ["--confusion", tmp_path / "no" / "such" / "c.png"]
+    else:  # root ignores permissions: simulate the read-only file system
+        from matplotlib.figure import Figure
+
+        def readonly(*a, **k):
+            raise OSError(errno.EROFS, "Read-only file system", "good.confusion.png")
+
+        monkeypatch.setattr(Figure, "savefig", readonly)
+    rc, out, err = run(args, capsys)
+    assert rc == 0
+    r = json.loads(out)
+    assert r["n"] == 6 and r["confusion_png"] is None and "not written" in r["confusion_error"]
+    assert "mnv2: warning:" in err and "not written" in err and "Traceback" not in err
+    assert "NaN" not in out
+
+
+def test_json_output_is_strict():
+    from mnv2.cli import _dumps
+
+    text = _dumps({"loss": math.nan, "x": [math.inf, 1.0], "y": {"z": -math.inf}})
+    assert json.loads(text) == {"loss": None, "x": [None, 1.0], "y": {"z": None}}
+
+
+def test_no_checkpoint_with_non_finite_weights_is_written(tmp_path):
+    model = mobilenet_v2(width_mult=0.35, num_classes=3)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = math.nan
+    with pytest.raises(NonFiniteError, match=r"classifier\.weight"):
+        save_checkpoint(tmp_path / "x.safetensors", model, CheckpointMeta(model.config))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_training_stops_on_non_finite_val_loss_or_weights():
+    from mnv2.engine.loop import _check_finite
+
+    model = mobilenet_v2(width_mult=0.35, num_classes=3)
+    _check_finite(0, 5, {"loss": 1.0}, model)
+    with pytest.raises(NonFiniteError, match="epoch 2, step 7"):
+        _check_finite(1, 7, {"loss": math.nan}, model)
+    with torch.no_grad():
+        model.classifier.bias[0] = math.inf
+    with pytest.raises(NonFiniteError, match=r"classifier\.bias"):
+        _check_finite(0, 3, {"loss": 1.0}, model)
+
+
+def test_training_removes_stale_temporaries_and_still_works(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".last.safetensors.abc123.tmp"
+    stale.write_bytes(b"half")
+    argv = ["train", "--data", env["tv"], "--epochs", "1", "--workers", "0", "--threads", "1", "--batch-size", "8",
+            "--width", "0.35", "--resolution", "32", "--out", out]  # fmt: skip
+    rc, stdout, err = run(argv, capsys)
+    assert rc == 0, err
+    assert not stale.exists() and "removed .last.safetensors.abc123.tmp" in stdout
+    assert (out / "best.safetensors").is_file() and not list(out.glob(".*.tmp"))
+
+
+def test_io_errors_are_one_line(env, tmp_path, capsys, monkeypatch):
+    import mnv2.deploy
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.onnx"))
+
+    monkeypatch.setattr(mnv2.deploy, "export", full)
+    rc, _, err = run(["export", env["ckpt"], "--out", tmp_path / "m.onnx"], capsys)
+    assert_one_error_line(rc, err, "no space left on device")
+    assert "m.onnx" in err
+
+
+def test_a_bug_is_one_line_asking_for_a_report(env, capsys, monkeypatch):
+    import mnv2.cli
+
+    def boom(args):
+        raise RuntimeError("unexpected\nstate")
+
+    monkeypatch.setattr(mnv2.cli, "cmd_models", boom)
+    rc, _, err = run(["models"], capsys)
+    assert rc == EXIT_BUG == 70
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "bug" in lines[0] and "report" in lines[0] and "Traceback" not in err
+    monkeypatch.setenv("MNV2_DEBUG", "1")
+    rc, _, err = run(["models"], capsys)
+    assert rc == 70 and "Traceback" in err
+
+
+def test_subprocess_error_is_one_line():
+    r = subprocess.run(
+        [sys.executable, "-m", "mnv2.cli", "eval", "/no/such.safetensors", "--batch-size", "-5"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TQDM_DISABLE": "1"},
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("mnv2: error:")
+
+
+# ---- Keras converter: every body layer is checked ----
+
+
+@pytest.fixture(scope="module")
+def keras_model_file(tmp_path_factory):
+    import keras
+
+    path = tmp_path_factory.mktemp("keras") / "mnv2.keras"
+    keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, weights=None, classes=4).save(path)
+    return path
+
+
+def _edit_keras(src: Path, dst: Path, name: str, edit) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(files["config.json"])
+    layers = {la["config"]["name"]: la for la in config["config"]["layers"]}
+    edit(layers[name])
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(dst, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    return dst
+
+
+def _swish(la):
+    la["class_name"], la["config"] = "Activation", {"name": la["config"]["name"], "activation": "swish"}
+
+
+KERAS_EDITS = [
+    ("swish", "block_3_expand_relu", _swish, "'block_3_expand_relu' differs from MobileNetV2: Activation('swish')"),
+    ("relu-unbounded", "Conv1_relu", lambda la: la["config"].update(max_value=None), "expected ReLU6"),
+    ("stride", "block_2_depthwise", lambda la: la["config"].update(strides=[2, 2]), "'block_2_depthwise'"),
+    ("kernel", "block_5_depthwise", lambda la: la["config"].update(kernel_size=[5, 5]), "kernel [5, 5]"),
+    ("activation", "block_1_project", lambda la: la["config"].update(activation="relu"), "activation 'relu'"),
+    ("padding", "block_4_depthwise", lambda la: la["config"].update(padding="valid"), "padding 'valid'"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(("layer", "edit", "needle"), [k[1:] for k in KERAS_EDITS], ids=[k[0] for k in KERAS_EDITS])
+def test_keras_body_layer_that_differs_is_named(keras_model_file, layer, edit, needle, tmp_path, capsys):
+    src = _edit_keras(keras_model_file, tmp_path / "edited.keras", layer, edit)
+    out = tmp_path / "out" / "x.safetensors"
+    rc, _, err = run(["convert", src, "--out", out], capsys)
+    assert_one_error_line(rc, err, needle)
+    assert not out.exists() and not out.parent.exists()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_keras_unedited_model_still_converts(keras_model_file, tmp_path, capsys):
+    rc, _, err = run(["convert", keras_model_file, "--out", tmp_path / "x.safetensors"], capsys)
+    assert rc == 0, err
