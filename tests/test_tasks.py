@@ -99,7 +99,7 @@ def test_resume_honours_workers_and_threads_and_warns_on_threads(tmp_path, image
     assert (saved["epochs"], saved["workers"], saved["threads"]) == (2, 1, 2)
     assert torch.get_num_threads() == 2
     assert any("bit-for-bit" in m and "--threads 2" in m for m in logs)
-    assert any("honours --workers, --epochs, --threads" in m for m in logs)
+    assert logs[0].startswith(f"resuming {run} at epoch 2/2 (honours --workers, --epochs, --threads;")
     torch.set_num_threads(1)
 
 

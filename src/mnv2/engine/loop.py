@@ -278,6 +278,9 @@ def _resolve(config: TrainConfig, out: Path, resume: bool, log) -> tuple[TrainCo
     saved = TrainConfig.from_dict(state["config"], f"{out}/{STATE_FILE}")
     now = {k: getattr(config, k) for k in RESUME_FLAGS}
     now["epochs"] = max(config.epochs, saved.epochs)
+    # the first line of a resumed run says what it takes from the command line and what from the saved run
+    log(f"resuming {out} at epoch {state['epoch'] + 1}/{now['epochs']} (honours --{', --'.join(RESUME_FLAGS)}; "
+        "everything else is the saved run's config)")  # fmt: skip
     if saved.threads != config.threads:
         log(f"note: --threads {config.threads} differs from the run's {saved.threads}: bit-for-bit reproduction of "
             "the uninterrupted run needs the same thread count")  # fmt: skip
@@ -336,8 +339,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start_epoch, step, best, history = state["epoch"], state["step"], state["best"], list(state["history"])
-        if rank == 0:
-            log(f"resuming {out} at epoch {start_epoch + 1}/{config.epochs} (honours --{', --'.join(RESUME_FLAGS)})")
     train_model = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
