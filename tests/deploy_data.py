@@ -1,7 +1,8 @@
 """A small learnable task for the deployment tests: accuracy there means something, unlike on random weights.
 
 Images are 32x32 RGB noise with one coloured 10x10 square; the class is (quadrant of the square) x (red or
-green): 8 classes. A MobileNetV2 0.35 learns it in a few hundred steps on CPU (~95% held-out top-1).
+green): 8 classes. A MobileNetV2 0.35 learns it in 600 steps on CPU (100% held-out top-1 on 2026-11-29's machine;
+300 steps gave 68% there, on 217d691's code too, which left the INT8 tests' fp32 bound of 70% unmet).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def batches(n: int, seed: int, batch: int = 64):
     return [(xf[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
 
 
-def train_tiny(path, steps: int = 300, padding: str = "torch") -> None:
+def train_tiny(path, steps: int = 600, padding: str = "torch") -> None:
     """Train MobileNetV2 0.35 on the task and save an mnv2 checkpoint at ``path``."""
     torch.manual_seed(0)
     model = mobilenet_v2(width_mult=0.35, num_classes=NUM_CLASSES, padding=padding, dropout=0.0)
