@@ -262,10 +262,8 @@ def _set_threads() -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mnv2.engine.evaluate import evaluate_checkpoint
-    from mnv2.tasks import get_task
-    from mnv2.weights.checkpoint import read_checkpoint_meta
 
-    task = get_task(read_checkpoint_meta(args.checkpoint).task)
+    task = _task_of(args.checkpoint)
     _set_threads()
     r = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, workers=args.workers,

@@ -210,9 +210,8 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------------------------- run directory
-def csv_fields(task: Task, class_names: list[str]) -> tuple[str, ...]:
-    """The metrics CSV's columns: the loss and the task's train parts, the evaluator's columns, timing."""
-    columns = task.evaluator(class_names).columns
+def csv_fields(task: Task, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The metrics CSV's columns: the loss and the task's train parts, the evaluator's ``columns``, timing."""
     return ("epoch", "lr", "train_loss", *(f"train_{p}" for p in task.train_parts),
             *(f"val_{c}" for c in columns), "epoch_s", "img_s")  # fmt: skip
 
@@ -427,7 +426,7 @@ class _RunWriter:
         self.out, self.task, self.config, self.data, self.meta, self.active = out, task, config, data, meta, active
         evaluator = task.evaluator(data.class_names)
         self.columns, self.best = evaluator.columns, evaluator.best
-        self.fields = csv_fields(task, data.class_names)
+        self.fields = csv_fields(task, evaluator.columns)
         self.tb = _TensorBoard(out / "tensorboard", active)
 
     def end_epoch(self, epoch: int, row: dict, val: dict, history: list[dict], best: float, model, state: dict):
