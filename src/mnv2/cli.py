@@ -447,6 +447,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return _bench_memory(args) if args.memory else _bench_speed(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+    import logging
+    import os
+
+    missing = [m for m in ("starlette", "uvicorn", "multipart", "prometheus_client") if not importlib.util.find_spec(m)]
+    if missing:
+        raise ConfigError(f"mnv2 serve needs {', '.join(missing)}: pip install 'mnv2[serve]'")
+    from mnv2.serve import API_KEY_ENV, ServeSettings, serve
+
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+    )
+    _check_port(args.host, args.port)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    serve(args.models, args.host, args.port, settings, engine=args.engine, threads=args.threads)
+    return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """A clear error for a port in use (uvicorn would log it and exit 1 after loading every model)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mnv2._version import __version__
 
@@ -568,6 +605,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="memory: cpu, or cuda (torch.cuda.max_memory_allocated)")
     p.add_argument("--plot", default=None, help="memory: also write the per-layer memory plot (PNG)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="an HTTP API and a web page for checkpoints or exported files of any task")
+    p.add_argument("models", nargs="+", help="checkpoints (.safetensors) or exported .onnx/.tflite files")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback needs an API key")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="bearer token required on /v1 and /metrics (or MNV2_API_KEY)")
+    p.add_argument("--engine", default="auto", help="auto (the fastest installed) or onnxruntime, openvino, litert, "
+                   "torch")  # fmt: skip
+    p.add_argument("--threads", type=_positive, default=None, help="inference threads per model (default: all)")
+    p.add_argument("--max-batch", type=_positive, default=32, help="most images per forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    p.add_argument("--max-queue", type=_positive, default=64, help="requests waiting per model; more get 503")
+    p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body (413 above)")
+    p.add_argument("--max-megapixels", type=float, default=40.0, help="largest image, from its header (413 above)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

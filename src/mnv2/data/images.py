@@ -35,6 +35,31 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(f"cannot decode image {str(path)!r} ({e})") from e
 
 
+class ImageTooLarge(ImageError):
+    """An image whose pixel count is over the caller's limit (refused from its header, before decoding)."""
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image held in memory (an upload) to RGB, as :func:`load_image` does a file.
+
+    ``max_pixels`` refuses images larger than that from the header alone, so a decompression bomb (a small file of
+    a huge, uniform image) is never decoded; Pillow's own bomb check applies besides.
+    """
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageTooLarge(f"the image is {w} x {h} pixels; at most {max_pixels:,} pixels are accepted")
+            im.load()  # truncated data fails here
+            return _to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"the image is too large to decode safely ({e})") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"cannot decode the image ({e})") from e
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """RGB of ``im``, decoded by what it is: 16-bit (``I;16*``, ``I``) and float (``F``) single-channel images are
     scaled to 8 bits (Pillow's own conversion clips them, turning a 16-bit image near-white); palette, CMYK, RGBA

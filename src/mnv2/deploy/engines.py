@@ -110,7 +110,8 @@ class TorchEngine(Engine):
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
             t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-            return self.model(t).numpy()
+            out = self.model(t)  # detection: a (box codes, class logits) pair
+            return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()
 
 
 class OrtEngine(Engine):
@@ -270,6 +271,17 @@ def _is_int8(path: Path) -> bool:
     return read_model_metadata(path).get("precision") == "int8"
 
 
+# Tasks whose checkpoints the export engines convert on the fly (ONNX/TFLite with parity); the detection and
+# segmentation exports are not parity-checked yet, so their checkpoints run on torch under ``auto``.
+EXPORTED_TASKS = ("classification",)
+
+
+def _checkpoint_task(path: Path) -> str:
+    from mnv2.weights.checkpoint import read_checkpoint_meta
+
+    return read_checkpoint_meta(path).task
+
+
 # Which engines read which exported file (a checkpoint runs on every engine, converted and cached as needed).
 FILE_ENGINES = {".onnx": ONNX_ENGINES, ".tflite": ("litert",)}
 
@@ -307,7 +319,9 @@ def load_engine(
         raise ConfigError(f"{str(path)!r} is not an INT8 model; make one with `mnv2 quantize`")
     if file_precision == "int8" and precision != "int8":
         raise ConfigError(f"{str(path)!r} is an INT8 model; it runs only with precision int8")
-    if engine == "auto":  # an exported file runs on the engines that read its format
+    if engine == "auto" and not file_engines and _checkpoint_task(path) not in EXPORTED_TASKS:
+        name = "torch"
+    elif engine == "auto":  # an exported file runs on the engines that read its format
         usable = [e for e in installed_engines() if not file_engines or e in file_engines]
         name = pick_engine(precision, usable)
     else:
@@ -354,26 +368,16 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def predict(
-    source: str | Path,
-    inputs: list[str],
-    engine: str = "auto",
-    precision: str | None = None,
-    *,
-    topk: int = 5,
-    batch_size: int = 64,
-    strict: bool = False,
-    threads: int | None = None,
-    **options: Any,
-) -> list[dict]:
-    """``mnv2 predict --engine``: the task's results (classification: top-``topk`` classes) of image files with
-    ``source`` (a checkpoint, or an ONNX or TFLite file from ``mnv2 export``/``mnv2 quantize``) run by ``engine``;
-    preprocessing, class names and task come from the file's own metadata (results as the torch path's)."""
+def model_info(source: str | Path) -> tuple[Any, dict]:
+    """The task and what its ``predict``/``results`` need (preprocessing, class names, output kind, head) of a
+    checkpoint or an exported ONNX/TFLite file, from the file's own metadata."""
     from mnv2.deploy.onnx_export import read_model_metadata
     from mnv2.tasks import get_task, predict_info
     from mnv2.weights.checkpoint import read_checkpoint_meta
 
     path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"model file {str(path)!r} does not exist")
     if path.suffix in FILE_ENGINES:
         meta = read_model_metadata(path)
         if "preprocessing" not in meta:
@@ -394,9 +398,30 @@ def predict(
     else:
         cmeta = read_checkpoint_meta(path)
         info, task = predict_info(cmeta), get_task(cmeta.task)
+    return task, info
+
+
+def predict(
+    source: str | Path,
+    inputs: list[str],
+    engine: str = "auto",
+    precision: str | None = None,
+    *,
+    topk: int = 5,
+    batch_size: int = 64,
+    strict: bool = False,
+    threads: int | None = None,
+    **options: Any,
+) -> list[dict]:
+    """``mnv2 predict --engine``: the task's results (classification: top-``topk`` classes) of image files with
+    ``source`` (a checkpoint, or an ONNX or TFLite file from ``mnv2 export``/``mnv2 quantize``) run by ``engine``;
+    preprocessing, class names and task come from the file's own metadata (results as the torch path's)."""
+    path = Path(source)
+    task, info = model_info(path)
     run = load_engine(path, engine, precision, threads)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(run(x.numpy()))
+    def forward(x: torch.Tensor) -> Any:
+        out = run(x.numpy())
+        return tuple(torch.from_numpy(o) for o in out) if isinstance(out, tuple) else torch.from_numpy(out)
 
     return task.predict(forward, inputs, info, topk=topk, batch_size=batch_size, strict=strict, **options)

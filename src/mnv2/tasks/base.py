@@ -64,6 +64,11 @@ class Task:
         tta_modes: the test-time augmentations ``infer`` knows; ``"none"`` first.
         load_eval_data: ``(data, preprocessing, batch_size, *, split, workers, strict, limit, in_chans)
             -> (batches, class_names | None, report)``.
+        prepare: ``(image, info) -> tensor``: one decoded RGB PIL image as the model's CHW input (``info`` from
+            ``mnv2.tasks.predict_info``); inputs of one shape stack into a batch.
+        results: ``(outputs, images, info, **options) -> list[dict]``: the task's answer for each image of a batch
+            from the model's ``outputs`` (JSON-ready, except a segmentation ``mask`` array); a server or ``predict``
+            adds paths and files.
         predict: ``(forward, paths, meta, **options) -> list[dict]``: post-processed results of image files.
         format_prediction: ``(result) -> str``: one line of ``mnv2 predict``'s text output.
         plot_report: ``(result, class_names, path, title) -> Path``: the evaluation's picture.
@@ -84,6 +89,8 @@ class Task:
     infer: Callable[[nn.Module, torch.Tensor, str], Any]
     tta_modes: Sequence[str]
     load_eval_data: Callable[..., tuple]
+    prepare: Callable[[Any, dict], torch.Tensor]
+    results: Callable[..., list[dict]]
     predict: Callable[..., list[dict]]
     format_prediction: Callable[[dict], str]
     plot_report: Callable[..., Any]

@@ -187,6 +187,32 @@ def format_metrics(m: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- prediction
+def _names(info: dict) -> list[str]:
+    names = info["class_names"]
+    return [str(i) for i in range(names)] if isinstance(names, int) else list(names)
+
+
+def prepare(image, info: dict) -> torch.Tensor:
+    """Eval preprocessing of one RGB PIL image (resize, centre crop, normalise) as the checkpoint records it."""
+    return eval_image(image, info["preprocessing"])
+
+
+@torch.no_grad()
+def results(outputs, images: list, info: dict, *, topk: int = 5, **_: Any) -> list[dict]:
+    """``{"top": [{"class", "index", "prob"}, ...]}`` per image: the ``topk`` most probable classes, best first."""
+    names = _names(info)
+    k = min(topk, len(names))
+    if k < 1:
+        raise ConfigError(f"--topk must be >= 1, got {topk}")
+    out = torch.as_tensor(outputs).float()
+    probs = out if info["output"] == "probabilities" else out.softmax(dim=1)
+    top = probs.topk(k, dim=1)
+    return [
+        {"top": [{"class": names[j], "index": int(j), "prob": float(v)} for v, j in zip(vals, idxs)]}
+        for vals, idxs in zip(top.values, top.indices)
+    ]
+
+
 @torch.no_grad()
 def predict(
     forward: Callable[[torch.Tensor], torch.Tensor], inputs: list[str], info: dict, *, topk: int = 5,
@@ -198,33 +224,25 @@ def predict(
     ``class_names`` (a list, or the class count) and ``output`` (``"logits"`` or ``"probabilities"``).
     Undecodable files get an ``error`` entry (or raise with ``strict``).
     """
-    names = info["class_names"]
-    names = [str(i) for i in range(names)] if isinstance(names, int) else list(names)
-    k = min(topk, len(names))
-    if k < 1:
+    if topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {topk}")
-    results: list[dict] = []
+    out: list[dict] = []
     paths = image_paths(inputs)
     for i in range(0, len(paths), batch_size):
-        chunk, tensors, ok = paths[i : i + batch_size], [], []
-        for p in chunk:
+        tensors, ok = [], []
+        for p in paths[i : i + batch_size]:
             try:
-                tensors.append(eval_image(load_image(p), info["preprocessing"]))
+                tensors.append(prepare(load_image(p), info))
                 ok.append(p)
             except ImageError as e:
                 if strict:
                     raise
-                results.append({"path": str(p), "error": str(e)})
-        if not tensors:
-            continue
-        out = forward(torch.stack(tensors)).float()
-        probs = out if info["output"] == "probabilities" else out.softmax(dim=1)
-        top = probs.topk(k, dim=1)
-        for p, vals, idxs in zip(ok, top.values, top.indices):
-            top_k = [{"class": names[j], "index": int(j), "prob": float(v)} for v, j in zip(vals, idxs)]
-            results.append({"path": str(p), "top": top_k})
+                out.append({"path": str(p), "error": str(e)})
+        if tensors:
+            found = results(forward(torch.stack(tensors)), [], info, topk=topk)
+            out += [{"path": str(p), **r} for p, r in zip(ok, found)]
     order = {str(p): n for n, p in enumerate(paths)}
-    return sorted(results, key=lambda r: order[r["path"]])
+    return sorted(out, key=lambda r: order[r["path"]])
 
 
 def format_prediction(r: dict) -> str:
@@ -276,6 +294,8 @@ TASK = Task(
     infer=infer,
     tta_modes=TTA_MODES,
     load_eval_data=load_eval_data,
+    prepare=prepare,
+    results=results,
     predict=predict,
     format_prediction=format_prediction,
     plot_report=plot_report,

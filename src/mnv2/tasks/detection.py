@@ -334,6 +334,44 @@ def format_metrics(m: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- prediction
+def _names(info: dict) -> list[str]:
+    names = info["class_names"]
+    return [str(i + 1) for i in range(names)] if isinstance(names, int) else list(names)
+
+
+def prepare(image, info: dict) -> torch.Tensor:
+    """The whole RGB PIL image resized to the input size (SSD's fixed-shape resizer), normalised."""
+    from mnv2.data.detection import eval_tensor, to_uint8_tensor
+
+    return eval_tensor(to_uint8_tensor(image), info["preprocessing"])
+
+
+@torch.no_grad()
+def results(outputs, images: list, info: dict, *, min_score: float = PREDICT_MIN_SCORE, **_: Any) -> list[dict]:
+    """``{"width", "height", "detections"}`` per image: decoded, NMS-filtered boxes from ``min_score``, COCO results
+    style (``bbox`` ``[x, y, w, h]`` in the image's pixels, ``category_id`` 1..C, ``label``, ``score``), best first.
+    ``outputs`` is the model's ``(box_regression, class_logits)``; ``images`` the PIL images (for their sizes)."""
+    pre: Preprocessing = info["preprocessing"]
+    names = _names(info)
+    head = SSDLiteConfig.from_dict(info["head"], "checkpoint head")
+    size = pre.input_size
+    anchors = generate_anchors(feature_map_sizes(size, size, head.num_layers), head, (size, size))
+    box_regression, class_logits = (torch.as_tensor(o) for o in outputs)
+    if class_logits.shape[1] != len(anchors):
+        raise ConfigError(f"the model predicts {class_logits.shape[1]} boxes, its head {len(anchors)} anchors")
+    out = []
+    for im, d in zip(images, postprocess(box_regression.float().cpu(), class_logits.float().cpu(), anchors, head)):
+        w, h = im.size
+        keep = d["scores"] >= min_score
+        found = []
+        for box, score, label in zip(d["boxes"][keep].tolist(), d["scores"][keep].tolist(), d["labels"][keep].tolist()):
+            x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
+            bbox = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+            found.append({"bbox": bbox, "category_id": int(label), "label": names[label - 1], "score": round(score, 5)})
+        out.append({"width": w, "height": h, "detections": found})
+    return out
+
+
 @torch.no_grad()
 def predict(
     forward: Callable[[torch.Tensor], Any], inputs: list[str], info: dict, *, batch_size: int = 16,
@@ -342,55 +380,34 @@ def predict(
     """Detections in every image of ``inputs`` (files and directories), in input order.
 
     ``forward`` maps a preprocessed float NCHW batch to ``(box_regression, class_logits)``; ``info`` holds
-    ``preprocessing``, ``class_names`` and ``head`` (``mnv2.tasks.predict_info``). Each result has ``path``,
-    ``width``, ``height`` and ``detections``: COCO results style ``{"bbox": [x, y, w, h]`` in pixels of the original
-    image, ``"category_id"`` (the label, 1..C), ``"label"`` (its name), ``"score"}``, best first, from ``min_score``
-    (0 gives all). With ``output_dir``, one PNG per image with the boxes drawn is written there (``image`` in the
-    result). Undecodable files get an ``error`` entry (or raise with ``strict``).
+    ``preprocessing``, ``class_names`` and ``head`` (``mnv2.tasks.predict_info``). Each result has ``path`` and
+    :func:`results`' fields, from ``min_score`` (0 gives all). With ``output_dir``, one PNG per image with the boxes
+    drawn is written there (``image`` in the result). Undecodable files get an ``error`` entry (or raise with
+    ``strict``).
     """
-    from mnv2.data.detection import eval_tensor, to_uint8_tensor
-
-    pre: Preprocessing = info["preprocessing"]
-    names = info["class_names"]
-    names = [str(i + 1) for i in range(names)] if isinstance(names, int) else list(names)
-    head = SSDLiteConfig.from_dict(info["head"], "checkpoint head")
-    size = pre.input_size
-    anchors = generate_anchors(feature_map_sizes(size, size, head.num_layers), head, (size, size))
     out_dir = Path(output_dir) if output_dir is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     paths = image_paths(inputs)
-    results: list[dict] = []
+    out: list[dict] = []
     used: set[str] = set()
     for i in range(0, len(paths), batch_size):
-        chunk, tensors, ok = paths[i : i + batch_size], [], []
-        for p in chunk:
+        tensors, ok = [], []
+        for p in paths[i : i + batch_size]:
             try:
                 im = load_image(p)
             except ImageError as e:
                 if strict:
                     raise
-                results.append({"path": str(p), "error": str(e)})
+                out.append({"path": str(p), "error": str(e)})
                 continue
-            tensors.append(eval_tensor(to_uint8_tensor(im), pre))
+            tensors.append(prepare(im, info))
             ok.append((p, im))
         if not tensors:
             continue
-        box_regression, class_logits = forward(torch.stack(tensors))
-        if class_logits.shape[1] != len(anchors):
-            raise ConfigError(f"the model predicts {class_logits.shape[1]} boxes, its head {len(anchors)} anchors")
-        dets = postprocess(box_regression.float().cpu(), class_logits.float().cpu(), anchors, head)
-        for (p, im), d in zip(ok, dets):
-            w, h = im.size
-            keep = d["scores"] >= min_score
-            found = []
-            for box, score, label in zip(d["boxes"][keep].tolist(), d["scores"][keep].tolist(),
-                                         d["labels"][keep].tolist()):  # fmt: skip
-                x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
-                bbox = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
-                found.append({"bbox": bbox, "category_id": int(label), "label": names[label - 1],
-                              "score": round(score, 5)})  # fmt: skip
-            result = {"path": str(p), "width": w, "height": h, "detections": found}
+        found = results(forward(torch.stack(tensors)), [im for _, im in ok], info, min_score=min_score)
+        for (p, im), r in zip(ok, found):
+            result = {"path": str(p), **r}
             if out_dir is not None:
                 name = f"{Path(p).stem}.png"
                 n = 1
@@ -398,10 +415,10 @@ def predict(
                     n += 1
                     name = f"{Path(p).stem}_{n}.png"
                 used.add(name)
-                result["image"] = str(draw_detections(im, found, out_dir / name))
-            results.append(result)
+                result["image"] = str(draw_detections(im, r["detections"], out_dir / name))
+            out.append(result)
     order = {str(p): n for n, p in enumerate(paths)}
-    return sorted(results, key=lambda r: order[r["path"]])
+    return sorted(out, key=lambda r: order[r["path"]])
 
 
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -494,6 +511,8 @@ TASK = Task(
     infer=infer,
     tta_modes=TTA_MODES,
     load_eval_data=load_eval_data,
+    prepare=prepare,
+    results=results,
     predict=predict,
     format_prediction=format_prediction,
     plot_report=plot_report,

@@ -298,6 +298,48 @@ def class_colors(info: dict, num_classes: int) -> np.ndarray:
     return np.asarray(colors, dtype=np.uint8)[:num_classes]
 
 
+def _names(info: dict) -> list[str]:
+    names = info["class_names"]
+    return [str(i) for i in range(names)] if isinstance(names, int) else list(names)
+
+
+def prepare(image, info: dict) -> torch.Tensor:
+    """The RGB PIL image at full resolution, normalised; padded (bottom, right) to the model's 32 px minimum."""
+    x = normalize(to_tensor(image), info["preprocessing"])
+    h, w = x.shape[-2:]
+    ph, pw = max(MIN_INPUT_SIZE - h, 0), max(MIN_INPUT_SIZE - w, 0)
+    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+@torch.no_grad()
+def results(outputs, images: list, info: dict, **_: Any) -> list[dict]:
+    """``{"width", "height", "fractions", "mask"}`` per image: each class's fraction of the image's pixels (every
+    class, in class order) and ``mask``, the class of each pixel (``uint8`` array ``[H, W]``, not JSON: callers
+    write or encode it). ``outputs`` are the logits of a batch of :func:`prepare`'d images of one size."""
+    names = _names(info)
+    logits = torch.as_tensor(outputs).float()
+    if logits.shape[1] != len(names):
+        raise ConfigError(f"the model predicts {logits.shape[1]} classes, its checkpoint names {len(names)}")
+    labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
+    out = []
+    for im, lab in zip(images, labels):
+        w, h = im.size
+        lab = lab[:h, :w]  # drop prepare's padding
+        counts = np.bincount(lab.ravel(), minlength=len(names))
+        fractions = {n: round(float(c) / lab.size, 6) for n, c in zip(names, counts)}
+        out.append({"width": w, "height": h, "fractions": fractions, "mask": lab})
+    return out
+
+
+def overlay(image, mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """The class colours over the RGB PIL ``image``, half transparent (uint8 ``[H, W, 3]``)."""
+    return (
+        (np.asarray(image, dtype=np.float32) * (1 - OVERLAY_ALPHA) + colors[mask] * OVERLAY_ALPHA)
+        .round()
+        .astype(np.uint8)
+    )
+
+
 @torch.no_grad()
 def predict(
     forward: Callable[[torch.Tensor], Any], inputs: list[str], info: dict, *, batch_size: int = 4,
@@ -315,42 +357,29 @@ def predict(
     """
     from PIL import Image
 
-    pre: Preprocessing = info["preprocessing"]
-    names = info["class_names"]
-    names = [str(i) for i in range(names)] if isinstance(names, int) else list(names)
-    palette = class_colors(info, len(names))
+    palette = class_colors(info, len(_names(info)))
     out_dir = Path(output_dir) if output_dir is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     paths = image_paths(inputs)
-    results: list[dict] = []
+    out: list[dict] = []
     used: set[str] = set()
     pending: list[tuple[Path, Any, torch.Tensor]] = []
 
     def flush() -> None:
         if not pending:
             return
-        x = torch.stack([t for _, _, t in pending])
-        h, w = pending[0][2].shape[-2:]
-        ph, pw = max(MIN_INPUT_SIZE - h, 0), max(MIN_INPUT_SIZE - w, 0)
-        logits = forward(F.pad(x, (0, pw, 0, ph)) if ph or pw else x)
-        logits = torch.as_tensor(logits).float()[..., :h, :w]
-        if logits.shape[1] != len(names):
-            raise ConfigError(f"the model predicts {logits.shape[1]} classes, its checkpoint names {len(names)}")
-        labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
-        for (p, im, _), lab in zip(pending, labels):
-            counts = np.bincount(lab.ravel(), minlength=len(names))
-            result = {"path": str(p), "width": im.size[0], "height": im.size[1],
-                      "fractions": {n: round(float(c) / lab.size, 6) for n, c in zip(names, counts)}}  # fmt: skip
+        found = results(forward(torch.stack([t for _, _, t in pending])), [im for _, im, _ in pending], info)
+        for (p, im, _), r in zip(pending, found):
+            mask = r.pop("mask")
+            result = {"path": str(p), **r}
             if out_dir is not None:
                 stem = _unique_stem(Path(p).stem, used)
-                color = palette[lab]
-                overlay = (np.asarray(im, dtype=np.float32) * (1 - OVERLAY_ALPHA) + color * OVERLAY_ALPHA).round()
-                for kind, array in (("label", lab), ("color", color), ("overlay", overlay.astype(np.uint8))):
+                for kind, array in (("label", mask), ("color", palette[mask]), ("overlay", overlay(im, mask, palette))):
                     path = out_dir / f"{stem}_{kind}.png"
                     Image.fromarray(array).save(path, format="PNG")
                     result[kind] = str(path)
-            results.append(result)
+            out.append(result)
         pending.clear()
 
     for p in paths:
@@ -359,15 +388,15 @@ def predict(
         except ImageError as e:
             if strict:
                 raise
-            results.append({"path": str(p), "error": str(e)})
+            out.append({"path": str(p), "error": str(e)})
             continue
-        x = normalize(to_tensor(im), pre)
+        x = prepare(im, info)
         if pending and (pending[0][2].shape != x.shape or len(pending) >= batch_size):
             flush()
         pending.append((p, im, x))
     flush()
     order = {str(p): n for n, p in enumerate(paths)}
-    return sorted(results, key=lambda r: order[r["path"]])
+    return sorted(out, key=lambda r: order[r["path"]])
 
 
 def _unique_stem(stem: str, used: set[str]) -> str:
@@ -431,6 +460,8 @@ TASK = Task(
     infer=infer,
     tta_modes=TTA_MODES,
     load_eval_data=load_eval_data,
+    prepare=prepare,
+    results=results,
     predict=predict,
     format_prediction=format_prediction,
     plot_report=plot_report,

@@ -1,0 +1,394 @@
+"""`mnv2 serve`: any mnv2 checkpoint or exported file behind a small HTTP API and a web page (Starlette + uvicorn).
+
+Endpoints (JSON unless said otherwise):
+
+- ``POST /v1/models/{name}:predict``: one image, as a multipart upload (field ``image``) or the raw body
+  (``image/*`` or ``application/octet-stream``). Query: ``topk`` (classification), ``min_score`` (detection).
+  The answer is the task's own (``mnv2.tasks``: ``results``): top-k classes; COCO-style boxes; class fractions and
+  the mask as a base64 palette PNG (pixel values are class indices, the palette the class colours).
+- ``GET /v1/models``: each model's name, task, classes, input size, preprocessing and engine.
+- ``GET /healthz``; ``GET /metrics`` (Prometheus text: requests, errors, latency, batch sizes, queue depth).
+- ``GET /``: the web page (``static/index.html``).
+
+Safety: bodies over ``max_body_bytes`` are refused (413) from their ``Content-Length`` or while they stream in;
+images over ``max_pixels`` are refused from their header, before decoding (413); undecodable data is a 400; other
+content types 415; unknown models 404; a full queue 503 with ``Retry-After``. With an API key, ``/v1/*`` and
+``/metrics`` need ``Authorization: Bearer KEY`` (compared in constant time). Errors are ``{"error": message}``;
+an unexpected one is logged with its traceback and answered 500 without it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import io
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnv2.data.images import ImageError, ImageTooLarge, decode_image
+from mnv2.deploy import engines
+from mnv2.errors import ConfigError
+from mnv2.serve.batcher import Job, MicroBatcher, QueueFull
+
+log = logging.getLogger("mnv2.serve")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+API_KEY_ENV = "MNV2_API_KEY"
+IMAGE_FIELD = "image"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits of a server. ``max_wait_ms``: how long a batch waits for more requests once it has one."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    max_queue: int = 64
+    max_body_bytes: int = 10 * 2**20
+    max_pixels: int = 40_000_000
+    api_key: str | None = None
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_body_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not self.max_wait_ms >= 0:
+            raise ConfigError(f"max_wait_ms must be >= 0; got {self.max_wait_ms}")
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def model_name(path: str | Path) -> str:
+    """A model's name in the URL: its file name without the extension (``raccoon_ssdlite_mnv2``)."""
+    return Path(path).name.split(".")[0]
+
+
+class ServedModel:
+    """One loaded model: its task, what the task needs of it (``info``) and a warm engine."""
+
+    def __init__(self, path: str | Path, engine: str = "auto", threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.name = model_name(path)
+        self.task, self.info = engines.model_info(path)
+        self.engine = engines.load_engine(path, engine, None, threads)
+        self._palette: np.ndarray | None = None
+
+    def run_batch(self, jobs: list[Job]) -> list[dict]:
+        """The task's results for a batch of prepared inputs of one shape (runs on the batcher's thread)."""
+        import torch
+
+        out = self.engine(torch.stack([j.tensor for j in jobs]).numpy())
+        out = tuple(map(torch.from_numpy, out)) if isinstance(out, tuple) else torch.from_numpy(out)
+        results = []
+        for i, job in enumerate(jobs):  # per image: each request has its own options (topk, min_score)
+            row = tuple(o[i : i + 1] for o in out) if isinstance(out, tuple) else out[i : i + 1]
+            results.append(self.task.results(row, [job.image], self.info, **job.options)[0])
+        return results
+
+    def encode(self, result: dict) -> dict:
+        """JSON-ready: a ``mask`` array becomes a base64 PNG whose palette holds the class colours."""
+        if "mask" not in result:
+            return result
+        from PIL import Image
+
+        im = Image.fromarray(result["mask"], mode="L").convert("P")
+        im.putpalette(self.palette().ravel().tolist())
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return {
+            **{k: v for k, v in result.items() if k != "mask"},
+            "mask_png": base64.b64encode(buf.getvalue()).decode(),
+        }
+
+    def classes(self) -> list[str]:
+        names = self.info["class_names"]
+        return [str(i) for i in range(names)] if isinstance(names, int) else list(names)
+
+    def palette(self) -> np.ndarray:
+        if self._palette is None:
+            from mnv2.tasks.segmentation import class_colors
+
+            self._palette = class_colors(self.info, len(self.classes()))
+        return self._palette
+
+    def describe(self) -> dict[str, Any]:
+        pre = self.info["preprocessing"]
+        d = {
+            "name": self.name,
+            "task": self.task.name,
+            "classes": self.classes(),
+            "input_size": None if self.task.name == "segmentation" else pre.input_size,  # segmentation: any size
+            "preprocessing": pre.to_dict(),
+            "engine": self.engine.name,
+            "precision": self.engine.precision,
+            "file": self.path.name,
+        }
+        if self.task.name == "segmentation":
+            d["class_colors"] = self.palette().tolist()
+        return d
+
+
+def _options(request, task: str) -> dict:
+    q = request.query_params
+    opts: dict[str, Any] = {}
+    try:
+        if "topk" in q:
+            opts["topk"] = int(q["topk"])
+            if not 1 <= opts["topk"] <= 1000:
+                raise ValueError
+        if "min_score" in q:
+            opts["min_score"] = float(q["min_score"])
+            if not 0 <= opts["min_score"] <= 1:
+                raise ValueError
+    except ValueError:
+        raise HTTPError(400, "topk must be an integer in [1, 1000] and min_score a number in [0, 1]") from None
+    return opts
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class LimitBody:
+    """ASGI middleware: a body that streams in over ``limit`` bytes raises :class:`_BodyTooLarge` in the handler
+    that reads it (a too large ``Content-Length`` is refused before reading, in the handler)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def create_app(models: list[ServedModel], settings: ServeSettings | None = None):
+    """The ASGI app serving ``models`` (names must differ)."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException
+    from starlette.middleware import Middleware
+    from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.routing import Route
+
+    settings = settings or ServeSettings()
+    by_name: dict[str, ServedModel] = {}
+    for m in models:
+        if m.name in by_name:
+            raise ConfigError(f"two models are named {m.name!r} ({by_name[m.name].path} and {m.path}); rename one file")
+        by_name[m.name] = m
+
+    registry = CollectorRegistry()
+    requests = Counter("mnv2_requests", "predict requests", ["model", "status"], registry=registry)
+    errors = Counter("mnv2_errors", "requests answered with an error status", ["status"], registry=registry)
+    latency = Histogram("mnv2_request_latency_seconds", "predict latency, receipt to answer", ["model"],
+                        buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+    batch_size = Histogram("mnv2_batch_size", "images per forward pass", ["model"], buckets=BATCH_BUCKETS,
+                           registry=registry)  # fmt: skip
+    queue_depth = Gauge("mnv2_queue_depth", "inputs waiting for a batch", ["model"], registry=registry)
+    batchers = {
+        name: MicroBatcher(
+            m.run_batch,
+            max_batch=settings.max_batch,
+            max_wait=settings.max_wait_ms / 1000,
+            max_queue=settings.max_queue,
+            on_batch=batch_size.labels(name).observe,
+            on_depth=queue_depth.labels(name).set,
+        )
+        for name, m in by_name.items()
+    }
+    page = resources.files("mnv2.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    def error(status: int, message: str, headers: dict | None = None) -> Response:
+        errors.labels(str(status)).inc()
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    def authorised(request) -> bool:
+        if settings.api_key is None:
+            return True
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), settings.api_key.encode())
+
+    def guard(handler):
+        async def wrapped(request):
+            if not authorised(request):
+                return error(
+                    401, "missing or wrong API key (Authorization: Bearer KEY)", {"WWW-Authenticate": "Bearer"}
+                )
+            try:
+                return await handler(request)
+            except HTTPError as e:
+                return error(e.status, e.message, e.headers)
+            except _BodyTooLarge:
+                return error(413, f"the body is over the {settings.max_body_bytes:,}-byte limit")
+            except Exception:
+                log.exception("unexpected error on %s", request.url.path)
+                return error(500, "internal error; the server log has the details")
+
+        return wrapped
+
+    async def read_image(request) -> bytes:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            if "boundary=" not in request.headers.get("content-type", ""):
+                raise HTTPError(400, "malformed multipart body (its content type names no boundary)")
+            try:
+                form = await request.form(max_files=1, max_fields=16)
+            except MultiPartException as e:
+                raise HTTPError(400, f"malformed multipart body ({e})") from None
+            upload = form.get(IMAGE_FIELD)
+            if not isinstance(upload, UploadFile):
+                upload = next((v for v in form.values() if isinstance(v, UploadFile)), None)
+            if upload is None:
+                raise HTTPError(400, f"the multipart body has no file (send it as the field {IMAGE_FIELD!r})")
+            return await upload.read()
+        if ctype.startswith("image/") or ctype == "application/octet-stream":
+            return await request.body()
+        raise HTTPError(
+            415, f"content type {ctype or 'none'!r}: send an image as multipart/form-data, image/* or "
+            "application/octet-stream"
+        )  # fmt: skip
+
+    async def predict(request):
+        name = request.path_params["name"]
+        model = by_name.get(name)
+        if model is None:
+            raise HTTPError(404, f"no model named {name!r}; GET /v1/models lists them")
+        start = time.perf_counter()
+        status = 500
+        try:
+            batcher = batchers[name]
+            if batcher.full():
+                raise HTTPError(503, "the server is busy; retry", {"Retry-After": str(settings.retry_after_s)})
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+                raise HTTPError(413, f"the body is over the {settings.max_body_bytes:,}-byte limit")
+            options = _options(request, model.task.name)
+            data = await read_image(request)
+            if not data:
+                raise HTTPError(400, "the body holds no image")
+            try:
+                image = await run_in_threadpool(decode_image, data, settings.max_pixels)
+            except ImageTooLarge as e:
+                raise HTTPError(413, str(e)) from None
+            except ImageError as e:
+                raise HTTPError(400, str(e)) from None
+            tensor = await run_in_threadpool(model.task.prepare, image, model.info)
+            try:
+                result = await batcher.submit(Job(tensor, image, options))
+            except QueueFull:
+                raise HTTPError(
+                    503, "the server is busy; retry", {"Retry-After": str(settings.retry_after_s)}
+                ) from None
+            except ConfigError as e:  # e.g. a topk the model cannot give
+                raise HTTPError(400, str(e)) from None
+            seconds = time.perf_counter() - start
+            status = 200
+            body = {"model": name, "task": model.task.name, **model.encode(result), "latency_ms": 1000 * seconds}
+            return JSONResponse(body)
+        except HTTPError as e:
+            status = e.status
+            raise
+        finally:
+            requests.labels(name, str(status)).inc()
+            latency.labels(name).observe(time.perf_counter() - start)
+
+    async def list_models(request):
+        return JSONResponse({"models": [m.describe() for m in by_name.values()]})
+
+    async def healthz(request):
+        return JSONResponse({"status": "ok", "models": list(by_name)})
+
+    async def metrics(request):
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def index(request):
+        return HTMLResponse(page)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        for b in batchers.values():
+            b.start()
+        yield
+        for b in batchers.values():  # uvicorn runs this after the requests in flight are answered
+            await b.stop()
+
+    routes = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/metrics", guard(metrics)),
+        Route("/v1/models", guard(list_models)),
+        Route("/v1/models/{name}:predict", guard(predict), methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(LimitBody, limit=settings.max_body_bytes)])  # fmt: skip
+    app.state.models, app.state.batchers, app.state.settings = by_name, batchers, settings
+    return app
+
+
+def serve(
+    paths: list[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    engine: str = "auto",
+    threads: int | None = None,
+    log_level: str = "info",
+) -> None:
+    """Load ``paths`` and serve them until SIGINT/SIGTERM (requests in flight are answered first)."""
+    import uvicorn
+
+    settings = settings or ServeSettings()
+    if host not in LOOPBACK and not settings.api_key:
+        raise ConfigError(
+            f"binding {host} (not loopback) needs an API key: pass --api-key or set {API_KEY_ENV}"
+        )  # fmt: skip
+    if not paths:
+        raise ConfigError("give at least one model file (a checkpoint, or an exported .onnx/.tflite)")
+    models = []
+    for p in paths:
+        m = ServedModel(p, engine, threads)
+        log.info("loaded %s: %s on %s", m.name, m.task.name, m.engine.name)
+        models.append(m)
+    app = create_app(models, settings)
+    # Connections beyond the queue and a batch in flight get uvicorn's 503 before any body is read.
+    limit = settings.max_queue + 2 * settings.max_batch + 16
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit,
+                            timeout_graceful_shutdown=30, access_log=False)  # fmt: skip
+    # uvicorn answers the requests in flight on SIGTERM, then raises the signal again under the handler found at
+    # start: a no-op one makes that graceful stop exit 0 (as a service manager expects) instead of "killed".
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    log.info("stopped")

@@ -1,0 +1,338 @@
+"""`mnv2 serve`: every endpoint for every task, the bad inputs, the API key, the queue bound, micro-batching and a
+graceful SIGTERM (issue 17). The browser test is tests/test_serve_browser.py."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from starlette.testclient import TestClient
+
+from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
+from mnv2.deploy import engines
+from mnv2.errors import ConfigError
+from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
+from mnv2.models.mobilenetv2 import MobileNetV2Config
+from mnv2.models.ssdlite import SSDLite, SSDLiteConfig
+from mnv2.serve import ServedModel, ServeSettings, create_app, serve
+from mnv2.weights.checkpoint import CheckpointMeta, save_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CLASSIFIER = FIXTURES / "main-217d691-default.safetensors"  # the default recipe's Fashion-MNIST model
+PHOTOS = sorted((FIXTURES / "detection" / "raccoon" / "images").glob("*.jpg"))
+CAMVID = json.loads((FIXTURES / "segmentation" / "camvid" / "classes.json").read_text())
+STREET = sorted((FIXTURES / "segmentation" / "camvid" / "val").glob("*.png"))[0]
+
+
+def write_models(root: Path) -> dict[str, Path]:
+    """A detector and a segmenter with random weights (the tests check the plumbing against mnv2 predict, not
+    accuracy), and the committed-format classifier fixture."""
+    torch.manual_seed(0)
+    det = SSDLite(MobileNetV2Config(width_mult=0.35), SSDLiteConfig(num_classes=1)).eval()
+    det_pre = Preprocessing(input_size=128, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
+    seg = DeepLabV3(
+        MobileNetV2Config(width_mult=0.35, output_stride=16, num_classes=0),
+        DeepLabConfig(num_classes=11, class_colors=CAMVID["colors"]),
+    ).eval()
+    seg_pre = Preprocessing(input_size=128, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
+    return {
+        "classifier": CLASSIFIER,
+        "detector": save_checkpoint(root / "detector.safetensors", det, CheckpointMeta(
+            det.config, det_pre, ["raccoon"], task="detection", head=det.head_config)),
+        "segmenter": save_checkpoint(root / "segmenter.safetensors", seg, CheckpointMeta(
+            seg.config, seg_pre, CAMVID["names"], task="segmentation", head=seg.head_config)),
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict[str, Path]:
+    return write_models(tmp_path_factory.mktemp("serve"))
+
+
+SETTINGS = ServeSettings(max_body_bytes=2 * 2**20, max_pixels=5_000_000, max_wait_ms=1.0)
+
+
+@pytest.fixture(scope="module")
+def client(paths):
+    models = [ServedModel(p, "torch", threads=1) for p in paths.values()]
+    with TestClient(create_app(models, SETTINGS)) as c:
+        yield c
+
+
+def predict(client, model: str, data: bytes, **kw) -> httpx.Response:
+    return client.post(f"/v1/models/{model}:predict", files={"image": ("x.jpg", data, "image/jpeg")}, **kw)
+
+
+def same_as_mnv2_predict(path: Path, image: Path, **options) -> dict:
+    """What `mnv2 predict` answers for the file (torch engine): the reference for the server's answers."""
+    return engines.predict(path, [str(image)], "torch", threads=1, **options)[0]
+
+
+# ----------------------------------------------------------------------------------------------- endpoints
+def test_models_describe_each_task(client, paths):
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    models = {m["name"]: m for m in r.json()["models"]}
+    assert {n: m["task"] for n, m in models.items()} == {
+        "main-217d691-default": "classification", "detector": "detection", "segmenter": "segmentation"}  # fmt: skip
+    cls = models["main-217d691-default"]
+    assert len(cls["classes"]) == 10 and cls["classes"][0] == "T-shirt/top" and cls["input_size"] == 32
+    assert cls["engine"] == "torch" and cls["precision"] == "fp32" and "mean" in cls["preprocessing"]
+    assert models["detector"]["classes"] == ["raccoon"] and models["detector"]["input_size"] == 128
+    assert models["segmenter"]["class_colors"] == CAMVID["colors"] and models["segmenter"]["input_size"] is None
+    assert client.get("/healthz").json() == {"status": "ok", "models": list(models)}
+
+
+def test_classification_answers_as_mnv2_predict_multipart_and_raw(client, paths):
+    data = PHOTOS[0].read_bytes()
+    want = same_as_mnv2_predict(paths["classifier"], PHOTOS[0], topk=3)["top"]
+    for r in (predict(client, "main-217d691-default", data, params={"topk": 3}),
+              client.post("/v1/models/main-217d691-default:predict?topk=3", content=data,
+                          headers={"content-type": "image/jpeg"})):  # fmt: skip
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["task"] == "classification" and body["latency_ms"] > 0
+        assert [t["class"] for t in body["top"]] == [t["class"] for t in want]
+        np.testing.assert_allclose([t["prob"] for t in body["top"]], [t["prob"] for t in want], atol=1e-5)
+
+
+def test_detection_answers_coco_boxes_as_mnv2_predict(client, paths):
+    want = same_as_mnv2_predict(paths["detector"], PHOTOS[1], min_score=0.0)
+    r = predict(client, "detector", PHOTOS[1].read_bytes(), params={"min_score": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    w, h = Image.open(PHOTOS[1]).size
+    assert (body["width"], body["height"]) == (w, h) and len(body["detections"]) == len(want["detections"]) > 0
+    for got, ref in zip(body["detections"], want["detections"]):
+        assert got["label"] == ref["label"] == "raccoon" and got["category_id"] == 1
+        np.testing.assert_allclose(got["bbox"], ref["bbox"], atol=0.05)
+        assert abs(got["score"] - ref["score"]) < 1e-4
+    strict = predict(client, "detector", PHOTOS[1].read_bytes(), params={"min_score": 0.99}).json()
+    assert all(d["score"] >= 0.99 for d in strict["detections"])
+
+
+def test_segmentation_answers_a_palette_mask_png_and_fractions(client, paths):
+    want = same_as_mnv2_predict(paths["segmenter"], STREET)
+    r = predict(client, "segmenter", STREET.read_bytes())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    mask = Image.open(io.BytesIO(base64.b64decode(body["mask_png"])))
+    assert mask.mode == "P" and mask.size == Image.open(STREET).size == (body["width"], body["height"])
+    labels = np.asarray(mask)
+    assert labels.max() < 11
+    assert mask.getpalette()[: 3 * 11] == [c for rgb in CAMVID["colors"] for c in rgb]
+    assert body["fractions"] == want["fractions"]
+    counts = np.bincount(labels.ravel(), minlength=11) / labels.size
+    np.testing.assert_allclose(list(body["fractions"].values()), counts, atol=1e-6)
+
+
+def test_metrics_count_requests_errors_latency_batches_and_queue(client):
+    predict(client, "main-217d691-default", PHOTOS[0].read_bytes())
+    client.post("/v1/models/main-217d691-default:predict", content=b"nope", headers={"content-type": "image/png"})
+    text = client.get("/metrics").text
+    assert 'mnv2_requests_total{model="main-217d691-default",status="200"}' in text
+    assert 'mnv2_requests_total{model="main-217d691-default",status="400"}' in text
+    assert 'mnv2_errors_total{status="400"}' in text
+    assert 'mnv2_request_latency_seconds_bucket{le="0.1",model="main-217d691-default"}' in text
+    assert 'mnv2_batch_size_count{model="main-217d691-default"}' in text
+    assert 'mnv2_queue_depth{model="main-217d691-default"} 0.0' in text
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (a decompression bomb's signature): decoding it would
+    allocate width * height pixels."""
+    chunk = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = b"IDAT" + zlib.compress(b"\0" * 1024)
+    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return head + struct.pack(">I", len(idat) - 4) + idat + struct.pack(">I", zlib.crc32(idat))
+
+
+FORM_WITHOUT_FILE = b'--xx\r\nContent-Disposition: form-data; name="a"\r\n\r\nb\r\n--xx--\r\n'
+
+
+def post(client, body, content_type: str, model: str = "detector") -> httpx.Response:
+    return client.post(f"/v1/models/{model}:predict", content=body, headers={"content-type": content_type})
+
+
+@pytest.mark.parametrize(
+    "case, send, status, words",
+    [
+        ("over the body limit", lambda c: predict(c, "detector", b"\xff" * (2 * 2**20 + 1)), 413, "limit"),
+        ("streamed over the limit", lambda c: post(c, iter([b"\xff" * 2**20] * 3), "image/jpeg"), 413, "limit"),
+        ("not an image", lambda c: predict(c, "detector", b"hello world"), 400, "cannot decode"),
+        ("truncated jpeg", lambda c: predict(c, "detector", PHOTOS[0].read_bytes()[:3000]), 400, "cannot decode"),
+        ("empty body", lambda c: predict(c, "detector", b""), 400, "no image"),
+        ("decompression bomb", lambda c: predict(c, "detector", png_header_only(100_000, 100_000)), 413, "pixels"),
+        ("wrong content type", lambda c: post(c, b"{}", "application/json"), 415, "content type"),
+        ("multipart without a file", lambda c: post(c, FORM_WITHOUT_FILE, "multipart/form-data; boundary=xx"), 400,
+         "no file"),
+        ("malformed multipart", lambda c: post(c, b"garbage", "multipart/form-data"), 400, "multipart"),
+        ("unknown model", lambda c: predict(c, "nope", PHOTOS[0].read_bytes()), 404, "no model named"),
+        ("bad topk", lambda c: predict(c, "main-217d691-default", PHOTOS[0].read_bytes(), params={"topk": "x"}),
+         400, "topk"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_clear_4xx_and_the_server_stays_up(client, case, send, status, words):
+    r = send(client)
+    assert r.status_code == status, (case, r.text)
+    assert words in r.json()["error"] and "Traceback" not in r.text
+    assert predict(client, "detector", PHOTOS[0].read_bytes()).status_code == 200  # still serving
+
+
+def test_a_multipart_form_without_a_file_field_is_refused(client):
+    r = client.post("/v1/models/detector:predict", files={"other": ("a.txt", b"x", "text/plain")})
+    assert r.status_code == 400 and "cannot decode" in r.json()["error"]  # the one file is taken, and refused
+
+
+# ----------------------------------------------------------------------------------------------- safety
+def test_api_key_guards_the_api_but_not_the_page_or_health(paths):
+    app = create_app([ServedModel(paths["classifier"], "torch", threads=1)], ServeSettings(api_key="s3cret"))
+    with TestClient(app) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/metrics").status_code == 401
+        r = c.post("/v1/models/main-217d691-default:predict", content=PHOTOS[0].read_bytes(),
+                   headers={"content-type": "image/jpeg"})  # fmt: skip
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.get("/v1/models", headers=ok).status_code == 200
+        assert c.get("/healthz").status_code == 200 and "<title>mnv2 serve</title>" in c.get("/").text
+
+
+def test_binding_beyond_loopback_needs_an_api_key(paths):
+    with pytest.raises(ConfigError, match="needs an API key"):
+        serve([str(paths["classifier"])], host="0.0.0.0", port=0)
+
+
+def test_queue_bound_answers_503_with_retry_after_and_memory_stays_bounded(paths):
+    gate = threading.Event()
+    model = ServedModel(paths["classifier"], "torch", threads=1)
+    run = model.run_batch
+    model.run_batch = lambda jobs: (gate.wait(30), run(jobs))[1]  # the first batch holds the worker
+    app = create_app([model], ServeSettings(max_batch=1, max_queue=2, max_wait_ms=0))
+    data = PHOTOS[0].read_bytes()
+    answers: list[int] = []
+    with TestClient(app) as c:
+        batcher = app.state.batchers[model.name]
+
+        def call():
+            answers.append(predict(c, model.name, data).status_code)
+
+        threads = [threading.Thread(target=call) for _ in range(3)]  # one in flight, two waiting
+        for t in threads:
+            t.start()
+            time.sleep(0.3)
+        deadline = time.time() + 20
+        while batcher.depth < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert batcher.depth == 2
+        r = predict(c, model.name, data)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
+        gate.set()
+        for t in threads:
+            t.join(30)
+    assert answers == [200, 200, 200]
+
+
+def test_concurrent_requests_share_a_batch_with_the_single_image_answers(paths):
+    model = ServedModel(paths["detector"], "torch", threads=1)
+    sizes: list[int] = []
+    run = model.run_batch
+    model.run_batch = lambda jobs: (sizes.append(len(jobs)), run(jobs))[1]
+    app = create_app([model], ServeSettings(max_batch=8, max_wait_ms=500))
+    with TestClient(app) as c:
+        alone = {p: predict(c, "detector", p.read_bytes(), params={"min_score": 0}).json() for p in PHOTOS[:4]}
+        sizes.clear()
+        together: dict = {}
+
+        def call(p: Path) -> None:
+            together[p] = predict(c, "detector", p.read_bytes(), params={"min_score": 0}).json()
+
+        threads = [threading.Thread(target=call, args=(p,)) for p in PHOTOS[:4]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert max(sizes) > 1  # at least two requests ran as one batch
+    for p in PHOTOS[:4]:
+        got, ref = together[p]["detections"], alone[p]["detections"]
+        assert len(got) == len(ref)
+        np.testing.assert_allclose([d["bbox"] for d in got], [d["bbox"] for d in ref], atol=0.05)
+
+
+# ----------------------------------------------------------------------------------------------- the process
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], port: int, env: dict | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "mnv2.cli", "serve", *args, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited {proc.returncode}: {proc.stdout.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("the server did not start in 120 s")
+
+
+@pytest.mark.slow
+def test_sigterm_answers_the_requests_in_flight_then_exits_0(paths):
+    port = free_port()
+    # a batch waits 3 s for company, so the request is surely in flight when SIGTERM comes
+    proc = start_server([str(paths["detector"]), "--engine", "torch", "--threads", "1", "--max-wait-ms", "3000"], port)
+    result: dict = {}
+
+    def call():
+        with open(PHOTOS[0], "rb") as f:
+            result["r"] = httpx.post(f"http://127.0.0.1:{port}/v1/models/detector:predict", content=f.read(),
+                                     headers={"content-type": "image/jpeg"}, timeout=60)  # fmt: skip
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    t.join(60)
+    out, _ = proc.communicate(timeout=60)
+    assert result["r"].status_code == 200 and "detections" in result["r"].json()
+    assert proc.returncode == 0, out
+
+
+def test_cli_refuses_a_non_loopback_bind_without_a_key_and_a_busy_port(paths):
+    r = subprocess.run([sys.executable, "-m", "mnv2.cli", "serve", str(paths["classifier"]), "--host", "0.0.0.0"],
+                       capture_output=True, text=True, env={**os.environ, "MNV2_API_KEY": ""})  # fmt: skip
+    assert r.returncode == 2 and "needs an API key" in r.stderr
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = subprocess.run([sys.executable, "-m", "mnv2.cli", "serve", str(paths["classifier"]), "--port",
+                            str(s.getsockname()[1])], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "cannot listen" in r.stderr
