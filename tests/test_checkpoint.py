@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import mnv2
@@ -66,3 +67,21 @@ def test_architecture_mismatch_is_named(tmp_path):
         match=r"shape mismatch: blocks\.1\.0\.project\.conv\.weight: \(16, 48, 1, 1\) vs model \(8, 48, 1, 1\)",
     ):
         load_state_dict_checked(model, load_file(str(path)), source=str(path))
+
+
+def test_half_storage_halves_the_file_and_loads_back_as_fp32(tmp_path):
+    """Example models ship with fp16 conv/linear weights (issue 15/16: <= 10 MB); loading restores fp32."""
+    torch.manual_seed(0)
+    model = mnv2.MobileNetV2(mnv2.MobileNetV2Config(width_mult=0.5, num_classes=10)).eval()
+    meta = CheckpointMeta(model.config)
+    full = mnv2.save_checkpoint(tmp_path / "full.safetensors", model, meta)
+    half = mnv2.save_checkpoint(tmp_path / "half.safetensors", model, meta, half=True)
+    assert half.stat().st_size < 0.56 * full.stat().st_size
+    with safe_open(str(half), framework="pt") as f:
+        stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    floats = [t for t in stored.values() if t.is_floating_point()]
+    assert all(t.dtype == (torch.float16 if t.dim() >= 2 else torch.float32) for t in floats)
+    loaded = mnv2.load_checkpoint(half)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x), atol=2e-2, rtol=0)

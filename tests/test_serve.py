@@ -336,3 +336,29 @@ def test_cli_refuses_a_non_loopback_bind_without_a_key_and_a_busy_port(paths):
         r = subprocess.run([sys.executable, "-m", "mnv2.cli", "serve", str(paths["classifier"]), "--port",
                             str(s.getsockname()[1])], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "cannot listen" in r.stderr
+
+
+def test_a_glob_of_a_model_folder_serves_its_models_and_skips_the_rest(tmp_path, paths):
+    from mnv2.serve.app import model_files
+
+    (tmp_path / "README.md").write_text("model card")
+    (tmp_path / "m.tflite.json").write_text("{}")
+    (tmp_path / "m.safetensors").write_bytes(paths["classifier"].read_bytes())
+    assert model_files([str(p) for p in sorted(tmp_path.iterdir())]) == [tmp_path / "m.safetensors"]
+    assert model_files([str(tmp_path)]) == [tmp_path / "m.safetensors"]
+    with pytest.raises(ConfigError, match="no model file"):
+        model_files([str(tmp_path / "README.md")])
+
+
+def test_a_fresh_clone_serves_the_committed_example_models():
+    """`mnv2 serve examples/models/*` (the README's command) loads every committed model and answers."""
+    from mnv2.serve.app import model_files
+
+    root = Path(__file__).parents[1] / "examples" / "models"
+    files = model_files([str(p) for p in sorted(root.iterdir())])
+    assert "fashion_mnist_mnv2.safetensors" in [f.name for f in files]
+    with TestClient(create_app([ServedModel(f, "torch", threads=1) for f in files])) as c:
+        for m in c.get("/v1/models").json()["models"]:
+            photo = STREET if m["task"] == "segmentation" else PHOTOS[0]
+            r = predict(c, m["name"], photo.read_bytes())
+            assert r.status_code == 200 and r.json()["task"] == m["task"], r.text

@@ -141,3 +141,22 @@ def test_runtime_engines_do_not_import_training(tiny_checkpoint, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("task, momentum", [("detection", 0.03), ("segmentation", 0.01)])
+def test_detection_and_segmentation_recipes_set_bn_momentum_over_an_init_backbones(task, momentum):
+    """A Keras --init backbone carries BN momentum 0.001; kept for the new head layers, their running statistics
+    stayed at 0/1 in a 14-epoch raccoon run and the eval model gave one box for every image (val mAP50 0.48 on
+    train and val alike). The recipes set every layer's momentum."""
+    from torch import nn
+
+    from mnv2.engine.config import apply_overrides, load_recipe
+    from mnv2.models.mobilenetv2 import MobileNetV2Config
+    from mnv2.tasks import get_task
+
+    data = Path(__file__).parent / "fixtures" / "segmentation" / "camvid"
+    config = apply_overrides(load_recipe(task), {"data": str(data), "width": 0.35})
+    keras_like = MobileNetV2Config(width_mult=0.35, bn_momentum=0.001, padding="tf")
+    model = get_task(task).build_model(config, ["a", "b"], keras_like)
+    assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {momentum}
+    assert model.config.bn_momentum == momentum  # recorded in the checkpoint's model_config

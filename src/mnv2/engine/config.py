@@ -64,6 +64,8 @@ class TrainConfig:
     stem_stride: int = flag(2, "2 as published; 1 for small images", choices=(1, 2))
     padding: str = flag("torch", "torch (symmetric) or tf (TF 'SAME', as TF-slim and Keras)", choices=PADDING_MODES)
     dropout: float = 0.2
+    bn_momentum: float | None = flag(None, "BatchNorm running-statistics momentum, PyTorch convention (new = (1-m) old "
+                                     "+ m batch); default: the recipe's, else the model's or --init's")  # fmt: skip
     # optimisation
     epochs: int = flag(10, "epochs (on --resume: a larger value extends the run)", resume=True)
     batch_size: int = flag(128, "global batch size (split over processes)")

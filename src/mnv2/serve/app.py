@@ -77,6 +77,28 @@ def model_name(path: str | Path) -> str:
     return Path(path).name.split(".")[0]
 
 
+MODEL_SUFFIXES = (".safetensors", ".onnx", ".tflite")
+
+
+def model_files(paths: list[str]) -> list[Path]:
+    """The model files among ``paths`` (a directory gives the ones in it), so ``mnv2 serve examples/models/*`` skips
+    the model card and sidecar files; the others are named in a log line."""
+    found, skipped = [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.iterdir() if f.suffix in MODEL_SUFFIXES)
+        elif p.suffix in MODEL_SUFFIXES or not p.exists():  # a missing file fails with its own message
+            found.append(p)
+        else:
+            skipped.append(p.name)
+    if skipped:
+        log.info("not model files, skipped: %s", ", ".join(skipped))
+    if not found:
+        raise ConfigError(f"no model file among {', '.join(paths) or 'the arguments'} (a checkpoint .safetensors, or "
+                          "an exported .onnx/.tflite)")  # fmt: skip
+    return found
+
+
 class ServedModel:
     """One loaded model: its task, what the task needs of it (``info``) and a warm engine."""
 
@@ -372,10 +394,8 @@ def serve(
         raise ConfigError(
             f"binding {host} (not loopback) needs an API key: pass --api-key or set {API_KEY_ENV}"
         )  # fmt: skip
-    if not paths:
-        raise ConfigError("give at least one model file (a checkpoint, or an exported .onnx/.tflite)")
     models = []
-    for p in paths:
+    for p in model_files(paths):
         m = ServedModel(p, engine, threads)
         log.info("loaded %s: %s on %s", m.name, m.task.name, m.engine.name)
         models.append(m)

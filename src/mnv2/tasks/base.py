@@ -97,3 +97,14 @@ class Task:
     report_file: str
     format_metrics: Callable[[dict], str]
     format_value: Callable[[float], str]
+
+
+def with_bn_momentum(backbone, config):
+    """``backbone`` (a ``MobileNetV2Config``) with the run's BN momentum (``--bn-momentum``, set by the detection and
+    segmentation recipes) for every layer, backbone and head. An ``--init`` checkpoint's own (Keras: 0.001) would
+    leave the new layers' running statistics near their initial 0/1 after a short run, and the eval-mode model
+    would answer the same for every image (measured: a raccoon detector's val mAP50 stuck at 0.48 with one box)."""
+    import dataclasses
+
+    momentum = getattr(config, "bn_momentum", None)
+    return backbone if momentum is None else dataclasses.replace(backbone, bn_momentum=momentum)

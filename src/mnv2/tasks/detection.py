@@ -34,7 +34,7 @@ from mnv2.models.ssdlite import (
     postprocess,
 )
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Task
+from mnv2.tasks.base import Task, with_bn_momentum
 
 NAME = "detection"
 TTA_MODES = ("none",)
@@ -93,7 +93,7 @@ def build_model(config, class_names: list[str], backbone: MobileNetV2Config | No
     if backbone is None:
         width = model_info(config.model).width_mult if config.model else config.width
         backbone = MobileNetV2Config(width_mult=width, num_classes=0, padding=config.padding)
-    return SSDLite(backbone_config(backbone), head_config(config, len(class_names)))
+    return SSDLite(backbone_config(with_bn_momentum(backbone, config)), head_config(config, len(class_names)))
 
 
 def from_meta(meta) -> SSDLite:

@@ -33,7 +33,7 @@ from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
 from mnv2.models.mobilenetv2 import MIN_INPUT_SIZE, MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Task
+from mnv2.tasks.base import Task, with_bn_momentum
 
 NAME = "segmentation"
 # "flip": mean of the image's and its mirror image's class probabilities; "ms_flip": the paper's MF setting (Table 7),
@@ -106,7 +106,7 @@ def build_model(config, class_names: list[str], backbone: MobileNetV2Config | No
         width = model_info(config.model).width_mult if config.model else config.width
         backbone = MobileNetV2Config(width_mult=width, num_classes=0, padding=config.padding)
     colors = data_class_colors(config.data, len(class_names))
-    return DeepLabV3(backbone_config(backbone), head_config(config, len(class_names), colors))
+    return DeepLabV3(backbone_config(with_bn_momentum(backbone, config)), head_config(config, len(class_names), colors))
 
 
 def from_meta(meta) -> DeepLabV3:

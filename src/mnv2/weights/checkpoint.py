@@ -146,13 +146,19 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     return removed
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) -> Path:
-    """Write ``model``'s weights and ``meta`` to ``path`` (a ``.safetensors`` file), atomically."""
+def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta, half: bool = False) -> Path:
+    """Write ``model``'s weights and ``meta`` to ``path`` (a ``.safetensors`` file), atomically.
+
+    ``half`` stores the conv and linear weights (every float tensor of 2 or more dimensions) as fp16, which halves a
+    file that ships in a repository; BN statistics and biases stay fp32, and :func:`load_checkpoint` restores fp32.
+    """
     from mnv2._version import __version__
 
     model = unwrap(model)
     meta = dataclasses.replace(meta, package_version=__version__)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() and v.dim() >= 2 else v for k, v in state.items()}
     bad = non_finite_tensors(state)
     if bad:
         raise NonFiniteError(
@@ -217,7 +223,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     bad = non_finite_tensors(state)
     if bad:
         raise CheckpointError(f"{str(path)!r} holds NaN or inf in {len(bad)} tensor(s), e.g. {', '.join(bad[:5])}")
-    load_state_dict_checked(model, state, source=str(path))
+    load_state_dict_checked(model, state, source=str(path))  # fp16-stored weights are copied into fp32 parameters
     model.meta = meta
     return model.to(device).eval()
 
