@@ -553,3 +553,51 @@ def test_table6_model_size_at_320_with_91_classes():
     assert params == 4_500_543 and params - bn == 4_449_791
     assert madds == 804_397_504
     assert 0.75e9 < madds < 0.85e9  # Table 6: 0.8B
+
+
+@pytest.mark.isolated  # converts with litert-torch in-process; see the marker's note in pyproject.toml
+def test_export_onnx_and_tflite_decode_boxes_in_the_graph_and_predict_as_torch(tmp_path, monkeypatch, capsys):
+    """`mnv2 export` of a detector: boxes decoded in the graph ([1, A, 4 + C], parity-checked), NMS on the host;
+    `mnv2 predict` on the exported files (ONNX Runtime, LiteRT) gives the checkpoint's detections."""
+    from mnv2.cli import main
+    from mnv2.deploy.engines import clear_cache, load_engine
+    from mnv2.weights.checkpoint import CheckpointMeta, save_checkpoint
+
+    monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
+    clear_cache()
+    torch.manual_seed(0)
+    model = SSDLite(MobileNetV2Config(width_mult=0.35, padding="tf"), SSDLiteConfig(num_classes=2)).eval()
+    with torch.no_grad():  # spread the untrained scores (all near 0.5 otherwise), so that their order is stable
+        for head in model.cls_heads:
+            head[-1].weight.mul_(40)
+    pre = Preprocessing(input_size=128, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
+    meta = CheckpointMeta(model.config, pre, ["raccoon", "dog"], task="detection", head=model.head_config)
+    ckpt = save_checkpoint(tmp_path / "det.safetensors", model, meta)
+    images = [str(p) for p in sorted((RACCOON / "images").iterdir())[:2]]
+    assert main(["predict", str(ckpt), *images, "--min-score", "0", "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)
+    anchors = num_anchors(128, 128, model.ssd_config)
+    for fmt, extra in (("onnx", []), ("tflite", ["--static-batch"])):
+        out = tmp_path / f"det.{fmt}"
+        assert main(["export", str(ckpt), "--format", fmt, "--out", str(out), *extra, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["output"] == "boxes_scores" and report["parity_max_abs"] < 1e-4
+        engine = load_engine(out)
+        assert engine(torch.zeros(1, 3, 128, 128).numpy()).shape == (1, anchors, 4 + 2)
+        assert main(["predict", str(out), *images, "--min-score", "0", "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        for g, w in zip(got, want):
+            assert len(g["detections"]) == len(w["detections"]) == 100
+            scores = [d["score"] for d in g["detections"]]
+            assert scores == pytest.approx([d["score"] for d in w["detections"]], abs=1e-4)
+            for d in g["detections"][:20]:  # near-equal scores may swap places: match each box to one of torch's
+                assert any(
+                    d["label"] == e["label"]
+                    and d["bbox"] == pytest.approx(e["bbox"], abs=0.05)
+                    and abs(d["score"] - e["score"]) < 1e-4
+                    for e in w["detections"]
+                )
+    assert (
+        main(["export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "x.onnx"), "--bake-preprocessing"]) == 2
+    )
+    assert "one input size with float inputs" in capsys.readouterr().err

@@ -151,20 +151,37 @@ class LiteRtEngine(Engine):
         self.lanes: list | None = None  # one single-thread interpreter per thread, made at the first large batch
         self.pool: Any = None  # the lanes' worker threads
         self.single_image_file = int(inp["shape"][0]) == 1  # mnv2's and litert-torch's exports: batch 1
+        self.resizable = True  # until XNNPACK refuses a new batch size (see _resize)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         with self.lock:
             if self.n_threads > 1 and len(x) >= 2 * self.n_threads and self.single_image_file:
                 y = self._run_lanes(x)
+            elif len(x) != self.batch and not self._resize(len(x)):  # a graph fixed at batch 1: image by image
+                y = np.concatenate([self._invoke(self.interp, x[i : i + 1]) for i in range(len(x))])
             else:
-                if len(x) != self.batch:  # XNNPACK re-plans for the new shape; the graph has no fixed batch
-                    self.interp.resize_tensor_input(self.input, list(x.shape))
-                    self.interp.allocate_tensors()
-                    self.batch = len(x)
                 y = self._invoke(self.interp, x)
         if self.out_q[0]:
             return (y.astype(np.float32) - self.out_q[1]) * np.float32(self.out_q[0])
         return y
+
+    def _resize(self, batch: int) -> bool:
+        """Re-plan the interpreter for ``batch`` images (XNNPACK takes a new batch size when nothing in the graph
+        fixes it). A graph with batch-1 constants (a detector's anchors) refuses: then it stays at batch 1."""
+        if not self.resizable:
+            return False
+        shape = [batch, *self.interp.get_input_details()[0]["shape"][1:]]
+        try:
+            self.interp.resize_tensor_input(self.input, shape)
+            self.interp.allocate_tensors()
+        except RuntimeError:
+            self.resizable = False
+            self.interp.resize_tensor_input(self.input, [1, *shape[1:]])
+            self.interp.allocate_tensors()
+            self.batch = 1
+            return False
+        self.batch = batch
+        return True
 
     def _invoke(self, interp: Any, x: np.ndarray) -> np.ndarray:
         if self.in_q[0]:  # quantized here, per call: a lane's one image stays in cache (a whole batch-32 is 23 ms)
@@ -271,9 +288,10 @@ def _is_int8(path: Path) -> bool:
     return read_model_metadata(path).get("precision") == "int8"
 
 
-# Tasks whose checkpoints the export engines convert on the fly (ONNX/TFLite with parity); the detection and
-# segmentation exports are not parity-checked yet, so their checkpoints run on torch under ``auto``.
-EXPORTED_TASKS = ("classification",)
+# Tasks whose checkpoints the export engines convert on the fly (ONNX/TFLite with parity; detection with its boxes
+# decoded in the graph). Segmentation runs at each image's own size, which the fixed-size exports cannot take yet, so
+# its checkpoints run on torch under ``auto``.
+EXPORTED_TASKS = ("classification", "detection")
 
 
 def _checkpoint_task(path: Path) -> str:

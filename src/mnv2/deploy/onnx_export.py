@@ -219,7 +219,12 @@ class ExportPlan:
 
 
 def plan_export(model: nn.Module, meta: CheckpointMeta | None, options: ExportOptions, fmt: str) -> ExportPlan:
-    """Validate ``options`` for ``model`` and ``fmt`` and resolve what the exporter needs (raises ``ConfigError``)."""
+    """Validate ``options`` for ``model`` and ``fmt`` and resolve what the exporter needs (raises ``ConfigError``).
+
+    A task with an ``export_module`` (detection: boxes decoded in the graph) is exported through it: the traced
+    module, the parity reference and the output's name all come from the task."""
+    from mnv2.tasks import get_task
+
     if meta is None:
         meta = getattr(model, "meta", None)
     if meta is None:
@@ -227,12 +232,21 @@ def plan_export(model: nn.Module, meta: CheckpointMeta | None, options: ExportOp
             raise ConfigError("exporting a module that is not an mnv2 MobileNetV2 needs its CheckpointMeta")
         meta = CheckpointMeta(model_config=model.config)
     size = check_options(model, meta, options, fmt)
-    reference = (
-        BakedPreprocessing(model, meta.preprocessing, meta.model_config.in_chans)
-        if options.bake_preprocessing
-        else model
-    ).eval()
-    return ExportPlan(meta, size, io_spec(meta, options, size), reference, prepare_for_export(model, meta, options))
+    wrap = get_task(meta.task).export_module
+    if wrap is None:
+        reference = (
+            BakedPreprocessing(model, meta.preprocessing, meta.model_config.in_chans)
+            if options.bake_preprocessing
+            else model
+        ).eval()
+        return ExportPlan(meta, size, io_spec(meta, options, size), reference, prepare_for_export(model, meta, options))
+    if options.bake_preprocessing or options.dynamic_size:
+        raise ConfigError(f"a {meta.task} model is exported for one input size with float inputs: drop "
+                          "--bake-preprocessing / --dynamic-size")  # fmt: skip
+    reference, output = wrap(model.eval(), size)
+    module, _ = wrap(fold_batchnorm(model) if options.fold_bn else model.eval(), size)
+    spec = {**io_spec(meta, options, size), "output_name": output, "output": output}
+    return ExportPlan(meta, size, spec, reference, module)
 
 
 def sample_input(io: dict[str, Any], batch: int, size: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -261,6 +275,8 @@ def metadata_props(meta: CheckpointMeta, io: dict[str, Any], options: ExportOpti
         "version": __version__,
         "task": meta.task,
     }
+    if meta.head is not None:  # a task head's arguments (detection anchors and NMS, segmentation classes' colours)
+        props["head"] = json.dumps(meta.head)
     if meta.metrics:
         props["metrics"] = json.dumps(meta.metrics)
     props.update(extra or {})

@@ -486,20 +486,35 @@ def class_scores(class_logits: torch.Tensor, score_fn: str) -> torch.Tensor:
     return probs[..., 1:]
 
 
+def decode_outputs(
+    box_regression: torch.Tensor, class_logits: torch.Tensor, anchors: torch.Tensor, head: SSDLiteConfig
+) -> torch.Tensor:
+    """The model's raw outputs as ``[N, A, 4 + C]``: each anchor's decoded box (normalised ``x1, y1, x2, y2``,
+    clipped to the image) then its per-class probabilities (no background). Everything before NMS, and what an
+    exported detector computes in its graph (NMS runs on the host: :func:`nms_decoded`)."""
+    boxes = decode_boxes(box_regression.float(), anchors.to(box_regression.device), head.box_coder_scales)
+    return torch.cat([boxes.clamp(0, 1), class_scores(class_logits, head.score_fn)], dim=-1)
+
+
 @torch.no_grad()
 def postprocess(
     box_regression: torch.Tensor, class_logits: torch.Tensor, anchors: torch.Tensor, head: SSDLiteConfig
 ) -> list[dict[str, torch.Tensor]]:
     """Decoded detections per image: ``{"boxes": [k, 4] normalised xyxy clipped to [0, 1], "scores": [k],
-    "labels": [k] in 1..C}``, best first.
+    "labels": [k] in 1..C}``, best first (:func:`decode_outputs`, then :func:`nms_decoded`)."""
+    return nms_decoded(decode_outputs(box_regression, class_logits, anchors, head), head)
+
+
+@torch.no_grad()
+def nms_decoded(decoded: torch.Tensor, head: SSDLiteConfig) -> list[dict[str, torch.Tensor]]:
+    """Per-image detections from :func:`decode_outputs`' ``[N, A, 4 + C]``.
 
     ``batch_multiclass_non_max_suppression`` as the TF config sets it: per class, scores above ``score_threshold``
     (1e-8), NMS at ``iou_threshold`` (0.6), at most ``max_detections_per_class`` (100); then the best
     ``max_detections`` (100) over all classes. Boxes are clipped to the image window, as TF's postprocess.
     """
-    anchors = anchors.to(box_regression.device)
-    boxes = decode_boxes(box_regression.float(), anchors, head.box_coder_scales).clamp(0, 1)
-    scores = class_scores(class_logits, head.score_fn)
+    decoded = decoded.float()
+    boxes, scores = decoded[..., :4], decoded[..., 4:]
     results = []
     for b, s in zip(boxes, scores):
         keep_boxes, keep_scores, keep_labels = [], [], []

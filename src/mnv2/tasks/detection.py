@@ -28,9 +28,11 @@ from mnv2.models.ssdlite import (
     SSDLite,
     SSDLiteConfig,
     anchors_for_count,
+    decode_outputs,
     detection_loss,
     feature_map_sizes,
     generate_anchors,
+    nms_decoded,
     postprocess,
 )
 from mnv2.models.utils import unwrap
@@ -41,6 +43,7 @@ TTA_MODES = ("none",)
 DEFAULT_INPUT_SIZE = 320  # the paper's SSDLite input (§6.2, Table 6); the TF config uses 300
 EVAL_BATCH_MAX = 64  # detection activations at 320 px: the classification default of 500 images would not fit
 PREDICT_MIN_SCORE = 0.3  # predict shows detections from this score; 0 gives all (COCO results style)
+DECODED_OUTPUT = "boxes_scores"  # an exported detector's output: [N, A, 4 + C] decoded boxes, class probabilities
 COCO_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10", "AR100")
 
 
@@ -334,6 +337,24 @@ def format_metrics(m: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- prediction
+class DecodedOutputs(nn.Module):
+    """The detector as exported (``mnv2 export``): its raw outputs decoded in the graph with the anchors of one input
+    size (a constant), ``[N, A, 4 + C]`` (:func:`mnv2.models.ssdlite.decode_outputs`). NMS is left to the host
+    (``results``): data-dependent output sizes that ONNX and TFLite runtimes run slowly or not at all."""
+
+    def __init__(self, model: SSDLite, size: int) -> None:
+        super().__init__()
+        self.model, self.head = model, model.ssd_config
+        self.register_buffer("anchors", model.anchors(size).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return decode_outputs(*self.model(x), self.anchors, self.head)
+
+
+def export_module(model: nn.Module, size: int) -> tuple[nn.Module, str]:
+    return DecodedOutputs(unwrap(model), size).eval(), DECODED_OUTPUT
+
+
 def _names(info: dict) -> list[str]:
     names = info["class_names"]
     return [str(i + 1) for i in range(names)] if isinstance(names, int) else list(names)
@@ -350,17 +371,22 @@ def prepare(image, info: dict) -> torch.Tensor:
 def results(outputs, images: list, info: dict, *, min_score: float = PREDICT_MIN_SCORE, **_: Any) -> list[dict]:
     """``{"width", "height", "detections"}`` per image: decoded, NMS-filtered boxes from ``min_score``, COCO results
     style (``bbox`` ``[x, y, w, h]`` in the image's pixels, ``category_id`` 1..C, ``label``, ``score``), best first.
-    ``outputs`` is the model's ``(box_regression, class_logits)``; ``images`` the PIL images (for their sizes)."""
+    ``outputs`` is the model's ``(box_regression, class_logits)``, or an exported file's decoded ``[N, A, 4 + C]``
+    (``info["output"]`` is then ``"boxes_scores"``); ``images`` the PIL images (for their sizes)."""
     pre: Preprocessing = info["preprocessing"]
     names = _names(info)
     head = SSDLiteConfig.from_dict(info["head"], "checkpoint head")
     size = pre.input_size
     anchors = generate_anchors(feature_map_sizes(size, size, head.num_layers), head, (size, size))
-    box_regression, class_logits = (torch.as_tensor(o) for o in outputs)
-    if class_logits.shape[1] != len(anchors):
-        raise ConfigError(f"the model predicts {class_logits.shape[1]} boxes, its head {len(anchors)} anchors")
+    if info.get("output") == DECODED_OUTPUT:  # an exported file: decoded in its graph
+        decoded = torch.as_tensor(outputs[0] if isinstance(outputs, tuple) else outputs).float()
+    else:
+        box_regression, class_logits = (torch.as_tensor(o).float() for o in outputs)
+        decoded = decode_outputs(box_regression, class_logits, anchors, head)
+    if decoded.shape[1] != len(anchors):
+        raise ConfigError(f"the model predicts {decoded.shape[1]} boxes, its head {len(anchors)} anchors")
     out = []
-    for im, d in zip(images, postprocess(box_regression.float().cpu(), class_logits.float().cpu(), anchors, head)):
+    for im, d in zip(images, nms_decoded(decoded.cpu(), head)):
         w, h = im.size
         keep = d["scores"] >= min_score
         found = []
@@ -518,5 +544,6 @@ TASK = Task(
     plot_report=plot_report,
     report_file="pr.png",
     format_metrics=format_metrics,
+    export_module=export_module,
     format_value=_pct,
 )
