@@ -61,3 +61,17 @@ def test_table_prints_peak_line_and_columns(bench):
     n = next(r for r in bench if r.batch == BATCH)
     assert row.split()[-2:] == [f"{n.gflops:.3g}", f"{100 * n.peak_fraction:.3g}"]
     assert "fp32-equivalent" in table
+
+
+def test_task_bench_times_the_paper_detector_and_segmenter_per_engine():
+    """`mnv2 bench --task detection|segmentation`: one record per engine and size, MAdds from the model summary."""
+    from mnv2.bench.task_speed import format_task_table, run_task_bench
+
+    det = run_task_bench("detection", [(128, 128)], threads=1, rounds=1, iters=2, only=["torch"])
+    seg = run_task_bench("segmentation", [(64, 96)], threads=1, rounds=1, iters=2, only=["torch"])
+    assert [(r.task, r.engine, r.height, r.width) for r in det + seg] == [
+        ("detection", "torch", 128, 128), ("segmentation", "torch", 64, 96)]  # fmt: skip
+    for r in det + seg:
+        assert r.median_ms > 0 and r.madds > 0 and 0 < r.peak_fraction < 1
+        assert r.gflops == pytest.approx(2 * r.madds / (r.median_ms / 1e3) / 1e9, rel=0.01)
+    assert "| detection | 128x128 | torch |" in format_task_table(det)

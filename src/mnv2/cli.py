@@ -415,9 +415,28 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_task(args: argparse.Namespace) -> int:
+    from mnv2.bench.task_speed import format_task_table, run_task_bench
+
+    def progress(msg: str) -> None:
+        if not args.json:
+            print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+    sizes = [(args.resolution, args.resolution)] if args.resolution else None
+    records = run_task_bench(args.task, sizes, threads=args.threads or 2, rounds=args.rounds, iters=args.iters,
+                             only=args.engines, progress=progress)  # fmt: skip
+    if not args.json:
+        print("\r\033[K", end="", file=sys.stderr)
+    print(_dumps([r.to_dict() for r in records]) if args.json else format_task_table(records))
+    return 0
+
+
 def _bench_speed(args: argparse.Namespace) -> int:
     from mnv2.bench.speed import format_table, run_bench
     from mnv2.errors import ConfigError
+
+    if args.task != "classification":
+        return _bench_task(args)
 
     memory_only = [f"--{k}" for k in ("width", "splits", "plot") if getattr(args, k) is not None]
     if memory_only:
@@ -583,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: engine speed vs peers (default) or --memory (§5.1 streaming)")
     p.add_argument("--memory", action="store_true", help="§5.1: measured peak activation memory, bound, latency")
+    p.add_argument("--task", default="classification", choices=("classification", "detection", "segmentation"),
+                   help="speed: detection (SSDLite 1.0 @320) or segmentation (DeepLabv3 @512x512 and 480x360): batch-1 "
+                   "latency per engine")  # fmt: skip
     p.add_argument("--model", default="mobilenetv2_100", help="speed: registered name (random weights)")
     p.add_argument("--width", type=float, default=None, help="memory: one width (default: 0.35 and 1.0)")
     p.add_argument("--resolution", type=_positive, default=None, help="input size (default 224)")

@@ -1,0 +1,165 @@
+"""``mnv2 bench --task detection|segmentation``: batch-1 latency of the paper's other two models on every engine.
+
+SSDLite-MobileNetV2 1.0 @320 with COCO's 90 classes (§6.2, Table 6) and Mobile DeepLabv3 1.0 at output stride 16
+without ASPP, 21 classes (§6.3, Table 7), random weights (speed does not depend on them). Each engine runs the
+file ``mnv2 export`` writes (parity-checked on the way): the detector with its boxes decoded in the graph (NMS is
+the host's and not timed; it is the same on every engine). Timing as ``mnv2 bench``: engines in blocks, rounds in
+alternating order, medians, and the fp32 matmul peak measured first for the fraction of peak.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnv2.bench.speed import _blocks, measure_matmul_peak
+from mnv2.errors import ConfigError
+
+# The paper's settings: detection at 320 (Table 6), segmentation at 512x512 (Table 7) and CamVid's 480x360.
+TASK_SIZES = {"detection": [(320, 320)], "segmentation": [(512, 512), (360, 480)]}
+
+
+@dataclass
+class TaskBenchRecord:
+    task: str
+    engine: str
+    height: int
+    width: int
+    median_ms: float
+    p90_ms: float
+    images_per_s: float
+    madds: int
+    gflops: float
+    peak_fraction: float
+    peak_gflops: float
+    threads: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_task_model(task: str, height: int, width: int):
+    """The task's paper model (random weights) and its checkpoint metadata for one input size."""
+    from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
+    from mnv2.models.mobilenetv2 import MobileNetV2Config
+    from mnv2.weights.checkpoint import CheckpointMeta
+
+    torch.manual_seed(0)
+    if task == "detection":
+        from mnv2.models.ssdlite import SSDLite, SSDLiteConfig
+
+        if height != width:
+            raise ConfigError("the detector is benchmarked at square sizes (its anchors are laid out for one)")
+        model = SSDLite(MobileNetV2Config(width_mult=1.0, padding="tf"), SSDLiteConfig(num_classes=90))
+        names = [str(i + 1) for i in range(90)]
+    elif task == "segmentation":
+        from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
+
+        model = DeepLabV3(MobileNetV2Config(width_mult=1.0, output_stride=16, num_classes=0),
+                          DeepLabConfig(num_classes=21))  # fmt: skip
+        names = [str(i) for i in range(21)]
+    else:
+        raise ConfigError(f"--task {task!r}: the task bench knows detection and segmentation")
+    pre = Preprocessing(input_size=min(height, width), crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
+    meta = CheckpointMeta(model.config, pre, names, task=task, head=model.head_config)
+    model.meta = meta
+    return model.eval(), meta
+
+
+def _madds(model: torch.nn.Module, height: int, width: int) -> int:
+    from mnv2.bench.profile import summarize
+
+    return summarize(model, (height, width)).madds
+
+
+def _engines(model, meta, height: int, width: int, threads: int, workdir: Path, only: list[str] | None) -> dict:
+    """name -> run(x) for every installed engine that runs this model at this size."""
+    from mnv2.deploy.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, installed_engines
+    from mnv2.deploy.formats import export_other
+    from mnv2.deploy.onnx_export import ExportOptions, export_onnx
+
+    square = height == width
+    runs = {"torch": TorchEngine(model, "bench", threads)}
+    onnx_path = workdir / f"{meta.task}-{height}x{width}.onnx"
+    installed = installed_engines()
+    want = [e for e in ("onnxruntime", "openvino", "litert") if e in installed and (not only or e in only)]
+    if {"onnxruntime", "openvino"} & set(want):
+        if square:
+            export_onnx(model, onnx_path, ExportOptions(dynamic_batch=False), meta=meta)
+        else:  # a non-square size: an ONNX graph of symbolic height and width (torch padding only)
+            export_onnx(model, onnx_path, ExportOptions(dynamic_batch=False, dynamic_size=True), meta=meta)
+        if "onnxruntime" in want:
+            runs["onnxruntime"] = OrtEngine(onnx_path, "fp32", threads)
+        if "openvino" in want:
+            runs["openvino"] = OpenVinoEngine(onnx_path, "fp32", threads)
+    if "litert" in want and square:
+        tfl = workdir / f"{meta.task}-{height}.tflite"
+        export_other("tflite", model, tfl, ExportOptions(dynamic_batch=False), meta=meta)
+        runs["litert"] = LiteRtEngine(tfl, threads)
+    return {k: v for k, v in runs.items() if not only or k in only}
+
+
+def run_task_bench(
+    task: str,
+    sizes: list[tuple[int, int]] | None = None,
+    threads: int = 2,
+    rounds: int = 3,
+    iters: int = 20,
+    only: list[str] | None = None,
+    progress=None,
+) -> list[TaskBenchRecord]:
+    """Batch-1 latency of ``task``'s paper model on every installed engine, at each of ``sizes`` (H, W)."""
+    if rounds < 1 or iters < 1 or threads < 1:
+        raise ConfigError("rounds, iters and threads must all be >= 1")
+    sizes = sizes or TASK_SIZES.get(task)
+    if sizes is None:
+        raise ConfigError(f"--task {task!r}: the task bench knows {', '.join(TASK_SIZES)}")
+    torch.set_num_threads(threads)
+    if progress:
+        progress(f"fp32 matmul peak on {threads} threads")
+    peak = measure_matmul_peak(threads)
+    records = []
+    with tempfile.TemporaryDirectory() as d:
+        for h, w in sizes:
+            model, meta = build_task_model(task, h, w)
+            if task == "segmentation" and h != w:
+                import dataclasses
+
+                model.config = meta.model_config = dataclasses.replace(meta.model_config, padding="torch")
+            if progress:
+                progress(f"{task} {h}x{w}: exporting to each engine (parity-checked)")
+            runs = _engines(model, meta, h, w, threads, Path(d), only)
+            x = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
+            times: dict[str, list[float]] = {k: [] for k in runs}
+            for r in range(rounds):
+                if progress:
+                    progress(f"{task} {h}x{w}: round {r + 1}/{rounds}")
+                order = dict(list(runs.items())[:: 1 if r % 2 == 0 else -1])
+                for k, ts in _blocks(order, x, iters, warmup=3, slow_ms=2000).items():
+                    times[k] += ts
+            madds = _madds(model, h, w)
+            for k, ts in times.items():
+                ms = statistics.median(ts)
+                gflops = 2 * madds / (ms / 1e3) / 1e9
+                records.append(TaskBenchRecord(task, k, h, w, round(ms, 2), round(float(np.percentile(ts, 90)), 2),
+                                               round(1e3 / ms, 1), madds, round(gflops, 1), round(gflops / peak, 3),
+                                               round(peak, 1), threads))  # fmt: skip
+    return records
+
+
+def format_task_table(records: list[TaskBenchRecord]) -> str:
+    lines = ["| task | size (HxW) | engine | batch-1 median (ms) | p90 (ms) | img/s | GFLOP/s | of fp32 peak |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in records:
+        lines.append(f"| {r.task} | {r.height}x{r.width} | {r.engine} | {r.median_ms:.2f} | {r.p90_ms:.2f} | "
+                     f"{r.images_per_s:.1f} | {r.gflops:.1f} | {100 * r.peak_fraction:.1f}% |")  # fmt: skip
+    if records:
+        r = records[0]
+        lines.append(f"\n{r.madds / 1e9:.2f}B multiply-adds per image at {r.height}x{r.width}; fp32 matmul peak "
+                     f"{r.peak_gflops:.0f} GFLOP/s on {r.threads} threads (measured in this run)")  # fmt: skip
+    return "\n".join(lines)
