@@ -405,6 +405,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from mnv2.weights.checkpoint import load_checkpoint
 
     model = load_checkpoint(args.checkpoint)
+    if model.meta.task == "detection":  # mAP instead of top-1; calibration on the train split of a detection set
+        from mnv2.deploy.quantize_detection import quantize_detection
+
+        report = quantize_detection(model, args.out, args.calibration, args.eval, args.method,
+                                    num_calibration=min(args.num_calibration, args.max_calibration),
+                                    workers=args.workers)  # fmt: skip
+        print(_dumps(report.to_dict()) if args.json else report.format())
+        return 0
+    if model.meta.task != "classification":
+        raise ConfigError(f"mnv2 quantize takes classification and detection checkpoints, not {model.meta.task}")
     calib = _quantize_data(model, args.calibration, True, args.max_calibration, args.workers)
     held_out = _quantize_data(model, args.eval, False, args.max_eval, args.workers) if args.eval else None
     report = quantize(
