@@ -628,3 +628,33 @@ def test_quantize_a_detector_reports_the_map_drop_and_the_int8_file_predicts(tmp
     assert "detections" in json.loads(capsys.readouterr().out)[0]
     assert main(["quantize", str(ckpt), "--calibration", str(RACCOON), "--out", str(tmp_path / "x.tflite")]) == 2
     assert "name the output .onnx" in capsys.readouterr().err
+
+
+def test_precise_bn_gives_the_eval_detector_the_statistics_it_trains_with():
+    """A fresh SSDLite's extra depthwise convs (TF's 0.03-std init) output variance ~1e-3; their BN running variance
+    starts at 1 and, at momentum 0.03, still reads ~0.4 after 30 steps: the eval-mode model then scales those
+    layers' outputs down ~400x (measured on the raccoon run: one box for every image). ``recompute_bn_stats``
+    averages the statistics of real train batches under the current weights."""
+    from mnv2.data.detection import build_detection_data
+    from mnv2.engine.loop import recompute_bn_stats
+
+    torch.manual_seed(0)
+    model = SSDLite(MobileNetV2Config(width_mult=0.35, bn_momentum=0.03), SSDLiteConfig(num_classes=1))
+    pre = Preprocessing(input_size=128, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
+    bn = model.extras[0][1].bn  # the first extra layer's depthwise conv
+    seen = {}
+
+    def first_batch_variance(module, inputs, output) -> None:
+        seen.setdefault("var", inputs[0].var((0, 2, 3)))
+
+    bn.register_forward_hook(first_batch_variance)
+    data = build_detection_data(str(RACCOON), pre, 4, 4, workers=0)
+    model.train()
+    with torch.no_grad():
+        for x, _ in data.train.epoch(0):
+            model(x)
+    assert (bn.running_var / seen["var"]).median() > 20  # after one step the running variance is still ~init
+    recompute_bn_stats(model, data.train, 0, 8, torch.device("cpu"), None)
+    assert bn.momentum == 0.03 and model.training
+    ratio = (bn.running_var / seen["var"]).median()
+    assert 0.2 < ratio < 5  # the statistics of the data, under these weights

@@ -122,7 +122,8 @@ def test_every_task_supplies_every_part():
     for name, task in TASKS.items():
         assert task.name == name
         for f in dataclasses.fields(task):
-            assert getattr(task, f.name) is not None, (name, f.name)
+            optional = f.default is None  # export_module: only tasks whose export differs from the model
+            assert optional or getattr(task, f.name) is not None, (name, f.name)
         assert task.tta_modes[0] == "none"
 
 

@@ -95,6 +95,8 @@ class TrainConfig:
                                     "classes.json, else 255; CamVid: 11)")  # fmt: skip
     class_weights: list[float] | None = None  # segmentation: per-class loss weights
     grad_clip: float = flag(0.0, "max global gradient norm (0 = off)")
+    precise_bn: int = flag(0, "recompute BatchNorm statistics on this many train images before each evaluation (0 = "
+                           "off): new layers' running statistics lag far behind in short fine-tunes")  # fmt: skip
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # engine
     amp: str = flag("auto", "auto (bf16 on CUDA / AMX CPUs), bf16 or off", choices=AMP_MODES)
@@ -127,6 +129,7 @@ class TrainConfig:
             (self.aspp in ASPP_MODES, f"aspp must be one of {ASPP_MODES}"),
             (self.output_stride in (None, 8, 16), "output_stride must be 8 or 16"),
             (self.poly_power > 0, "poly_power must be > 0"),
+            (isinstance(self.precise_bn, int) and self.precise_bn >= 0, "precise_bn must be an integer >= 0"),
             (self.padding in PADDING_MODES, f"padding must be one of {PADDING_MODES}"),
             (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be an integer >= 1"),
             (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1"),
