@@ -109,6 +109,11 @@ class ServedModel:
         self.engine = engines.load_engine(path, engine, None, threads)
         self._palette: np.ndarray | None = None
 
+    def decode(self, data: bytes, max_pixels: int):
+        """``(image, input tensor)`` of an uploaded image (``ImageError``/``ImageTooLarge`` when it cannot be)."""
+        image = decode_image(data, max_pixels)
+        return image, self.task.prepare(image, self.info)
+
     def run_batch(self, jobs: list[Job]) -> list[dict]:
         """The task's results for a batch of prepared inputs of one shape (runs on the batcher's thread)."""
         import torch
@@ -318,13 +323,12 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             data = await read_image(request)
             if not data:
                 raise HTTPError(400, "the body holds no image")
-            try:
-                image = await run_in_threadpool(decode_image, data, settings.max_pixels)
+            try:  # one hop to a worker thread: decoding and preprocessing release the event loop
+                image, tensor = await run_in_threadpool(model.decode, data, settings.max_pixels)
             except ImageTooLarge as e:
                 raise HTTPError(413, str(e)) from None
             except ImageError as e:
                 raise HTTPError(400, str(e)) from None
-            tensor = await run_in_threadpool(model.task.prepare, image, model.info)
             try:
                 result = await batcher.submit(Job(tensor, image, options))
             except QueueFull:
