@@ -169,7 +169,8 @@ class ServedModel:
         return d
 
 
-def _options(request, task: str) -> dict:
+def _options(request) -> dict:
+    """The task options a request may set: ``topk`` (classification), ``min_score`` (detection)."""
     q = request.query_params
     opts: dict[str, Any] = {}
     try:
@@ -319,7 +320,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
                 raise HTTPError(413, f"the body is over the {settings.max_body_bytes:,}-byte limit")
-            options = _options(request, model.task.name)
+            options = _options(request)
             data = await read_image(request)
             if not data:
                 raise HTTPError(400, "the body holds no image")
@@ -400,6 +401,7 @@ def serve(
         )  # fmt: skip
     models = []
     for p in model_files(paths):
+        log.info("loading %s (a checkpoint is converted once for the fastest engine, then cached)", p)
         m = ServedModel(p, engine, threads)
         log.info("loaded %s: %s on %s", m.name, m.task.name, m.engine.name)
         models.append(m)
