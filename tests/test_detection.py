@@ -597,6 +597,11 @@ def test_export_onnx_and_tflite_decode_boxes_in_the_graph_and_predict_as_torch(t
                     and abs(d["score"] - e["score"]) < 1e-4
                     for e in w["detections"]
                 )
+    # a checkpoint run by an export engine (converted on the fly, cached) answers as its exported file
+    assert main(["predict", str(ckpt), *images, "--min-score", "0", "--engine", "onnxruntime", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [len(g["detections"]) for g in got] == [len(w["detections"]) for w in want]
+    assert got[0]["detections"][0]["score"] == pytest.approx(want[0]["detections"][0]["score"], abs=1e-4)
     assert (
         main(["export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "x.onnx"), "--bake-preprocessing"]) == 2
     )

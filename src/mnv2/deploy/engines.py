@@ -90,6 +90,7 @@ class Engine:
     precision: str
     source: str
     threads: int | None
+    output_kind: str | None = None  # the exported file's output kind (detection: "boxes_scores"); None: the model's own
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.run(np.ascontiguousarray(x, dtype=np.float32))
@@ -373,6 +374,10 @@ def load_engine(
             if name == "onnxruntime"
             else (OpenVinoEngine(onnx_path, precision, threads))
         )
+    if name != "torch":  # a checkpoint converted on the fly answers what its exported file does
+        from mnv2.deploy.onnx_export import read_model_metadata
+
+        made.output_kind = read_model_metadata(made.source).get("output")
     with _LOCK:
         _CACHE[key] = made
         while len(_CACHE) > CACHE_SIZE:
@@ -437,6 +442,8 @@ def predict(
     path = Path(source)
     task, info = model_info(path)
     run = load_engine(path, engine, precision, threads)
+    if run.output_kind:
+        info = {**info, "output": run.output_kind}
 
     def forward(x: torch.Tensor) -> Any:
         out = run(x.numpy())

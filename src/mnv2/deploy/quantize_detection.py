@@ -23,6 +23,8 @@ from mnv2.deploy.quantize import AUTO_ORDER, METHODS, QuantizationError, _copy_m
 from mnv2.errors import ConfigError
 from mnv2.weights.checkpoint import atomic_write
 
+CALIB_BATCH = 8
+
 
 @dataclass
 class DetectionQuantizeReport:
@@ -110,7 +112,9 @@ def quantize_detection(
         raise QuantizationError(f"{data!r}: {len(x_train)} train images; calibration needs more than {num_selection}")
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(x_train))
+    # ONNX Runtime's histogram calibrators stack the batches' activations: equal batches of CALIB_BATCH images
     sel, cal = perm[:num_selection], perm[num_selection:]
+    cal = cal[: max(1, len(cal) // CALIB_BATCH) * CALIB_BATCH] if len(cal) >= CALIB_BATCH else cal
     val, _, _ = task.load_eval_data(eval_data or data, pre, 16, split="val", workers=workers)
     x_val, t_val = _arrays(val)
     with tempfile.TemporaryDirectory() as d:
@@ -119,7 +123,7 @@ def quantize_detection(
         candidates = {}
         for m in AUTO_ORDER if method == "auto" else (method,):
             path = Path(d) / f"int8-{m}.onnx"
-            quantize_onnx_static(fp32, path, x_train[cal], m)
+            quantize_onnx_static(fp32, path, x_train[cal], m, batch=min(CALIB_BATCH, len(cal)))
             if method == "auto":
                 sel_targets = [t_train[i] for i in sel]
                 candidates[m] = _coco(ort_session(path, threads), x_train[sel], sel_targets, head, names)["mAP50"]
