@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import math
 from collections.abc import Callable
@@ -367,6 +368,12 @@ def prepare(image, info: dict) -> torch.Tensor:
     return eval_tensor(to_uint8_tensor(image), info["preprocessing"])
 
 
+@functools.lru_cache(maxsize=8)
+def _square_anchors(size: int, head: SSDLiteConfig) -> torch.Tensor:
+    """The anchors of a square input, once per (size, head): ``results`` runs per request in ``mnv2 serve``."""
+    return generate_anchors(feature_map_sizes(size, size, head.num_layers), head, (size, size))
+
+
 @torch.no_grad()
 def results(outputs, images: list, info: dict, *, min_score: float = PREDICT_MIN_SCORE, **_: Any) -> list[dict]:
     """``{"width", "height", "detections"}`` per image: decoded, NMS-filtered boxes from ``min_score``, COCO results
@@ -377,7 +384,7 @@ def results(outputs, images: list, info: dict, *, min_score: float = PREDICT_MIN
     names = _names(info)
     head = SSDLiteConfig.from_dict(info["head"], "checkpoint head")
     size = pre.input_size
-    anchors = generate_anchors(feature_map_sizes(size, size, head.num_layers), head, (size, size))
+    anchors = _square_anchors(size, head)
     if info.get("output") == DECODED_OUTPUT:  # an exported file: decoded in its graph
         decoded = torch.as_tensor(outputs[0] if isinstance(outputs, tuple) else outputs).float()
     else:
