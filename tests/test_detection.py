@@ -605,14 +605,14 @@ def test_export_onnx_and_tflite_decode_boxes_in_the_graph_and_predict_as_torch(t
     assert (
         main(["export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "x.onnx"), "--bake-preprocessing"]) == 2
     )
-    assert "one input size with float inputs" in capsys.readouterr().err
+    assert "bake_preprocessing (uint8 input, probabilities out) is for classifiers" in capsys.readouterr().err
 
 
 def test_quantize_a_detector_reports_the_map_drop_and_the_int8_file_predicts(tmp_path, capsys):
     """`mnv2 quantize` of a detector: INT8 QDQ ONNX calibrated on the train split, COCO metrics of fp32 and INT8
     on the val split in the report; the file runs in `mnv2 predict` (host NMS) like the fp32 export."""
     from mnv2.cli import main
-    from mnv2.deploy.quantize_detection import quantize_detection
+    from mnv2.deploy.quantize_tasks import quantize_task
     from mnv2.weights.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
@@ -621,14 +621,21 @@ def test_quantize_a_detector_reports_the_map_drop_and_the_int8_file_predicts(tmp
     meta = CheckpointMeta(model.config, pre, ["raccoon"], task="detection", head=model.head_config)
     ckpt = save_checkpoint(tmp_path / "det.safetensors", model, meta)
     out = tmp_path / "det-int8.onnx"
-    report = quantize_detection(load_checkpoint(ckpt), out, str(RACCOON), num_selection=1, method="auto", workers=0)
+    report = quantize_task(load_checkpoint(ckpt), out, str(RACCOON), num_selection=1, method="auto", workers=0)
     n_train, n_val = (len((RACCOON / f"{s}.txt").read_text().split()) for s in ("train", "val"))
     assert (report.n_calibration, report.n_selection, report.n_eval) == (n_train - 1, 1, n_val)
     assert set(report.candidates) == {"percentile", "entropy", "distribution", "minmax"}
     assert report.method in report.candidates
     for m in (report.fp32, report.int8):
         assert set(m) == {"mAP", "mAP50", "mAP75"} and all(0 <= v <= 1 for v in m.values())
-    assert report.drop_mAP50 == pytest.approx(100 * (report.fp32["mAP50"] - report.int8["mAP50"]), abs=0.01)
+    assert report.drop["mAP50"] == pytest.approx(100 * (report.fp32["mAP50"] - report.int8["mAP50"]), abs=0.01)
+    assert report.metric == "mAP" and report.input_hw == [128, 128]
+    # the box decoding stayed fp32: no quantize/dequantize pair on the graph's output
+    import onnx
+
+    graph = onnx.load(str(out)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    assert producer[graph.output[0].name].op_type != "DequantizeLinear"
     assert main(["predict", str(out), str(sorted((RACCOON / "images").iterdir())[0]), "--json"]) == 0
     assert "detections" in json.loads(capsys.readouterr().out)[0]
     assert main(["quantize", str(ckpt), "--calibration", str(RACCOON), "--out", str(tmp_path / "x.tflite")]) == 2

@@ -323,3 +323,73 @@ def test_train_one_epoch_then_eval_and_predict_end_to_end(tmp_path):
     assert Image.open(r["color"]).mode == "RGB" and Image.open(r["overlay"]).size == (120, 90)
     assert sorted(p.name for p in out.iterdir()) == [f"0016E5_07959_{k}.png" for k in ("color", "label", "overlay")]
     assert get_task("segmentation").format_prediction(r).startswith(str(CAMVID / "val" / "0016E5_07959.png"))
+
+
+# ----------------------------------------------------------------------------------------------- deployment
+def _segmenter_checkpoint(path: Path) -> Path:
+    """A tiny TF-padded segmenter with non-trivial BN statistics (fresh ones make every logit ~0: parity of zeros)."""
+    from mnv2.weights.checkpoint import CheckpointMeta, save_checkpoint
+
+    torch.manual_seed(0)
+    model = DeepLabV3(MobileNetV2Config(width_mult=0.35, padding="tf"), DeepLabConfig(num_classes=11))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.05, 0.5)
+    pre = Preprocessing(input_size=64, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
+    meta = CheckpointMeta(model.config, pre, CAMVID_CLASSES, task="segmentation", head=model.head_config)
+    return save_checkpoint(path, model.eval(), meta)
+
+
+def test_a_segmenter_exports_at_its_images_size_and_answers_as_torch(tmp_path, capsys):
+    from mnv2.cli import main
+    from mnv2.deploy.engines import predict as engine_predict
+    from mnv2.engine.evaluate import predict
+
+    ckpt = _segmenter_checkpoint(tmp_path / "seg.safetensors")
+    torch_out = predict(ckpt, [str(CAMVID / "val")], output_dir=tmp_path / "torch")
+    assert len(set(torch_out[0]["fractions"].values())) > 2  # logits that differ, so the comparison means something
+    # CamVid's own size (written WIDTHxHEIGHT): TF padding fixes the graph to it; the same pixels as torch's
+    onnx = tmp_path / "seg.onnx"
+    assert main(["export", str(ckpt), "--out", str(onnx), "--input-size", "120x90", "--static-batch", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input_shape"] == [1, 3, 90, 120] and report["parity_max_abs"] <= 1e-4
+    (r,) = engine_predict(onnx, [str(CAMVID / "val")], "onnxruntime", output_dir=tmp_path / "onnx")
+    assert r["fractions"] == pytest.approx(torch_out[0]["fractions"], abs=2e-3)
+    same = np.asarray(Image.open(r["label"])) == np.asarray(Image.open(torch_out[0]["label"]))
+    assert same.mean() > 0.995
+    # another size: images are resized to the graph's and the logits back, so masks keep the image's size
+    small = tmp_path / "small.onnx"
+    assert main(["export", str(ckpt), "--out", str(small), "--input-size", "64x48", "--static-batch"]) == 0
+    (r,) = engine_predict(small, [str(CAMVID / "val")], "onnxruntime", output_dir=tmp_path / "small")
+    assert (r["width"], r["height"]) == (120, 90) and np.asarray(Image.open(r["label"])).shape == (90, 120)
+    assert sum(r["fractions"].values()) == pytest.approx(1, abs=1e-4)
+    # sizes that cannot be: a bad spelling, a non-square classifier or detector, baked uint8 input for a segmenter
+    with pytest.raises(SystemExit) as bad:  # argparse's own error exit
+        main(["export", str(ckpt), "--out", str(tmp_path / "x.onnx"), "--input-size", "120x"])
+    assert bad.value.code == 2
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "x.onnx"), "--bake-preprocessing"]) == 2
+    err = capsys.readouterr().err
+    assert "'120x' is not a size" in err and "bake_preprocessing" in err and "is for classifiers" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_quantize_a_segmenter_reports_the_miou_drop_and_the_int8_file_predicts(tmp_path, capsys):
+    """`mnv2 quantize` of a segmenter: INT8 QDQ ONNX at the eval images' size (120x90 here), calibrated on the train
+    split, mIoU and pixel accuracy of fp32 and INT8 in the report; the file segments in `mnv2 predict`."""
+    from mnv2.cli import main
+
+    ckpt = _segmenter_checkpoint(tmp_path / "seg.safetensors")
+    out = tmp_path / "seg-int8.onnx"
+    argv = ["quantize", str(ckpt), "--calibration", str(CAMVID), "--out", str(out), "--method", "minmax"]
+    assert main([*argv, "--workers", "0", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"] == "segmentation" and report["metric"] == "mIoU" and report["input_hw"] == [90, 120]
+    assert (report["n_calibration"], report["n_eval"], report["method"]) == (3, 1, "minmax")
+    for m in (report["fp32"], report["int8"]):
+        assert set(m) == {"mIoU", "pixel_acc"} and all(0 <= v <= 1 for v in m.values())
+    assert report["drop"]["mIoU"] == pytest.approx(100 * (report["fp32"]["mIoU"] - report["int8"]["mIoU"]), abs=0.01)
+    assert main(["predict", str(out), str(CAMVID / "val"), "--json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)
+    assert (r["width"], r["height"]) == (120, 90) and sum(r["fractions"].values()) == pytest.approx(1, abs=1e-4)

@@ -58,6 +58,20 @@ def _int_at_least(low: int):
 _positive, _non_negative = _int_at_least(1), _int_at_least(0)
 
 
+def _image_size(text: str) -> int | tuple[int, int]:
+    """``320`` (square) or ``480x360`` (width x height, as image sizes are written) → ``320`` or ``(360, 480)``."""
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give N or WIDTHxHEIGHT, e.g. 320 or 480x360")
+    if len(parts) == 1:
+        return int(parts[0])
+    w, h = (int(p) for p in parts)
+    return w if w == h else (h, w)
+
+
+_image_size.__name__ = "size N or WIDTHxHEIGHT"
+
+
 def _add_arch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="registered name (see `mnv2 models`); default mobilenetv2_100")
     p.add_argument("--width", type=float, default=None, help="width multiplier (any value > 0); overrides --model")
@@ -405,20 +419,23 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from mnv2.weights.checkpoint import load_checkpoint
 
     model = load_checkpoint(args.checkpoint)
-    if model.meta.task == "detection":  # mAP instead of top-1; calibration on the train split of a detection set
-        from mnv2.deploy.quantize_detection import quantize_detection
+    if model.meta.task in ("detection", "segmentation"):  # the task's metric instead of top-1; train-split calibration
+        from mnv2.deploy.quantize_tasks import quantize_task
 
-        report = quantize_detection(model, args.out, args.calibration, args.eval, args.method,
-                                    num_calibration=min(args.num_calibration, args.max_calibration),
-                                    workers=args.workers)  # fmt: skip
+        n = min(args.num_calibration, args.max_calibration) if args.num_calibration else None
+        report = quantize_task(model, args.out, args.calibration, args.eval, args.method, num_calibration=n,
+                               workers=args.workers, input_size=args.input_size)  # fmt: skip
         print(_dumps(report.to_dict()) if args.json else report.format())
         return 0
     if model.meta.task != "classification":
-        raise ConfigError(f"mnv2 quantize takes classification and detection checkpoints, not {model.meta.task}")
+        raise ConfigError(f"mnv2 quantize takes classification, detection and segmentation checkpoints, not "
+                          f"{model.meta.task}")  # fmt: skip
+    if args.input_size is not None:
+        raise ConfigError("--input-size is for detection and segmentation INT8; a classifier keeps its own size")
     calib = _quantize_data(model, args.calibration, True, args.max_calibration, args.workers)
     held_out = _quantize_data(model, args.eval, False, args.max_eval, args.workers) if args.eval else None
     report = quantize(
-        model, args.out, calib, held_out, method=args.method, num_calibration=args.num_calibration,
+        model, args.out, calib, held_out, method=args.method, num_calibration=args.num_calibration or 512,
         per_channel=not args.per_tensor,
     )  # fmt: skip
     print(_dumps(report.to_dict()) if args.json else report.format())
@@ -585,7 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bake-preprocessing", action="store_true", help="uint8 HWC RGB in, probabilities out")
     p.add_argument("--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic batch)")
     p.add_argument("--dynamic-size", action="store_true", help="symbolic height/width (padding='torch' only)")
-    p.add_argument("--input-size", type=_positive, default=None, help="spatial size (default: the checkpoint's)")
+    p.add_argument(
+        "--input-size", type=_image_size, default=None,
+        help="N or WIDTHxHEIGHT (a segmenter at its images' size, e.g. 480x360; default: the checkpoint's size)",
+    )  # fmt: skip
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm ops in the graph")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=cmd_export)
@@ -602,7 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default="auto",
         help="auto (measure all); .onnx: percentile, entropy, distribution, minmax; .tflite: histogram, minmax",
     )  # fmt: skip
-    p.add_argument("--num-calibration", type=_positive, default=512, help="images used to calibrate ranges")
+    p.add_argument(
+        "--num-calibration", type=_positive, default=None,
+        help="images used to calibrate ranges (default: classification 512, detection 128, segmentation 32)",
+    )  # fmt: skip
+    p.add_argument(
+        "--input-size", type=_image_size, default=None,
+        help="detection/segmentation: the graph's N or WIDTHxHEIGHT (default: the detector's size, the eval images')",
+    )  # fmt: skip
     p.add_argument("--max-calibration", type=_positive, default=2048, help="images read from --calibration")
     p.add_argument("--max-eval", type=_positive, default=None, help="images read from --eval (default all)")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (to see depthwise collapse)")

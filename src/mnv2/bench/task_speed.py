@@ -60,7 +60,7 @@ def build_task_model(task: str, height: int, width: int):
     elif task == "segmentation":
         from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
 
-        model = DeepLabV3(MobileNetV2Config(width_mult=1.0, output_stride=16, num_classes=0),
+        model = DeepLabV3(MobileNetV2Config(width_mult=1.0, output_stride=16, num_classes=0, padding="tf"),
                           DeepLabConfig(num_classes=21))  # fmt: skip
         names = [str(i) for i in range(21)]
     else:
@@ -83,23 +83,20 @@ def _engines(model, meta, height: int, width: int, threads: int, workdir: Path, 
     from mnv2.deploy.formats import export_other
     from mnv2.deploy.onnx_export import ExportOptions, export_onnx
 
-    square = height == width
     runs = {"torch": TorchEngine(model, "bench", threads)}
+    size = (height, width)  # a fixed-size graph, TF padding as the paper's models (--input-size WxH in the CLI)
     onnx_path = workdir / f"{meta.task}-{height}x{width}.onnx"
     installed = installed_engines()
     want = [e for e in ("onnxruntime", "openvino", "litert") if e in installed and (not only or e in only)]
     if {"onnxruntime", "openvino"} & set(want):
-        if square:
-            export_onnx(model, onnx_path, ExportOptions(dynamic_batch=False), meta=meta)
-        else:  # a non-square size: an ONNX graph of symbolic height and width (torch padding only)
-            export_onnx(model, onnx_path, ExportOptions(dynamic_batch=False, dynamic_size=True), meta=meta)
+        export_onnx(model, onnx_path, ExportOptions(dynamic_batch=False, input_size=size), meta=meta)
         if "onnxruntime" in want:
             runs["onnxruntime"] = OrtEngine(onnx_path, "fp32", threads)
         if "openvino" in want:
             runs["openvino"] = OpenVinoEngine(onnx_path, "fp32", threads)
-    if "litert" in want and square:
-        tfl = workdir / f"{meta.task}-{height}.tflite"
-        export_other("tflite", model, tfl, ExportOptions(dynamic_batch=False), meta=meta)
+    if "litert" in want:
+        tfl = workdir / f"{meta.task}-{height}x{width}.tflite"
+        export_other("tflite", model, tfl, ExportOptions(dynamic_batch=False, input_size=size), meta=meta)
         runs["litert"] = LiteRtEngine(tfl, threads)
     return {k: v for k, v in runs.items() if not only or k in only}
 
@@ -127,10 +124,6 @@ def run_task_bench(
     with tempfile.TemporaryDirectory() as d:
         for h, w in sizes:
             model, meta = build_task_model(task, h, w)
-            if task == "segmentation" and h != w:
-                import dataclasses
-
-                model.config = meta.model_config = dataclasses.replace(meta.model_config, padding="torch")
             if progress:
                 progress(f"{task} {h}x{w}: exporting to each engine (parity-checked)")
             runs = _engines(model, meta, h, w, threads, Path(d), only)

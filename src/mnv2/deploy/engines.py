@@ -91,6 +91,15 @@ class Engine:
     source: str
     threads: int | None
     output_kind: str | None = None  # the exported file's output kind (detection: "boxes_scores"); None: the model's own
+    input_hw: tuple[int, int] | None = None  # the exported graph's fixed (height, width); None: any size (torch)
+
+    def answers(self, info: dict) -> dict:
+        """``info`` (``model_info``'s) as this engine answers: a checkpoint run through an exported file takes the
+        file's output kind and fixed input size (the task's ``prepare``/``results`` resize for it)."""
+        extra = {"output": self.output_kind} if self.output_kind else {}
+        if self.input_hw:
+            extra["input_hw"] = self.input_hw
+        return {**info, **extra}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.run(np.ascontiguousarray(x, dtype=np.float32))
@@ -289,9 +298,11 @@ def _is_int8(path: Path) -> bool:
     return read_model_metadata(path).get("precision") == "int8"
 
 
-# Tasks whose checkpoints the export engines convert on the fly (ONNX/TFLite with parity; detection with its boxes
-# decoded in the graph). Segmentation runs at each image's own size, which the fixed-size exports cannot take yet, so
-# its checkpoints run on torch under ``auto``.
+# Tasks whose checkpoints ``auto`` converts on the fly for the export engines (ONNX/TFLite with parity; detection with
+# its boxes decoded in the graph). A segmentation checkpoint runs on torch under ``auto``: torch takes each image at
+# its own size, while an export has one (TF padding) and would resize every image to it. Export a segmenter at its
+# images' size (``mnv2 export --input-size 480x360``) and pass that file: every engine then runs it, images resized to
+# the graph's size and the logits back (``tasks.segmentation.prepare``/``results``).
 EXPORTED_TASKS = ("classification", "detection")
 
 
@@ -377,7 +388,9 @@ def load_engine(
     if name != "torch":  # a checkpoint converted on the fly answers what its exported file does
         from mnv2.deploy.onnx_export import read_model_metadata
 
-        made.output_kind = read_model_metadata(made.source).get("output")
+        file_meta = read_model_metadata(made.source)
+        made.output_kind = file_meta.get("output")
+        made.input_hw = fixed_input_hw(file_meta)
     with _LOCK:
         _CACHE[key] = made
         while len(_CACHE) > CACHE_SIZE:
@@ -391,9 +404,19 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
+def fixed_input_hw(file_meta: dict) -> tuple[int, int] | None:
+    """An exported NCHW graph's fixed ``(height, width)`` from its metadata; None when symbolic or unknown."""
+    shape = (file_meta.get("input") or {}).get("input_shape") or []
+    if len(shape) == 4 and file_meta["input"].get("layout", "NCHW") == "NCHW":
+        h, w = shape[2:]
+        if isinstance(h, int) and isinstance(w, int):
+            return h, w
+    return None
+
+
 def model_info(source: str | Path) -> tuple[Any, dict]:
-    """The task and what its ``predict``/``results`` need (preprocessing, class names, output kind, head) of a
-    checkpoint or an exported ONNX/TFLite file, from the file's own metadata."""
+    """The task and what its ``predict``/``results`` need (preprocessing, class names, output kind, head, and an
+    exported graph's fixed ``input_hw``) of a checkpoint or an exported ONNX/TFLite file, from its own metadata."""
     from mnv2.deploy.onnx_export import read_model_metadata
     from mnv2.tasks import get_task, predict_info
     from mnv2.weights.checkpoint import read_checkpoint_meta
@@ -416,6 +439,7 @@ def model_info(source: str | Path) -> tuple[Any, dict]:
             "class_names": int(meta["model_config"]["num_classes"]) if names is None else names,
             "output": meta.get("output", "logits"),
             "head": meta.get("head"),
+            "input_hw": fixed_input_hw(meta),
         }
         task = get_task(meta.get("task", "classification"))  # files exported before tasks are classifiers
     else:
@@ -442,8 +466,7 @@ def predict(
     path = Path(source)
     task, info = model_info(path)
     run = load_engine(path, engine, precision, threads)
-    if run.output_kind:
-        info = {**info, "output": run.output_kind}
+    info = run.answers(info)
 
     def forward(x: torch.Tensor) -> Any:
         out = run(x.numpy())

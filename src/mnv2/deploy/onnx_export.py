@@ -62,7 +62,9 @@ class ExportOptions:
         dynamic_batch: the batch dimension is symbolic (``batch``); otherwise fixed at 1.
         dynamic_size: height/width symbolic too. Only for ``padding="torch"``: TF "SAME" padding depends on the
             input size, so a TF-padded model is exported for one size.
-        input_size: spatial size to export for (default: the checkpoint's ``preprocessing.input_size``).
+        input_size: spatial size to export for: one side, or ``(height, width)`` for a non-square graph (a
+            segmenter at its images' size, e.g. CamVid's 360x480; default: the checkpoint's
+            ``preprocessing.input_size``).
         fold_bn: fold BatchNorm into the convs before export (the graph has no BN ops).
         parity_atol: largest allowed |onnxruntime − torch| on the parity inputs.
     """
@@ -70,7 +72,7 @@ class ExportOptions:
     bake_preprocessing: bool = False
     dynamic_batch: bool = True
     dynamic_size: bool = False
-    input_size: int | None = None
+    input_size: int | tuple[int, int] | None = None
     fold_bn: bool = True
     parity_atol: float = PARITY_ATOL
 
@@ -125,18 +127,34 @@ class BakedPreprocessing(nn.Module):
         return y.softmax(dim=-1) if self.softmax else y
 
 
-def check_options(model: nn.Module, meta: CheckpointMeta, options: ExportOptions, fmt: str = "onnx") -> int:
-    """Validate ``options`` for ``model``; return the spatial size to export. Raises ``ConfigError`` naming why."""
+def size_hw(size: int | tuple[int, int] | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` of an export size given as one side or as ``(height, width)``."""
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def check_options(model: nn.Module, meta: CheckpointMeta, options: ExportOptions, fmt: str = "onnx") -> tuple[int, int]:
+    """Validate ``options`` for ``model``; return the spatial ``(height, width)`` to export. Raises ``ConfigError``
+    naming why."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; mnv2 exports to: {', '.join(FORMATS)}")
-    size = options.input_size or meta.preprocessing.input_size
-    check_resolution(size)
+    h, w = size_hw(options.input_size or meta.preprocessing.input_size)
+    check_resolution(h)
+    check_resolution(w)
     padding = meta.model_config.padding
     if options.dynamic_size and padding == "tf":
         raise ConfigError(
             "dynamic_size is not supported for a model with padding='tf': TF 'SAME' padding depends on the input "
-            f"size, so the graph is exported for one size (here {size}x{size}; choose it with input_size)"
+            f"size, so the graph is exported for one size (here {w}x{h}; choose it with input_size)"
         )
+    if h != w and meta.task != "segmentation":
+        raise ConfigError(f"a non-square export ({w}x{h}) is for segmenters; a {meta.task} model is exported at "
+                          "one square size")  # fmt: skip
+    if options.bake_preprocessing and meta.task != "classification":
+        raise ConfigError(f"bake_preprocessing (uint8 input, probabilities out) is for classifiers, not a {meta.task} "
+                          "model: drop --bake-preprocessing")  # fmt: skip
     if options.dynamic_size and options.bake_preprocessing:
         raise ConfigError("dynamic_size with bake_preprocessing is not supported: baked input is input_size pixels")
     if fmt != "onnx" and (options.dynamic_size or options.dynamic_batch):
@@ -145,7 +163,7 @@ def check_options(model: nn.Module, meta: CheckpointMeta, options: ExportOptions
         )
     if not options.parity_atol > 0:
         raise ConfigError(f"parity_atol must be > 0, got {options.parity_atol!r}")
-    return size
+    return h, w
 
 
 def prepare_for_export(model: nn.Module, meta: CheckpointMeta, options: ExportOptions) -> nn.Module:
@@ -156,20 +174,21 @@ def prepare_for_export(model: nn.Module, meta: CheckpointMeta, options: ExportOp
     return model
 
 
-def io_spec(meta: CheckpointMeta, options: ExportOptions, size: int) -> dict[str, Any]:
+def io_spec(meta: CheckpointMeta, options: ExportOptions, size: int | tuple[int, int]) -> dict[str, Any]:
     """The exported graph's input/output names, shape, dtype and layout (what runtimes and the metadata state)."""
     cfg = meta.model_config
+    h, w = size_hw(size)
     if options.bake_preprocessing:
         c = 1 if meta.preprocessing.grayscale else cfg.in_chans
         return {
             "input_name": "image",
-            "input_shape": ["batch" if options.dynamic_batch else 1, size, size, c],
+            "input_shape": ["batch" if options.dynamic_batch else 1, h, w, c],
             "input_dtype": "uint8",
             "layout": "NHWC",
             "output_name": "probabilities",
             "output": "probabilities",
         }
-    spatial = "height" if options.dynamic_size else size, "width" if options.dynamic_size else size
+    spatial = ("height", "width") if options.dynamic_size else (h, w)
     return {
         "input_name": "input",
         "input_shape": ["batch" if options.dynamic_batch else 1, cfg.in_chans, *spatial],
@@ -186,14 +205,14 @@ class ExportPlan:
 
     Attributes:
         meta: the model's metadata (preprocessing, class names, architecture) written with the file.
-        size: the spatial input size the graph is exported for.
+        size: the spatial ``(height, width)`` the graph is exported for.
         io: input/output spec from :func:`io_spec`.
         reference: the eval-mode module the exported file must match (with preprocessing when it is baked).
         module: the module that is traced: BN folded (optionally), preprocessing baked (optionally), eval mode.
     """
 
     meta: CheckpointMeta
-    size: int
+    size: tuple[int, int]
     io: dict[str, Any]
     reference: nn.Module
     module: nn.Module
@@ -240,20 +259,22 @@ def plan_export(model: nn.Module, meta: CheckpointMeta | None, options: ExportOp
             else model
         ).eval()
         return ExportPlan(meta, size, io_spec(meta, options, size), reference, prepare_for_export(model, meta, options))
-    if options.bake_preprocessing or options.dynamic_size:
-        raise ConfigError(f"a {meta.task} model is exported for one input size with float inputs: drop "
-                          "--bake-preprocessing / --dynamic-size")  # fmt: skip
+    if options.dynamic_size:
+        raise ConfigError(f"a {meta.task} model is exported for one input size: drop --dynamic-size")
     reference, output = wrap(model.eval(), size)
     module, _ = wrap(fold_batchnorm(model) if options.fold_bn else model.eval(), size)
     spec = {**io_spec(meta, options, size), "output_name": output, "output": output}
     return ExportPlan(meta, size, spec, reference, module)
 
 
-def sample_input(io: dict[str, Any], batch: int, size: int | None = None, seed: int = 0) -> torch.Tensor:
-    """A random input matching the export's input spec (uint8 pixels or a normal float batch)."""
+def sample_input(
+    io: dict[str, Any], batch: int, size: int | tuple[int, int] | None = None, seed: int = 0
+) -> torch.Tensor:
+    """A random input matching the export's input spec (uint8 pixels or a normal float batch); ``size`` (one side
+    or ``(height, width)``) fills a symbolic height and width."""
     g = torch.Generator().manual_seed(seed)
-    shape = [batch if isinstance(d, str) and d == "batch" else d for d in io["input_shape"]]
-    shape = [size if isinstance(d, str) else d for d in shape]
+    fill = dict(zip(("height", "width"), size_hw(size))) if size is not None else {}
+    shape = [batch if d == "batch" else fill.get(d, d) if isinstance(d, str) else d for d in io["input_shape"]]
     if io["input_dtype"] == "uint8":
         return torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
     return torch.randn(shape, generator=g)
@@ -349,7 +370,13 @@ def ort_session(path_or_bytes, threads: int | None = None, optimize: bool = True
 
 
 def check_parity(
-    reference: nn.Module, run, io: dict[str, Any], batches: tuple[int, ...], size: int, atol: float, what: str
+    reference: nn.Module,
+    run,
+    io: dict[str, Any],
+    batches: tuple[int, ...],
+    size: int | tuple[int, int],
+    atol: float,
+    what: str,
 ) -> float:
     """Compare ``run(np_input)`` with ``reference(input)`` on random inputs; raise ExportError beyond ``atol``."""
     worst = 0.0
@@ -411,7 +438,7 @@ def export_onnx(
                 lambda x: session.run(None, {name: x})[0],
                 spec,
                 (2,),
-                size + 32,
+                (size[0] + 32, size[1] + 32),
                 options.parity_atol,
                 "onnx (other input size)",
             ),

@@ -145,7 +145,8 @@ class ConvBNReLU(ConvNormAct):
 class ImagePooling(nn.Module):
     """Image-level features (DeepLabv3 §3.3): global average → 1x1 conv + BN + ReLU → broadcast to the map size.
 
-    Upsampling a 1x1 map bilinearly is a broadcast; ``expand`` does it without an interpolation op.
+    Upsampled bilinearly as TF DeepLab does (``resize_bilinear``; of a 1x1 map, a copy). Not ``expand`` or
+    ``repeat``: litert-torch's NCHW→NHWC rewrite turns those into shapes LiteRT rejects.
     """
 
     def __init__(self, in_channels: int, depth: int, **bn) -> None:
@@ -154,7 +155,7 @@ class ImagePooling(nn.Module):
         self.conv = ConvBNReLU(in_channels, depth, 1, **bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.pool(x)).expand(-1, -1, x.shape[-2], x.shape[-1])
+        return F.interpolate(self.conv(self.pool(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class DeepLabHead(nn.Module):

@@ -107,8 +107,7 @@ class ServedModel:
         self.name = model_name(path)
         self.task, self.info = engines.model_info(path)
         self.engine = engines.load_engine(path, engine, None, threads)
-        if self.engine.output_kind:  # a checkpoint run by an export engine answers as its exported file
-            self.info = {**self.info, "output": self.engine.output_kind}
+        self.info = self.engine.answers(self.info)  # a checkpoint run by an export engine answers as its file
         self._palette: np.ndarray | None = None
 
     def decode(self, data: bytes, max_pixels: int):

@@ -75,9 +75,9 @@ class Task:
         report_file: that picture's file name in a run directory (``eval`` writes ``<checkpoint>.<report_file>``).
         format_metrics: ``(metrics) -> str``: a short human summary (``top-1 91.23% top-5 99.80%``).
         format_value: ``(value) -> str``: one metric value as printed (classification: percent; detection: AP).
-        export_module: ``(model, size) -> (module, output)`` or ``None``: what an export traces instead of the model
-            (detection: boxes decoded in the graph), and the output kind the file's metadata records (``results``
-            reads it back from ``info["output"]``); ``None``: the model as it is.
+        export_module: ``(model, (height, width)) -> (module, output)`` or ``None``: what an export traces instead of
+            the model (detection: boxes decoded in the graph), and the output kind the file's metadata records
+            (``results`` reads it back from ``info["output"]``); ``None``: the model as it is.
     """
 
     name: str
@@ -100,7 +100,7 @@ class Task:
     report_file: str
     format_metrics: Callable[[dict], str]
     format_value: Callable[[float], str]
-    export_module: Callable[[nn.Module, int], tuple[nn.Module, str]] | None = None
+    export_module: Callable[[nn.Module, tuple[int, int]], tuple[nn.Module, str]] | None = None
 
 
 def with_bn_momentum(backbone, config):

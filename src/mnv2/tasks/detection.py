@@ -352,8 +352,9 @@ class DecodedOutputs(nn.Module):
         return decode_outputs(*self.model(x), self.anchors, self.head)
 
 
-def export_module(model: nn.Module, size: int) -> tuple[nn.Module, str]:
-    return DecodedOutputs(unwrap(model), size).eval(), DECODED_OUTPUT
+def export_module(model: nn.Module, size: tuple[int, int]) -> tuple[nn.Module, str]:
+    """The detector with its outputs decoded for a square ``(size, size)`` input (anchors laid out for one side)."""
+    return DecodedOutputs(unwrap(model), size[0]).eval(), DECODED_OUTPUT
 
 
 def _names(info: dict) -> list[str]:

@@ -304,7 +304,14 @@ def _names(info: dict) -> list[str]:
 
 
 def prepare(image, info: dict) -> torch.Tensor:
-    """The RGB PIL image at full resolution, normalised; padded (bottom, right) to the model's 32 px minimum."""
+    """The RGB PIL image at full resolution, normalised; padded (bottom, right) to the model's 32 px minimum. An
+    exported graph of one size (``info["input_hw"]``, e.g. 360x480) gets the image resized to it (bilinear), and
+    :func:`results` resizes its logits back."""
+    from PIL import Image
+
+    if info.get("input_hw") and tuple(info["input_hw"]) != (image.height, image.width):
+        h, w = info["input_hw"]
+        image = image.convert("RGB").resize((w, h), Image.BILINEAR)
     x = normalize(to_tensor(image), info["preprocessing"])
     h, w = x.shape[-2:]
     ph, pw = max(MIN_INPUT_SIZE - h, 0), max(MIN_INPUT_SIZE - w, 0)
@@ -315,16 +322,24 @@ def prepare(image, info: dict) -> torch.Tensor:
 def results(outputs, images: list, info: dict, **_: Any) -> list[dict]:
     """``{"width", "height", "fractions", "mask"}`` per image: each class's fraction of the image's pixels (every
     class, in class order) and ``mask``, the class of each pixel (``uint8`` array ``[H, W]``, not JSON: callers
-    write or encode it). ``outputs`` are the logits of a batch of :func:`prepare`'d images of one size."""
+    write or encode it). ``outputs`` are the logits of a batch of :func:`prepare`'d images of one size; a fixed-size
+    export's (``info["input_hw"]``) are resized to each image's size (bilinear, as the model's own upsampling)."""
     names = _names(info)
     logits = torch.as_tensor(outputs).float()
     if logits.shape[1] != len(names):
         raise ConfigError(f"the model predicts {logits.shape[1]} classes, its checkpoint names {len(names)}")
-    labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
+    fixed = info.get("input_hw")
+    labels = None if fixed else logits.argmax(1).to(torch.uint8).cpu().numpy()
     out = []
-    for im, lab in zip(images, labels):
+    for i, im in enumerate(images):
         w, h = im.size
-        lab = lab[:h, :w]  # drop prepare's padding
+        if labels is None:
+            one = logits[i : i + 1]
+            if tuple(one.shape[-2:]) != (h, w):
+                one = F.interpolate(one, size=(h, w), mode="bilinear", align_corners=False)
+            lab = one[0].argmax(0).to(torch.uint8).numpy()
+        else:
+            lab = labels[i][:h, :w]  # drop prepare's padding
         counts = np.bincount(lab.ravel(), minlength=len(names))
         fractions = {n: round(float(c) / lab.size, 6) for n, c in zip(names, counts)}
         out.append({"width": w, "height": h, "fractions": fractions, "mask": lab})
