@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--num-calibration", type=_positive, default=None,
-        help="images used to calibrate ranges (default: classification 512, detection 128, segmentation 32)",
+        help="images used to calibrate ranges (default: classification 512, detection 64, segmentation 32)",
     )  # fmt: skip
     p.add_argument(
         "--input-size", type=_image_size, default=None,

@@ -179,9 +179,10 @@ def float_tail(graph, last_convs: bool = False) -> list[str]:
     """Names of the nodes between an ONNX graph's last convolutions and its outputs (a detector's box decoding:
     Exp, Mul, Add, Concat, Softmax …), with ``last_convs`` those convolutions too (the box and class predictors).
 
-    Why: a uint8 tensor holds 256 levels over its range, so box corners quantized per tensor move by up to 1/255 of
-    the image (1.3 px at 320) — nothing at IoU 0.5, a lot at COCO's 0.95. Decoding in fp32 costs a few element-wise
-    ops on 2k anchors; the convolutions, where the time goes, stay int8.
+    Why: a uint8 tensor holds 256 levels over its range, so box corners quantized per tensor would move in steps of
+    1/255 of the image (1.3 px at 320) and a segmenter's logits in steps of 1/255 of their range; in fp32 the tail
+    costs a few element-wise ops, while the convolutions, where the time goes, stay int8. (On the raccoon detector
+    it measured within noise, COCO mAP 0.441 with and without; the stem was the loss, :func:`float_stem`.)
     """
     producer = {o: n for n in graph.node for o in n.output}
     tail, convs, todo, seen = [], [], [o.name for o in graph.output], set()
@@ -196,6 +197,36 @@ def float_tail(graph, last_convs: bool = False) -> list[str]:
         tail.append(node.name)
         todo += list(node.input)
     return tail + (convs if last_convs else [])
+
+
+def float_stem(graph) -> list[str]:
+    """Names of an ONNX graph's first convolution and the activation after it (the stem): kept fp32, so the image
+    itself is never quantized either.
+
+    Why: on the raccoon detector, keeping one region at a time in fp32 (BENCHMARKS.md, "SSDLite on raccoon") found
+    the stem alone behind most of the INT8 loss, COCO mAP 0.441 → 0.488 (fp32 0.490); it holds ~1 % of the
+    multiply-adds.
+    """
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    first = next((n for n in graph.node if n.op_type == "Conv"), None)
+    if first is None:
+        return []
+    names, node = [first.name], first
+    while True:  # the element-wise ops that follow it (its ReLU6 as Clip), up to the next convolution
+        after = [c for o in node.output for c in consumers.get(o, [])]
+        if len(after) != 1 or after[0].op_type in ("Conv", "Gemm", "MatMul"):
+            return names
+        node = after[0]
+        names.append(node.name)
+
+
+def float_ends(graph) -> list[str]:
+    """The stem (:func:`float_stem`) and the tail after the last convolutions (:func:`float_tail`): what the task
+    INT8 of detectors and segmenters keeps fp32."""
+    return float_stem(graph) + float_tail(graph)
 
 
 def quantize_onnx_static(

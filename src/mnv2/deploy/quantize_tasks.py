@@ -6,11 +6,13 @@ The classifier's recipe (``mnv2.deploy.quantize``: BN folded, per-channel int8 w
 activations), measured with each task's own evaluator instead of top-1:
 
 - detection: COCO mAP, mAP@0.5, mAP@0.75, NMS on the host on both files' decoded outputs, as ``mnv2 predict`` runs
-  them. The box decoding after the last convolutions stays fp32 (:func:`mnv2.deploy.quantize.float_tail`): int8
-  box corners cost COCO mAP at its strict IoU thresholds. Methods are chosen by COCO mAP.
+  them. Methods are chosen by COCO mAP.
 - segmentation: mIoU and pixel accuracy, on the graph of one fixed size (TF padding): the eval images' own
   (CamVid 480x360) unless ``input_size`` says otherwise; images of another size are resized to it and the logits
-  back, as the engines run an exported segmenter. The logits' bilinear upsampling stays fp32.
+  back, as the engines run an exported segmenter.
+- both keep two small ends in fp32 (:func:`mnv2.deploy.quantize.float_ends`): the stem convolution, so the image
+  is never quantized (measured: most of the detector's INT8 loss), and what follows the last convolutions (box
+  decoding; the logits' upsampling).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from mnv2.deploy.quantize import (
     METHODS,
     QuantizationError,
     _copy_metadata,
-    float_tail,
+    float_ends,
     quantize_onnx_static,
 )
 from mnv2.errors import ConfigError
@@ -42,7 +44,7 @@ from mnv2.weights.checkpoint import atomic_write
 CALIB_BATCH = 8
 # Calibration images by default. ORT's calibrators keep every batch's activations until they reduce them: a
 # full-resolution segmentation image (480x360) holds ~4x a 320 px detector image's, so it gets fewer.
-DEFAULT_CALIBRATION = {"detection": 128, "segmentation": 32}
+DEFAULT_CALIBRATION = {"detection": 64, "segmentation": 32}
 
 
 @dataclass
@@ -144,8 +146,8 @@ class _TaskInt8:
 
 
 TASKS = {
-    "detection": _TaskInt8("mAP", _detection_metrics, float_tail),
-    "segmentation": _TaskInt8("mIoU", _segmentation_metrics, float_tail),
+    "detection": _TaskInt8("mAP", _detection_metrics, float_ends),
+    "segmentation": _TaskInt8("mIoU", _segmentation_metrics, float_ends),
 }
 
 
