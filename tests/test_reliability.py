@@ -212,6 +212,21 @@ CATALOGUE = [
     ("quantize-calibration-missing", ["quantize", "{ckpt}", "--calibration", "{root}/none", "--out", "{out}"],
      "none"),
     ("quantize-nan-weights", ["quantize", "{nan}", "--calibration", "{tv}", "--out", "{out}"], "NaN or inf"),
+    ("export-non-square-classifier", ["export", "{ckpt}", "--out", "{out}", "--input-size", "64x48"], "segmenters"),
+    ("export-size-spelling", ["export", "{ckpt}", "--out", "{out}", "--input-size", "64by48"], "WIDTHxHEIGHT"),
+    ("quantize-classifier-input-size", ["quantize", "{ckpt}", "--calibration", "{tv}", "--out", "{out}",
+                                        "--input-size", "64"], "--input-size"),
+    # serve: every limit is checked before a model loads or a port is bound
+    ("serve-port-range", ["serve", "{ckpt}", "--port", "70000"], "TCP port"),
+    ("serve-port-negative", ["serve", "{ckpt}", "--port", "-1"], "--port"),
+    ("serve-wait-nan", ["serve", "{ckpt}", "--max-wait-ms", "nan"], "finite"),
+    ("serve-body-inf", ["serve", "{ckpt}", "--max-body-mb", "inf"], "finite"),
+    ("serve-body-zero", ["serve", "{ckpt}", "--max-body-mb", "0"], "> 0"),
+    ("serve-pixels-nan", ["serve", "{ckpt}", "--max-megapixels", "nan"], "finite"),
+    ("serve-batch-zero", ["serve", "{ckpt}", "--max-batch", "0"], "--max-batch"),
+    ("serve-public-no-key", ["serve", "{ckpt}", "--host", "0.0.0.0"], "API key"),
+    ("serve-missing-model", ["serve", "{root}/none.safetensors"], "none.safetensors"),
+    ("serve-engine", ["serve", "{ckpt}", "--engine", "warp"], "warp"),
     # bench and summary
     ("bench-resolution-huge", ["bench", "--resolution", "100000"], "at most 8192"),
     ("bench-batch-zero", ["bench", "--batch", "0"], "--batch"),
@@ -260,7 +275,7 @@ def test_bad_input_is_one_line_exit_2(env, argv, needle, tmp_path, capsys):
 def test_catalogue_is_large():
     assert len(CATALOGUE) >= 50
     verbs = {c[1][0] for c in CATALOGUE}
-    assert {"train", "eval", "predict", "convert", "export", "quantize", "bench"} <= verbs
+    assert {"train", "eval", "predict", "convert", "export", "quantize", "bench", "serve"} <= verbs
 
 
 # ---- the formerly silent cases: the correct behaviour ----

@@ -58,6 +58,32 @@ def _int_at_least(low: int):
 _positive, _non_negative = _int_at_least(1), _int_at_least(0)
 
 
+def _float_at_least(low: float, strict: bool):
+    """A finite float > ``low`` (``strict``) or >= ``low``: argparse's ``float`` takes nan and inf."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number {'>' if strict else '>='} {low:g}")
+        return value
+
+    parse.__name__ = f"number {'>' if strict else '>='} {low:g}"
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _non_negative(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0-65535)")
+    return value
+
+
+_port.__name__ = "port 0-65535"
+
+
 def _image_size(text: str) -> int | tuple[int, int]:
     """``320`` (square) or ``480x360`` (width x height, as image sizes are written) → ``320`` or ``(360, 480)``."""
     parts = text.lower().split("x")
@@ -442,13 +468,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_line(quiet: bool):
+    """A progress callback that rewrites one stderr line (nothing under ``--json``: stdout stays one document)."""
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+    return progress
+
+
 def _bench_task(args: argparse.Namespace) -> int:
     from mnv2.bench.task_speed import format_task_table, run_task_bench
 
-    def progress(msg: str) -> None:
-        if not args.json:
-            print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
-
+    progress = _status_line(args.json)
     sizes = [(args.resolution, args.resolution)] if args.resolution else None
     records = run_task_bench(args.task, sizes, threads=args.threads or 2, rounds=args.rounds, iters=args.iters,
                              only=args.engines, progress=progress)  # fmt: skip
@@ -469,10 +502,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
     if memory_only:
         raise ConfigError(f"{', '.join(memory_only)}: only for `mnv2 bench --memory` (the speed bench takes --model)")
 
-    def progress(msg: str) -> None:
-        if not args.json:
-            print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
-
+    progress = _status_line(args.json)
     records = run_bench(
         model_name=args.model, resolution=args.resolution or 224, batch=args.batch or 32, rounds=args.rounds,
         threads=args.threads or 2, iters_1=args.iters, peers=not args.no_peers, int8=not args.no_int8,
@@ -511,6 +541,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_pixels=int(args.max_megapixels * 1e6),
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
     )
+    from pathlib import Path
+
+    from mnv2.deploy.engines import ENGINES
+
+    if args.engine != "auto" and args.engine not in ENGINES:  # before any model loads
+        raise ConfigError(f"unknown engine {args.engine!r}; choose auto or one of {', '.join(ENGINES)}")
+    missing = [m for m in args.models if not Path(m).exists()]
+    if missing:
+        raise ConfigError(f"model file {missing[0]!r} does not exist")
     _check_port(args.host, args.port)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     serve(args.models, args.host, args.port, settings, engine=args.engine, threads=args.threads)
@@ -668,16 +707,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="an HTTP API and a web page for checkpoints or exported files of any task")
     p.add_argument("models", nargs="+", help="checkpoints (.safetensors) or exported .onnx/.tflite files")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback needs an API key")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--api-key", default=None, help="bearer token required on /v1 and /metrics (or MNV2_API_KEY)")
     p.add_argument("--engine", default="auto", help="auto (the fastest installed) or onnxruntime, openvino, litert, "
                    "torch")  # fmt: skip
     p.add_argument("--threads", type=_positive, default=None, help="inference threads per model (default: all)")
     p.add_argument("--max-batch", type=_positive, default=32, help="most images per forward pass")
-    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    p.add_argument(
+        "--max-wait-ms", type=_float_at_least(0, False), default=2.0, help="how long a batch waits for more requests"
+    )
     p.add_argument("--max-queue", type=_positive, default=64, help="requests waiting per model; more get 503")
-    p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body (413 above)")
-    p.add_argument("--max-megapixels", type=float, default=40.0, help="largest image, from its header (413 above)")
+    p.add_argument(
+        "--max-body-mb", type=_float_at_least(0, True), default=10.0, help="largest request body (413 above)"
+    )
+    p.add_argument(
+        "--max-megapixels",
+        type=_float_at_least(0, True),
+        default=40.0,
+        help="largest image, from its header (413 above)",
+    )
     p.set_defaults(func=cmd_serve)
     return parser
 
