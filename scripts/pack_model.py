@@ -1,5 +1,6 @@
 """Copy a checkpoint for shipping (examples/models): optionally with fp16 conv/linear weights (``--half``), checked
-against the original on a random batch.
+against the original on a random batch; optionally with the class names and colours of a segmentation
+``classes.json`` (``--classes``) for a run whose data had none (its classes were numbered).
 
     .venv/bin/python scripts/pack_model.py RUN/best.safetensors examples/models/NAME.safetensors --half
 """
@@ -7,6 +8,7 @@ against the original on a random batch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import torch
@@ -19,9 +21,22 @@ def main() -> int:
     ap.add_argument("source")
     ap.add_argument("out")
     ap.add_argument("--half", action="store_true", help="store conv/linear weights as fp16 (loading restores fp32)")
+    ap.add_argument("--classes", default=None, help="a segmentation classes.json: its names and colours, in order")
     args = ap.parse_args()
     model = load_checkpoint(args.source)
-    path = save_checkpoint(args.out, model, model.meta, half=args.half)
+    meta = model.meta
+    if args.classes:
+        from mnv2.data.segmentation import read_classes_file
+
+        spec = read_classes_file(args.classes)
+        if meta.task != "segmentation" or len(spec.names) != len(meta.class_names or []):
+            sys.exit(f"{args.classes}: {len(spec.names)} names for a {meta.task} model of "
+                     f"{len(meta.class_names or [])} classes")  # fmt: skip
+        head = dict(meta.head or {})
+        if spec.colors:
+            head["class_colors"] = [list(c) for c in spec.colors]
+        meta = dataclasses.replace(meta, class_names=list(spec.names), head=head)
+    path = save_checkpoint(args.out, model, meta, half=args.half)
     size = model.meta.preprocessing.input_size
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():

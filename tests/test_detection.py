@@ -574,7 +574,7 @@ def test_export_onnx_and_tflite_decode_boxes_in_the_graph_and_predict_as_torch(t
     meta = CheckpointMeta(model.config, pre, ["raccoon", "dog"], task="detection", head=model.head_config)
     ckpt = save_checkpoint(tmp_path / "det.safetensors", model, meta)
     images = [str(p) for p in sorted((RACCOON / "images").iterdir())[:2]]
-    assert main(["predict", str(ckpt), *images, "--min-score", "0", "--json"]) == 0
+    assert main(["predict", "--out", str(tmp_path / "drawn"), str(ckpt), *images, "--min-score", "0", "--json"]) == 0
     want = json.loads(capsys.readouterr().out)
     anchors = num_anchors(128, 128, model.ssd_config)
     for fmt, extra in (("onnx", []), ("tflite", ["--static-batch"])):
@@ -584,7 +584,7 @@ def test_export_onnx_and_tflite_decode_boxes_in_the_graph_and_predict_as_torch(t
         assert report["output"] == "boxes_scores" and report["parity_max_abs"] < 1e-4
         engine = load_engine(out)
         assert engine(torch.zeros(1, 3, 128, 128).numpy()).shape == (1, anchors, 4 + 2)
-        assert main(["predict", str(out), *images, "--min-score", "0", "--json"]) == 0
+        assert main(["predict", "--out", str(tmp_path / "drawn"), str(out), *images, "--min-score", "0", "--json"]) == 0
         got = json.loads(capsys.readouterr().out)
         for g, w in zip(got, want):
             assert len(g["detections"]) == len(w["detections"]) == 100
@@ -598,7 +598,23 @@ def test_export_onnx_and_tflite_decode_boxes_in_the_graph_and_predict_as_torch(t
                     for e in w["detections"]
                 )
     # a checkpoint run by an export engine (converted on the fly, cached) answers as its exported file
-    assert main(["predict", str(ckpt), *images, "--min-score", "0", "--engine", "onnxruntime", "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--out",
+                str(tmp_path / "drawn"),
+                str(ckpt),
+                *images,
+                "--min-score",
+                "0",
+                "--engine",
+                "onnxruntime",
+                "--json",
+            ]
+        )
+        == 0
+    )
     got = json.loads(capsys.readouterr().out)
     assert [len(g["detections"]) for g in got] == [len(w["detections"]) for w in want]
     assert got[0]["detections"][0]["score"] == pytest.approx(want[0]["detections"][0]["score"], abs=1e-4)
@@ -636,7 +652,19 @@ def test_quantize_a_detector_reports_the_map_drop_and_the_int8_file_predicts(tmp
     graph = onnx.load(str(out)).graph
     producer = {o: n for n in graph.node for o in n.output}
     assert producer[graph.output[0].name].op_type != "DequantizeLinear"
-    assert main(["predict", str(out), str(sorted((RACCOON / "images").iterdir())[0]), "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--out",
+                str(tmp_path / "drawn"),
+                str(out),
+                str(sorted((RACCOON / "images").iterdir())[0]),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert "detections" in json.loads(capsys.readouterr().out)[0]
     assert main(["quantize", str(ckpt), "--calibration", str(RACCOON), "--out", str(tmp_path / "x.tflite")]) == 2
     assert "name the output .onnx" in capsys.readouterr().err

@@ -326,7 +326,7 @@ def test_train_one_epoch_then_eval_and_predict_end_to_end(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- deployment
-def _segmenter_checkpoint(path: Path) -> Path:
+def _segmenter_checkpoint(path: Path, config: dict | None = None) -> Path:
     """A tiny TF-padded segmenter with non-trivial BN statistics (fresh ones make every logit ~0: parity of zeros)."""
     from mnv2.weights.checkpoint import CheckpointMeta, save_checkpoint
 
@@ -338,7 +338,7 @@ def _segmenter_checkpoint(path: Path) -> Path:
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.05, 0.5)
     pre = Preprocessing(input_size=64, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
-    meta = CheckpointMeta(model.config, pre, CAMVID_CLASSES, task="segmentation", head=model.head_config)
+    meta = CheckpointMeta(model.config, pre, CAMVID_CLASSES, task="segmentation", head=model.head_config, config=config)
     return save_checkpoint(path, model.eval(), meta)
 
 
@@ -380,9 +380,12 @@ def test_quantize_a_segmenter_reports_the_miou_drop_and_the_int8_file_predicts(t
     split, mIoU and pixel accuracy of fp32 and INT8 in the report; the file segments in `mnv2 predict`."""
     from mnv2.cli import main
 
-    ckpt = _segmenter_checkpoint(tmp_path / "seg.safetensors")
+    # data without a classes.json, as ../shared/data/camvid: the labels are read with the run's --ignore-index 11
+    data = camvid_copy(tmp_path)
+    (data / "classes.json").unlink()
+    ckpt = _segmenter_checkpoint(tmp_path / "seg.safetensors", config={"ignore_index": 11})
     out = tmp_path / "seg-int8.onnx"
-    argv = ["quantize", str(ckpt), "--calibration", str(CAMVID), "--out", str(out), "--method", "minmax"]
+    argv = ["quantize", str(ckpt), "--calibration", str(data), "--out", str(out), "--method", "minmax"]
     assert main([*argv, "--workers", "0", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["task"] == "segmentation" and report["metric"] == "mIoU" and report["input_hw"] == [90, 120]
@@ -390,6 +393,6 @@ def test_quantize_a_segmenter_reports_the_miou_drop_and_the_int8_file_predicts(t
     for m in (report["fp32"], report["int8"]):
         assert set(m) == {"mIoU", "pixel_acc"} and all(0 <= v <= 1 for v in m.values())
     assert report["drop"]["mIoU"] == pytest.approx(100 * (report["fp32"]["mIoU"] - report["int8"]["mIoU"]), abs=0.01)
-    assert main(["predict", str(out), str(CAMVID / "val"), "--json"]) == 0
+    assert main(["predict", "--out", str(tmp_path / "drawn"), str(out), str(CAMVID / "val"), "--json"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
     assert (r["width"], r["height"]) == (120, 90) and sum(r["fractions"].values()) == pytest.approx(1, abs=1e-4)

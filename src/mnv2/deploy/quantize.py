@@ -182,7 +182,7 @@ def float_tail(graph, last_convs: bool = False) -> list[str]:
     Why: a uint8 tensor holds 256 levels over its range, so box corners quantized per tensor would move in steps of
     1/255 of the image (1.3 px at 320) and a segmenter's logits in steps of 1/255 of their range; in fp32 the tail
     costs a few element-wise ops, while the convolutions, where the time goes, stay int8. (On the raccoon detector
-    it measured within noise, COCO mAP 0.441 with and without; the stem was the loss, :func:`float_stem`.)
+    it measured within noise, COCO mAP 0.441 with and without; the network's start was the loss, :func:`float_stem`.)
     """
     producer = {o: n for n in graph.node for o in n.output}
     tail, convs, todo, seen = [], [], [o.name for o in graph.output], set()
@@ -199,34 +199,31 @@ def float_tail(graph, last_convs: bool = False) -> list[str]:
     return tail + (convs if last_convs else [])
 
 
-def float_stem(graph) -> list[str]:
-    """Names of an ONNX graph's first convolution and the activation after it (the stem): kept fp32, so the image
-    itself is never quantized either.
+def float_stem(graph, convs: int = 3) -> list[str]:
+    """Names of an ONNX graph's nodes before its ``convs + 1``-th convolution: MobileNetV2's stem conv and its first
+    inverted residual block (Table 2's first two rows: 3x3 conv, then depthwise 3x3 + linear 1x1 to 16 channels),
+    kept fp32, so the image itself is never quantized either.
 
-    Why: on the raccoon detector, keeping one region at a time in fp32 (BENCHMARKS.md, "SSDLite on raccoon") found
-    the stem alone behind most of the INT8 loss, COCO mAP 0.441 → 0.488 (fp32 0.490); it holds ~1 % of the
-    multiply-adds.
+    Why: keeping one region at a time in fp32 (BENCHMARKS.md) found the loss at the start of the network. The raccoon
+    detector's COCO mAP: 0.441 INT8 → 0.488 with the stem fp32 (fp32 0.490). The CamVid segmenter's mIoU: 0.611 →
+    0.633 with block 0 fp32 (fp32 0.628), while any later block left it at 0.603–0.613. Block 0's 16-channel linear
+    output is the narrowest tensor of the network, its per-tensor uint8 range the coarsest. Both hold ~3 % of the
+    multiply-adds at 224 px.
     """
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    first = next((n for n in graph.node if n.op_type == "Conv"), None)
-    if first is None:
-        return []
-    names, node = [first.name], first
-    while True:  # the element-wise ops that follow it (its ReLU6 as Clip), up to the next convolution
-        after = [c for o in node.output for c in consumers.get(o, [])]
-        if len(after) != 1 or after[0].op_type in ("Conv", "Gemm", "MatMul"):
-            return names
-        node = after[0]
-        names.append(node.name)
+    names, seen = [], 0
+    for n in graph.node:  # ONNX graphs are stored in topological order
+        if n.op_type == "Conv":
+            seen += 1
+            if seen > convs:
+                break
+        names.append(n.name)
+    return names if seen else []
 
 
-def float_ends(graph) -> list[str]:
-    """The stem (:func:`float_stem`) and the tail after the last convolutions (:func:`float_tail`): what the task
-    INT8 of detectors and segmenters keeps fp32."""
-    return float_stem(graph) + float_tail(graph)
+def float_ends(graph, stem_convs: int = 3) -> list[str]:
+    """The start (:func:`float_stem`, ``stem_convs`` convolutions) and the tail after the last convolutions
+    (:func:`float_tail`): what the task INT8 of detectors and segmenters keeps fp32."""
+    return float_stem(graph, stem_convs) + float_tail(graph)
 
 
 def quantize_onnx_static(

@@ -12,7 +12,7 @@ import torch
 from mnv2.data.folder import ScanReport
 from mnv2.engine.loop import evaluate
 from mnv2.errors import ConfigError
-from mnv2.tasks import get_task, predict_info
+from mnv2.tasks import eval_data_options, get_task, predict_info
 from mnv2.weights.checkpoint import load_checkpoint
 
 
@@ -32,12 +32,9 @@ def evaluate_checkpoint(
     model = load_checkpoint(checkpoint)
     meta = model.meta
     task = get_task(meta.task)
-    extra = {}
-    if (meta.config or {}).get("ignore_index") is not None:  # segmentation: read the labels as training did
-        extra["ignore_index"] = meta.config["ignore_index"]
     batches, classes, report = task.load_eval_data(
         data, meta.preprocessing, batch_size, split=split, workers=workers, strict=strict,
-        in_chans=meta.model_config.in_chans, **extra,
+        in_chans=meta.model_config.in_chans, **eval_data_options(meta),
     )  # fmt: skip
     if classes is None:  # arrays (.npz) carry labels only
         classes = list(meta.class_names or [str(i) for i in range(meta.model_config.num_classes)])

@@ -34,4 +34,11 @@ def predict_info(meta) -> dict:
     }
 
 
-__all__ = ["DEFAULT_TASK", "TASKS", "Evaluator", "Task", "get_task", "predict_info"]
+def eval_data_options(meta) -> dict:
+    """What a task's ``load_eval_data`` needs from a checkpoint to read labels as its training did: the training
+    config's ``ignore_index`` (segmentation data without a ``classes.json``, e.g. CamVid's 11)."""
+    ignore = (meta.config or {}).get("ignore_index")
+    return {"ignore_index": ignore} if ignore is not None else {}
+
+
+__all__ = ["DEFAULT_TASK", "TASKS", "Evaluator", "Task", "eval_data_options", "get_task", "predict_info"]
