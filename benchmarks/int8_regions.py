@@ -60,8 +60,8 @@ def main() -> None:
     meta, task = model.meta, get_task("detection")
     train, _, _ = task.load_eval_data(args.data, meta.preprocessing, 8, split="train", workers=0)
     val, _, _ = task.load_eval_data(args.data, meta.preprocessing, 8, split="val", workers=0)
-    x_cal, _ = _batches(train, None, args.num_calibration)
-    x_val, t_val = _batches(val, None)
+    x_cal, _, _ = _batches(train, None, args.num_calibration)
+    x_val, t_val, _ = _batches(val, None)
     with tempfile.TemporaryDirectory() as d:
         fp32 = Path(d) / "fp32.onnx"
         export_onnx(model, fp32, ExportOptions(fold_bn=True, dynamic_batch=True))

@@ -441,7 +441,7 @@ def _quantize_data(model, data: str, calibration: bool, limit: int | None, worke
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     _check_out_file(args.out)
-    from mnv2.deploy.quantize import quantize
+    from mnv2.deploy.quantize import CALIBRATION_IMAGES, quantize
     from mnv2.weights.checkpoint import load_checkpoint
 
     model = load_checkpoint(args.checkpoint)
@@ -461,8 +461,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     calib = _quantize_data(model, args.calibration, True, args.max_calibration, args.workers)
     held_out = _quantize_data(model, args.eval, False, args.max_eval, args.workers) if args.eval else None
     report = quantize(
-        model, args.out, calib, held_out, method=args.method, num_calibration=args.num_calibration or 512,
-        per_channel=not args.per_tensor,
+        model, args.out, calib, held_out, method=args.method,
+        num_calibration=args.num_calibration or CALIBRATION_IMAGES, per_channel=not args.per_tensor,
     )  # fmt: skip
     print(_dumps(report.to_dict()) if args.json else report.format())
     return 0
@@ -543,10 +543,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     from pathlib import Path
 
-    from mnv2.deploy.engines import ENGINES
+    from mnv2.deploy.engines import check_engine
 
-    if args.engine != "auto" and args.engine not in ENGINES:  # before any model loads
-        raise ConfigError(f"unknown engine {args.engine!r}; choose auto or one of {', '.join(ENGINES)}")
+    check_engine(args.engine)  # before any model loads
     missing = [m for m in args.models if not Path(m).exists()]
     if missing:
         raise ConfigError(f"model file {missing[0]!r} does not exist")

@@ -316,6 +316,12 @@ def _checkpoint_task(path: Path) -> str:
 FILE_ENGINES = {".onnx": ONNX_ENGINES, ".tflite": ("litert",)}
 
 
+def check_engine(engine: str) -> None:
+    """``engine`` is ``auto`` or one of :data:`ENGINES` (installed or not); ``ConfigError`` otherwise."""
+    if engine != "auto" and engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; choose auto or one of {', '.join(ENGINES)}")
+
+
 def load_engine(
     source: str | Path | nn.Module,
     engine: str = "auto",
@@ -330,8 +336,7 @@ def load_engine(
             (implied by an INT8 ONNX or TFLite file from ``mnv2 quantize``).
         threads: intra-op threads (default: the engine's own default, all cores).
     """
-    if engine != "auto" and engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}; choose auto or one of {', '.join(ENGINES)}")
+    check_engine(engine)
     if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if isinstance(source, nn.Module):

@@ -56,6 +56,7 @@ METHODS = ("minmax", "percentile", "entropy", "distribution")
 # then the higher top-1, then the earlier entry. MinMax is last on purpose (vision#2849) but measured like the rest.
 AUTO_ORDER = ("percentile", "entropy", "distribution", "minmax")
 TFLITE_METHODS = ("histogram", "minmax")
+CALIBRATION_IMAGES = 512  # a classifier's calibration images by default (`mnv2 quantize --num-calibration`)
 TFLITE_AUTO_ORDER = TFLITE_METHODS  # as for ONNX: MinMax last
 # The global average pool as torch.export writes it (``AdaptiveAvgPool2d(1)`` → ``mean.dim``); see _litert_quantizer
 GLOBAL_POOL_OPS = (torch.ops.aten.mean.dim, torch.ops.aten.adaptive_avg_pool2d.default)
@@ -175,9 +176,9 @@ def _quiet():
         lg.setLevel(level)
 
 
-def float_tail(graph, last_convs: bool = False) -> list[str]:
+def float_tail(graph) -> list[str]:
     """Names of the nodes between an ONNX graph's last convolutions and its outputs (a detector's box decoding:
-    Exp, Mul, Add, Concat, Softmax …), with ``last_convs`` those convolutions too (the box and class predictors).
+    Exp, Mul, Add, Concat, Softmax …; a segmenter's logits upsampling).
 
     Why: a uint8 tensor holds 256 levels over its range, so box corners quantized per tensor would move in steps of
     1/255 of the image (1.3 px at 320) and a segmenter's logits in steps of 1/255 of their range; in fp32 the tail
@@ -185,18 +186,15 @@ def float_tail(graph, last_convs: bool = False) -> list[str]:
     it measured within noise, COCO mAP 0.441 with and without; the network's start was the loss, :func:`float_stem`.)
     """
     producer = {o: n for n in graph.node for o in n.output}
-    tail, convs, todo, seen = [], [], [o.name for o in graph.output], set()
+    tail, todo, seen = [], [o.name for o in graph.output], set()
     while todo:
         node = producer.get(todo.pop())
-        if node is None or node.name in seen:
+        if node is None or node.name in seen or node.op_type == "Conv":
             continue
         seen.add(node.name)
-        if node.op_type == "Conv":
-            convs.append(node.name)
-            continue
         tail.append(node.name)
         todo += list(node.input)
-    return tail + (convs if last_convs else [])
+    return tail
 
 
 def float_stem(graph, convs: int = 3) -> list[str]:
@@ -507,7 +505,7 @@ def quantize(
     calibration: Iterable,
     held_out: Iterable | None = None,
     method: str = "auto",
-    num_calibration: int = 512,
+    num_calibration: int = CALIBRATION_IMAGES,
     selection_fraction: float = 0.25,
     per_channel: bool = True,
     meta: CheckpointMeta | None = None,

@@ -85,25 +85,25 @@ class TaskQuantizeReport:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def _batches(batches, size: tuple[int, int] | None, limit: int | None = None) -> tuple[np.ndarray, list]:
-    """Images (resized to ``size`` when given and different) and their targets, up to ``limit``."""
+def _batches(
+    batches, size: tuple[int, int] | None, limit: int | None = None
+) -> tuple[np.ndarray, list, tuple[int, int]]:
+    """Images resized to ``size`` (default: the first image's) where they differ, their targets, and that size; up
+    to ``limit`` images."""
     xs, targets = [], []
     for x, t in batches.epoch(0):
         for i in range(len(x)):
             one = x[i : i + 1]
-            if size is not None and tuple(one.shape[-2:]) != size:
+            size = size or tuple(one.shape[-2:])
+            if tuple(one.shape[-2:]) != size:
                 one = F.interpolate(one, size=size, mode="bilinear", align_corners=False)
             xs.append(np.asarray(one, dtype=np.float32))
             targets.append(t[i])
             if limit is not None and len(targets) >= limit:
-                return np.concatenate(xs), targets
-    return np.concatenate(xs), targets
-
-
-def _first_size(batches) -> tuple[int, int]:
-    for x, _ in batches.epoch(0):
-        return tuple(x.shape[-2:])
-    raise QuantizationError("the eval split has no images")
+                return np.concatenate(xs), targets, size
+    if not xs:
+        raise QuantizationError("a split with no images")
+    return np.concatenate(xs), targets, size
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -192,14 +192,11 @@ def quantize_task(
     val, _, _ = task.load_eval_data(eval_data or data, meta.preprocessing, 8, split="val", workers=workers, **labels)
     if input_size is not None:
         size = size_hw(input_size)
-    elif meta.task == "segmentation":
-        size = _first_size(val)
-    else:
-        size = size_hw(meta.preprocessing.input_size)
-    # detection loaders already resize to the model's size; segmentation ones keep each image's own
-    resize = size if meta.task == "segmentation" else None
+    else:  # a segmenter's val images keep their own size: the first one's is the graph's
+        size = None if meta.task == "segmentation" else size_hw(meta.preprocessing.input_size)
+    x_val, t_val, size = _batches(val, size)
     train, _, _ = task.load_eval_data(data, meta.preprocessing, 8, split="train", workers=workers, **labels)
-    x_train, t_train = _batches(train, resize, num_calibration + num_selection)
+    x_train, t_train, _ = _batches(train, size, num_calibration + num_selection)
     if len(x_train) <= num_selection:
         raise QuantizationError(f"{data!r}: {len(x_train)} train images; choosing a method (--method auto) holds back "
                                 f"{num_selection} and calibration needs more: name a --method")  # fmt: skip
@@ -207,7 +204,6 @@ def quantize_task(
     # ONNX Runtime's histogram calibrators stack the batches' activations: equal batches of CALIB_BATCH images
     sel, cal = perm[:num_selection], perm[num_selection:]
     cal = cal[: max(1, len(cal) // CALIB_BATCH) * CALIB_BATCH] if len(cal) >= CALIB_BATCH else cal
-    x_val, t_val = _batches(val, resize)
     with tempfile.TemporaryDirectory() as d:
         fp32 = Path(d) / "fp32.onnx"
         export_onnx(model, fp32, ExportOptions(fold_bn=True, dynamic_batch=True, input_size=size))
