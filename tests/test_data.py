@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import http.server
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,21 @@ def test_grayscale_file_is_expanded_and_eval_crop(tmp_path):
     assert im.mode == "RGB"
     x = eval_image(im, Preprocessing(input_size=32, crop_pct=0.875, mean=(0, 0, 0), std=(1, 1, 1)))
     assert x.shape == (3, 32, 32) and torch.allclose(x, torch.full_like(x, 200 / 255), atol=1e-6)
+
+
+def test_eval_image_samples_as_resizing_the_whole_photo_then_cropping():
+    # eval_image resizes only the crop's source box; the reference resizes the whole photo, then crops the centre
+    pre = Preprocessing(input_size=224)  # ImageNet mean/std, crop 0.875: resize the short side to 256
+    photos = sorted((Path(__file__).parent / "fixtures" / "detection" / "raccoon" / "images").glob("*.jpg"))[:3]
+    for path in photos:
+        im = load_image(path)
+        w, h = im.size
+        size = (max(224, round(w * 256 / min(w, h))), max(224, round(h * 256 / min(w, h))))
+        left, top = (size[0] - 224) // 2, (size[1] - 224) // 2
+        ref = np.asarray(im.resize(size, Image.Resampling.BILINEAR).crop((left, top, left + 224, top + 224)))
+        got = eval_image(im, pre).permute(1, 2, 0).numpy() * np.asarray(pre.std) + np.asarray(pre.mean)
+        diff = np.abs(got * 255 - ref)
+        assert diff.max() < 1.01 and (diff < 0.01).mean() > 0.75, path.name  # rounding: one grey level at most
 
 
 def test_folder_errors_are_clear(tmp_path, image_folder):

@@ -223,8 +223,8 @@ def test_binding_beyond_loopback_needs_an_api_key(paths):
 def test_queue_bound_answers_503_with_retry_after_and_memory_stays_bounded(paths):
     gate = threading.Event()
     model = ServedModel(paths["classifier"], "torch", threads=1)
-    run = model.run_batch
-    model.run_batch = lambda jobs: (gate.wait(30), run(jobs))[1]  # the first batch holds the worker
+    run = model.infer
+    model.infer = lambda jobs: (gate.wait(30), run(jobs))[1]  # the first batch holds the worker
     app = create_app([model], ServeSettings(max_batch=1, max_queue=2, max_wait_ms=0))
     data = PHOTOS[0].read_bytes()
     answers: list[int] = []
@@ -253,8 +253,8 @@ def test_queue_bound_answers_503_with_retry_after_and_memory_stays_bounded(paths
 def test_concurrent_requests_share_a_batch_with_the_single_image_answers(paths):
     model = ServedModel(paths["detector"], "torch", threads=1)
     sizes: list[int] = []
-    run = model.run_batch
-    model.run_batch = lambda jobs: (sizes.append(len(jobs)), run(jobs))[1]
+    run = model.infer
+    model.infer = lambda jobs: (sizes.append(len(jobs)), run(jobs))[1]
     app = create_app([model], ServeSettings(max_batch=8, max_wait_ms=500))
     with TestClient(app) as c:
         alone = {p: predict(c, "detector", p.read_bytes(), params={"min_score": 0}).json() for p in PHOTOS[:4]}
@@ -274,6 +274,68 @@ def test_concurrent_requests_share_a_batch_with_the_single_image_answers(paths):
         got, ref = together[p]["detections"], alone[p]["detections"]
         assert len(got) == len(ref)
         np.testing.assert_allclose([d["bbox"] for d in got], [d["bbox"] for d in ref], atol=0.05)
+
+
+def test_a_lone_request_runs_at_once_and_one_on_its_way_is_waited_for():
+    import asyncio
+
+    from mnv2.serve.batcher import Job, MicroBatcher
+
+    sizes: list[int] = []
+
+    async def scenario() -> tuple[float, list]:
+        b = MicroBatcher(lambda jobs: (sizes.append(len(jobs)), [j.options["n"] for j in jobs])[1], max_wait=5.0)
+        b.start()
+        t = time.perf_counter()
+        assert await b.submit(Job(torch.zeros(3), None, {"n": 0})) == 0  # nothing else is coming: no 5 s wait
+        alone = time.perf_counter() - t
+
+        async def later() -> int:  # a request whose image is still being decoded when the first one is queued
+            with b.expecting():
+                await asyncio.sleep(0.2)
+                answer = b.enqueue(Job(torch.zeros(3), None, {"n": 2}))
+            return await answer
+
+        both = await asyncio.gather(b.submit(Job(torch.zeros(3), None, {"n": 1})), later())
+        await b.stop()
+        return alone, both
+
+    alone, both = asyncio.run(scenario())
+    assert alone < 1.0 and both == [1, 2] and sizes == [1, 2]  # the second batch waited for the one on its way
+
+
+def test_the_next_batch_runs_while_the_last_one_is_finished():
+    import asyncio
+
+    from mnv2.serve.batcher import Job, MicroBatcher
+
+    release = threading.Event()
+    events: list[str] = []
+
+    def infer(jobs):
+        events.append(f"infer {jobs[0].options['n']}")
+        return [j.options["n"] for j in jobs]
+
+    def finish(jobs, outputs):
+        if outputs == [0]:  # the first batch's post-processing waits until the second batch has run
+            assert release.wait(10)
+        events.append(f"finish {outputs[0]}")
+        return outputs
+
+    async def scenario() -> list:
+        b = MicroBatcher(infer, finish=finish, max_batch=1, max_wait=0)
+        b.start()
+        first = asyncio.ensure_future(b.submit(Job(torch.zeros(3), None, {"n": 0})))
+        second = b.enqueue(Job(torch.zeros(3), None, {"n": 1}))
+        while "infer 1" not in events:
+            await asyncio.sleep(0.01)
+        release.set()
+        answers = [await first, await second]
+        await b.stop()
+        return answers
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) == [0, 1]
+    assert events.index("infer 1") < events.index("finish 0")
 
 
 # ----------------------------------------------------------------------------------------------- the process

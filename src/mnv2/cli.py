@@ -540,6 +540,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 2**20),
         max_pixels=int(args.max_megapixels * 1e6),
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        decode_threads=args.decode_threads,
     )
     from pathlib import Path
 
@@ -716,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-wait-ms", type=_float_at_least(0, False), default=2.0, help="how long a batch waits for more requests"
     )
     p.add_argument("--max-queue", type=_positive, default=64, help="requests waiting per model; more get 503")
+    p.add_argument("--decode-threads", type=_positive, default=1, help="threads decoding and preprocessing uploads")
     p.add_argument(
         "--max-body-mb", type=_float_at_least(0, True), default=10.0, help="largest request body (413 above)"
     )

@@ -202,8 +202,9 @@ class LiteRtEngine(Engine):
         return interp.get_tensor(self.output).copy()
 
     def _run_lanes(self, x: np.ndarray) -> np.ndarray:
-        """A batch as one contiguous shard per thread, each streamed image by image through its own single-thread
-        interpreter, the lanes in parallel (``invoke`` releases the GIL).
+        """A batch streamed image by image through one single-thread interpreter per thread, the lanes in parallel
+        (``invoke`` releases the GIL), each taking the next image when it is free: a lane slowed by other work on its
+        core (a server decoding uploads) leaves the rest to the other lanes instead of keeping the batch waiting.
 
         Why: one image's activations (≤ 4.8 MB fp32 at 224 px) stay in cache where a whole batch's (150 MB at
         batch 32) stream through memory, and the lanes never wait for each other between ops. Measured 1.31x the
@@ -218,13 +219,15 @@ class LiteRtEngine(Engine):
             for lane in self.lanes:  # the file is exported at batch 1, so a lane never resizes
                 lane.allocate_tensors()
             self.pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="mnv2-litert")
-        shards = np.array_split(np.arange(len(x)), self.n_threads)
+        out: list[Any] = [None] * len(x)
+        todo = iter(range(len(x)))  # shared: a lane takes the next image when it is free (next() holds the GIL)
 
-        def work(lane: Any, idx: np.ndarray) -> list[np.ndarray]:
-            return [self._invoke(lane, x[i : i + 1]) for i in idx]
+        def work(lane: Any) -> None:
+            for i in todo:
+                out[i] = self._invoke(lane, x[i : i + 1])
 
-        parts = self.pool.map(work, self.lanes, shards)
-        return np.concatenate([y for part in parts for y in part])
+        list(self.pool.map(work, self.lanes))  # re-raises a lane's error
+        return np.concatenate(out)
 
 
 class OpenVinoEngine(Engine):

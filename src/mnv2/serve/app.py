@@ -19,13 +19,16 @@ an unexpected one is logged with its traceback and answered 500 without it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import gc
 import hmac
 import io
 import logging
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -48,7 +51,12 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Limits of a server. ``max_wait_ms``: how long a batch waits for more requests once it has one."""
+    """Limits of a server. ``max_wait_ms``: how long a batch waits for more requests once it has one.
+
+    ``decode_threads``: threads that decode and preprocess uploads. One keeps up with a 2-core CPU's engine (2 ms
+    an image against 7) and, unlike a thread per request, leaves the engine's lanes their cores and caches: 96
+    against 91 img/s at concurrency 32 (BENCHMARKS.md, issue 17). Raise it where cores outnumber the engine's.
+    """
 
     max_batch: int = 32
     max_wait_ms: float = 2.0
@@ -57,9 +65,10 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     api_key: str | None = None
     retry_after_s: int = 1
+    decode_threads: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_body_bytes", "max_pixels"):
+        for name in ("max_batch", "max_queue", "max_body_bytes", "max_pixels", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.max_wait_ms >= 0:
@@ -116,15 +125,28 @@ class ServedModel:
         return image, self.task.prepare(image, self.info)
 
     def run_batch(self, jobs: list[Job]) -> list[dict]:
-        """The task's results for a batch of prepared inputs of one shape (runs on the batcher's thread)."""
+        """The task's results for a batch of prepared inputs of one shape."""
+        return self.finish(jobs, self.infer(jobs))
+
+    def infer(self, jobs: list[Job]):
+        """The engine's outputs for a batch of prepared inputs of one shape (the batcher's inference thread)."""
         import torch
 
-        out = self.engine(torch.stack([j.tensor for j in jobs]).numpy())
+        return self.engine(torch.stack([j.tensor for j in jobs]).numpy())
+
+    def finish(self, jobs: list[Job], out) -> list[dict]:
+        """Each job's answer from the batch's outputs (the batcher's post-processing thread)."""
+        import torch
+
         out = tuple(map(torch.from_numpy, out)) if isinstance(out, tuple) else torch.from_numpy(out)
-        results = []
-        for i, job in enumerate(jobs):  # per image: each request has its own options (topk, min_score)
-            row = tuple(o[i : i + 1] for o in out) if isinstance(out, tuple) else out[i : i + 1]
-            results.append(self.task.results(row, [job.image], self.info, **job.options)[0])
+        results: list[dict] = [{}] * len(jobs)
+        groups: dict[tuple, list[int]] = {}  # requests with the same options (topk, min_score) share one call
+        for i, job in enumerate(jobs):
+            groups.setdefault(tuple(sorted(job.options.items())), []).append(i)
+        for options, idx in groups.items():
+            rows = tuple(o[idx] for o in out) if isinstance(out, tuple) else out[idx]
+            for i, r in zip(idx, self.task.results(rows, [jobs[i].image for i in idx], self.info, **dict(options))):
+                results[i] = r
         return results
 
     def encode(self, result: dict) -> dict:
@@ -221,7 +243,6 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException
     from starlette.middleware import Middleware
@@ -245,7 +266,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     queue_depth = Gauge("mnv2_queue_depth", "inputs waiting for a batch", ["model"], registry=registry)
     batchers = {
         name: MicroBatcher(
-            m.run_batch,
+            m.infer,
+            finish=m.finish,
             max_batch=settings.max_batch,
             max_wait=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
@@ -254,6 +276,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         )
         for name, m in by_name.items()
     }
+    decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mnv2-decode")
     page = resources.files("mnv2.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     def error(status: int, message: str, headers: dict | None = None) -> Response:
@@ -322,21 +345,25 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
                 raise HTTPError(413, f"the body is over the {settings.max_body_bytes:,}-byte limit")
             options = _options(request)
-            data = await read_image(request)
-            if not data:
-                raise HTTPError(400, "the body holds no image")
-            try:  # one hop to a worker thread: decoding and preprocessing release the event loop
-                image, tensor = await run_in_threadpool(model.decode, data, settings.max_pixels)
-            except ImageTooLarge as e:
-                raise HTTPError(413, str(e)) from None
-            except ImageError as e:
-                raise HTTPError(400, str(e)) from None
+            with batcher.expecting():  # a batch being formed may wait for this one
+                data = await read_image(request)
+                if not data:
+                    raise HTTPError(400, "the body holds no image")
+                try:  # one hop to a decoding thread: decoding and preprocessing release the event loop
+                    loop = asyncio.get_running_loop()
+                    image, tensor = await loop.run_in_executor(decode_pool, model.decode, data, settings.max_pixels)
+                except ImageTooLarge as e:
+                    raise HTTPError(413, str(e)) from None
+                except ImageError as e:
+                    raise HTTPError(400, str(e)) from None
+                try:
+                    answer = batcher.enqueue(Job(tensor, image, options))
+                except QueueFull:
+                    raise HTTPError(
+                        503, "the server is busy; retry", {"Retry-After": str(settings.retry_after_s)}
+                    ) from None
             try:
-                result = await batcher.submit(Job(tensor, image, options))
-            except QueueFull:
-                raise HTTPError(
-                    503, "the server is busy; retry", {"Retry-After": str(settings.retry_after_s)}
-                ) from None
+                result = await answer
             except ConfigError as e:  # e.g. a topk the model cannot give
                 raise HTTPError(400, str(e)) from None
             seconds = time.perf_counter() - start
@@ -369,6 +396,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         yield
         for b in batchers.values():  # uvicorn runs this after the requests in flight are answered
             await b.stop()
+        decode_pool.shutdown(wait=True)
 
     routes = [
         Route("/", index),
@@ -406,11 +434,22 @@ def serve(
         m = ServedModel(p, engine, threads)
         log.info("loaded %s: %s on %s", m.name, m.task.name, m.engine.name)
         models.append(m)
+    if all(m.engine.name != "torch" for m in models):
+        import torch
+
+        # Preprocessing's torch ops would otherwise start an OpenMP team in every thread that calls them, whose
+        # spinning threads take the engine's cores: 2x the CPU of decoding and 1.5x a batch-1 latency, measured.
+        torch.set_num_threads(1)
     app = create_app(models, settings)
+    # The models' objects live as long as the server: out of the collector's sight, a request's garbage collection
+    # no longer walks them.
+    gc.freeze()
     # Connections beyond the queue and a batch in flight get uvicorn's 503 before any body is read.
     limit = settings.max_queue + 2 * settings.max_batch + 16
+    # No proxy-header rewriting (nothing here trusts a client address) and no Server header: less work per request.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit,
-                            timeout_graceful_shutdown=30, access_log=False)  # fmt: skip
+                            timeout_graceful_shutdown=30, access_log=False, proxy_headers=False,
+                            server_header=False)  # fmt: skip
     # uvicorn answers the requests in flight on SIGTERM, then raises the signal again under the handler found at
     # start: a no-op one makes that graceful stop exit 0 (as a service manager expects) instead of "killed".
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnv2.data.images import ImageError, image_paths, load_image, normalize, to_tensor
+from mnv2.data.images import ImageError, image_paths, load_image, normalize_, to_tensor
 from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
 from mnv2.data.segmentation import IGNORE_INDEX, data_class_colors, voc_colormap
 from mnv2.errors import ConfigError
@@ -312,7 +312,7 @@ def prepare(image, info: dict) -> torch.Tensor:
     if info.get("input_hw") and tuple(info["input_hw"]) != (image.height, image.width):
         h, w = info["input_hw"]
         image = image.convert("RGB").resize((w, h), Image.BILINEAR)
-    x = normalize(to_tensor(image), info["preprocessing"])
+    x = normalize_(to_tensor(image), info["preprocessing"])
     h, w = x.shape[-2:]
     ph, pw = max(MIN_INPUT_SIZE - h, 0), max(MIN_INPUT_SIZE - w, 0)
     return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
