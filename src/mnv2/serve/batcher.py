@@ -177,5 +177,9 @@ class MicroBatcher:
 def _answer(batch: list[Job], results: list[Any] | None = None, error: Exception | None = None) -> None:
     """Each job's result (or ``error``), unless its client went away."""
     for i, j in enumerate(batch):
-        if not j.future.done():
-            j.future.set_exception(error) if error is not None else j.future.set_result(results[i])  # type: ignore[index]
+        if j.future.done():
+            continue
+        if error is not None:
+            j.future.set_exception(error)
+        else:
+            j.future.set_result(results[i])  # type: ignore[index]
