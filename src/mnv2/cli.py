@@ -704,29 +704,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="memory: also write the per-layer memory plot (PNG)")
     p.set_defaults(func=cmd_bench)
 
+    from mnv2.serve.settings import API_KEY_ENV, ServeSettings
+
     p = sub.add_parser("serve", help="an HTTP API and a web page for checkpoints or exported files of any task")
     p.add_argument("models", nargs="+", help="checkpoints (.safetensors) or exported .onnx/.tflite files")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback needs an API key")
     p.add_argument("--port", type=_port, default=8000)
-    p.add_argument("--api-key", default=None, help="bearer token required on /v1 and /metrics (or MNV2_API_KEY)")
+    p.add_argument("--api-key", default=None, help=f"bearer token required on /v1 and /metrics (or {API_KEY_ENV})")
     p.add_argument("--engine", default="auto", help="auto (the fastest installed) or onnxruntime, openvino, litert, "
                    "torch")  # fmt: skip
     p.add_argument("--threads", type=_positive, default=None, help="inference threads per model (default: all)")
-    p.add_argument("--max-batch", type=_positive, default=32, help="most images per forward pass")
+    limits = ServeSettings()  # the defaults live there, once
     p.add_argument(
-        "--max-wait-ms", type=_float_at_least(0, False), default=2.0, help="how long a batch waits for more requests"
+        "--max-batch",
+        type=_positive,
+        default=limits.max_batch,
+        help="most images per forward pass (default %(default)s)",
     )
-    p.add_argument("--max-queue", type=_positive, default=64, help="requests waiting per model; more get 503")
-    p.add_argument("--decode-threads", type=_positive, default=1, help="threads decoding and preprocessing uploads")
-    p.add_argument(
-        "--max-body-mb", type=_float_at_least(0, True), default=10.0, help="largest request body (413 above)"
-    )
-    p.add_argument(
-        "--max-megapixels",
-        type=_float_at_least(0, True),
-        default=40.0,
-        help="largest image, from its header (413 above)",
-    )
+    p.add_argument("--max-wait-ms", type=_float_at_least(0, False), default=limits.max_wait_ms,
+                   help="how long a batch waits for more requests on their way (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-queue", type=_positive, default=limits.max_queue,
+                   help="requests waiting per model; more get 503 (default %(default)s)")  # fmt: skip
+    p.add_argument("--decode-threads", type=_positive, default=limits.decode_threads,
+                   help="threads decoding and preprocessing uploads (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-body-mb", type=_float_at_least(0, True), default=limits.max_body_bytes / 2**20,
+                   help="largest request body (413 above) (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-megapixels", type=_float_at_least(0, True), default=limits.max_pixels / 1e6,
+                   help="largest image, from its header (413 above) (default %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -29,7 +29,6 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,39 +39,13 @@ from mnv2.data.images import ImageError, ImageTooLarge, decode_image
 from mnv2.deploy import engines
 from mnv2.errors import ConfigError
 from mnv2.serve.batcher import Job, MicroBatcher, QueueFull
+from mnv2.serve.settings import API_KEY_ENV, ServeSettings
 
 log = logging.getLogger("mnv2.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-API_KEY_ENV = "MNV2_API_KEY"
 IMAGE_FIELD = "image"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Limits of a server. ``max_wait_ms``: how long a batch waits for more requests once it has one.
-
-    ``decode_threads``: threads that decode and preprocess uploads. One keeps up with a 2-core CPU's engine (2 ms
-    an image against 7) and, unlike a thread per request, leaves the engine's lanes their cores and caches: 96
-    against 91 img/s at concurrency 32 (BENCHMARKS.md, issue 17). Raise it where cores outnumber the engine's.
-    """
-
-    max_batch: int = 32
-    max_wait_ms: float = 2.0
-    max_queue: int = 64
-    max_body_bytes: int = 10 * 2**20
-    max_pixels: int = 40_000_000
-    api_key: str | None = None
-    retry_after_s: int = 1
-    decode_threads: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_body_bytes", "max_pixels", "decode_threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if not self.max_wait_ms >= 0:
-            raise ConfigError(f"max_wait_ms must be >= 0; got {self.max_wait_ms}")
 
 
 class HTTPError(Exception):
