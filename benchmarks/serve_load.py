@@ -30,7 +30,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from mnv2.serve.settings import ServeSettings
+
 ROOT = Path(__file__).resolve().parents[1]
+SERVER = ServeSettings()  # the server's own defaults, unless a flag says otherwise
 PHOTO = ROOT / "tests" / "fixtures" / "detection" / "raccoon" / "images" / "raccoon-109.jpg"
 
 
@@ -208,13 +211,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="inference threads (server and offline bench)")
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--resolution", type=int, default=224)
-    ap.add_argument("--max-batch", type=int, default=32)
-    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--max-batch", type=int, default=SERVER.max_batch)
+    ap.add_argument("--max-wait-ms", type=float, default=SERVER.max_wait_ms)
     ap.add_argument("--image", type=Path, default=PHOTO)
     ap.add_argument("--rounds", type=int, default=3, help="offline bench rounds")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--client", choices=("auto", "hey", "httpx"), default="auto", help="auto: hey when installed")
-    ap.add_argument("--decode-threads", type=int, default=1)
+    ap.add_argument("--decode-threads", type=int, default=SERVER.decode_threads)
     ap.add_argument("--repeats", type=int, default=1, help="whole runs (server, load, offline), each reported")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -97,10 +97,6 @@ class ServedModel:
         image = decode_image(data, max_pixels)
         return image, self.task.prepare(image, self.info)
 
-    def run_batch(self, jobs: list[Job]) -> list[dict]:
-        """The task's results for a batch of prepared inputs of one shape."""
-        return self.finish(jobs, self.infer(jobs))
-
     def infer(self, jobs: list[Job]):
         """The engine's outputs for a batch of prepared inputs of one shape (the batcher's inference thread)."""
         import torch
