@@ -224,6 +224,7 @@ CATALOGUE = [
     ("serve-body-zero", ["serve", "{ckpt}", "--max-body-mb", "0"], "> 0"),
     ("serve-pixels-nan", ["serve", "{ckpt}", "--max-megapixels", "nan"], "finite"),
     ("serve-batch-zero", ["serve", "{ckpt}", "--max-batch", "0"], "--max-batch"),
+    ("serve-decode-threads-zero", ["serve", "{ckpt}", "--decode-threads", "0"], "--decode-threads"),
     ("serve-public-no-key", ["serve", "{ckpt}", "--host", "0.0.0.0"], "API key"),
     ("serve-missing-model", ["serve", "{root}/none.safetensors"], "none.safetensors"),
     ("serve-engine", ["serve", "{ckpt}", "--engine", "warp"], "warp"),
