@@ -511,13 +511,17 @@ def test_model_api_checkpoint_head_freeze_and_init_from_a_classifier(tmp_path):
 def test_predict_returns_coco_style_detections_and_draws_them(tmp_path):
     model = tiny_model().eval()
     pre = Preprocessing(input_size=128, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
-    info = {"preprocessing": pre, "class_names": ["raccoon"], "head": model.head_config}
+    from mnv2.deploy.engines import TorchEngine
+    from mnv2.deploy.predict import Predictor
+
+    module, kind = task.export_module(model, (128, 128))  # what the torch engine runs for a checkpoint
+    info = {"preprocessing": pre, "class_names": ["raccoon"], "head": model.head_config, "output": kind}
     images = sorted((RACCOON / "images").iterdir())[:2]
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    with torch.no_grad():
-        results = task.predict(model, [*map(str, images), str(tmp_path / "broken.jpg")], info, min_score=0.0,
-                               output_dir=tmp_path / "out")  # fmt: skip
-    assert "error" in results[2] and "skipped" in task.format_prediction(results[2])
+    p = Predictor(task.INFERENCE, info, TorchEngine(module, "<module>", None))
+    inputs = [*map(str, images), str(tmp_path / "broken.jpg")]
+    results = list(p.predict_files(inputs, min_score=0.0, output_dir=tmp_path / "out"))
+    assert "error" in results[2] and "skipped" in task.INFERENCE.format_line(results[2])
     for r, path in zip(results, images):
         w, h = Image.open(path).size
         assert (r["width"], r["height"]) == (w, h) and len(r["detections"]) == 100  # TF's max_total_detections
@@ -526,7 +530,7 @@ def test_predict_returns_coco_style_detections_and_draws_them(tmp_path):
             assert 0 <= x <= x + bw <= w + 0.01 and 0 <= y <= y + bh <= h + 0.01
             assert d["category_id"] == 1 and d["label"] == "raccoon" and 0 <= d["score"] <= 1
         assert Image.open(r["image"]).size == (w, h)
-        assert task.format_prediction(r).startswith(str(path))
+        assert task.INFERENCE.format_line(r).startswith(str(path))
     report = task.plot_report(_evaluate([_dets([[0, 0, 1, 1]], [1.0], [1])], [_target([[0, 0, 1, 1]], [1])]),
                               ["cat", "dog"], tmp_path / "pr.png")  # fmt: skip
     assert Image.open(report).size[0] > 100
@@ -622,6 +626,15 @@ def test_export_onnx_and_tflite_decode_boxes_in_the_graph_and_predict_as_torch(t
         main(["export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "x.onnx"), "--bake-preprocessing"]) == 2
     )
     assert "bake_preprocessing (uint8 input, probabilities out) is for classifiers" in capsys.readouterr().err
+    # exported at another size, the file's card says so and the file runs (issue 28, 4: it kept 128 and exited 70)
+    other = tmp_path / "det96.onnx"
+    assert main(["export", str(ckpt), "--out", str(other), "--input-size", "96"]) == 0
+    capsys.readouterr()
+    from mnv2.deploy.card import read_card
+
+    assert read_card(other)[1]["preprocessing"].input_size == 96
+    assert main(["predict", str(other), *images, "--min-score", "0", "--json", "--out", str(tmp_path / "d96")]) == 0
+    assert [len(r["detections"]) for r in json.loads(capsys.readouterr().out)] == [100, 100]
 
 
 def test_quantize_a_detector_reports_the_map_drop_and_the_int8_file_predicts(tmp_path, capsys):

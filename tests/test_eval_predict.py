@@ -9,7 +9,8 @@ from PIL import Image
 from mnv2 import CheckpointMeta, Preprocessing, load_checkpoint, mobilenet_v2, save_checkpoint
 from mnv2.cli import main
 from mnv2.data.images import eval_image, load_image
-from mnv2.engine.evaluate import evaluate_checkpoint, predict
+from mnv2.deploy.predict import predict
+from mnv2.engine.evaluate import evaluate_checkpoint
 from mnv2.errors import ConfigError
 
 CLASSES = ["blue", "green", "red"]
@@ -40,7 +41,7 @@ def test_eval_matches_hand_computation(checkpoint, image_folder):
     per_class = {c: [0, 0] for c in CLASSES}
     for label, c in enumerate(CLASSES):
         for f in sorted((image_folder / "val" / c).iterdir()):
-            x = eval_image(load_image(f), model.meta.preprocessing)[None]
+            x = torch.from_numpy(eval_image(load_image(f), model.meta.preprocessing))[None]
             logits = model(x)[0]
             correct += int(logits.argmax() == label)
             top2 += int(label in logits.topk(2).indices)
@@ -62,7 +63,7 @@ def test_eval_flip_tta_matches_hand_computation(checkpoint, image_folder, capsys
     correct, nll = 0, []
     for label, c in enumerate(CLASSES):
         for f in sorted((image_folder / "val" / c).iterdir()):
-            x = eval_image(load_image(f), model.meta.preprocessing)[None]
+            x = torch.from_numpy(eval_image(load_image(f), model.meta.preprocessing))[None]
             p = (model(x).softmax(1) + model(torch.flip(x, dims=[3])).softmax(1))[0] / 2  # dim 3: width
             correct += int(p.argmax() == label)
             nll.append(-p[label].log().item())
@@ -99,7 +100,7 @@ def test_predict_returns_names_and_probabilities(checkpoint, image_folder, capsy
     res = predict(checkpoint, [str(files[0]), str(image_folder / "val" / "blue")], topk=2)
     assert len(res) == 1 + 4
     model = load_checkpoint(checkpoint)
-    probs = model(eval_image(load_image(files[0]), model.meta.preprocessing)[None]).softmax(1)[0]
+    probs = model(torch.from_numpy(eval_image(load_image(files[0]), model.meta.preprocessing))[None]).softmax(1)[0]
     top = res[0]["top"]
     assert [t["class"] for t in top] == [CLASSES[i] for i in probs.topk(2).indices]
     assert top[0]["prob"] == pytest.approx(probs.max().item(), abs=1e-5)

@@ -290,7 +290,8 @@ def test_test_time_augmentation_returns_log_probabilities_at_the_input_size():
 
 
 def test_train_one_epoch_then_eval_and_predict_end_to_end(tmp_path):
-    from mnv2.engine.evaluate import evaluate_checkpoint, predict
+    from mnv2.deploy.predict import predict
+    from mnv2.engine.evaluate import evaluate_checkpoint
     from mnv2.engine.loop import train
     from mnv2.weights.checkpoint import load_checkpoint
 
@@ -308,6 +309,7 @@ def test_train_one_epoch_then_eval_and_predict_end_to_end(tmp_path):
     model = load_checkpoint(run / "best.safetensors")
     assert model.meta.task == "segmentation" and model.meta.class_names == CAMVID_CLASSES
     assert model.meta.head["class_colors"][3] == [128, 64, 128]  # road, from classes.json
+    assert model.meta.image_size == [90, 120]  # the val images' one size: what `mnv2 export` defaults to
 
     m = evaluate_checkpoint(run / "best.safetensors", str(CAMVID), batch_size=2, workers=0)
     assert m["n"] == 1 and 0 <= m["mIoU"] <= 1 and 0 <= m["pixel_acc"] <= 1
@@ -322,7 +324,7 @@ def test_train_one_epoch_then_eval_and_predict_end_to_end(tmp_path):
     assert label.shape == (90, 120) and label.max() < 11
     assert Image.open(r["color"]).mode == "RGB" and Image.open(r["overlay"]).size == (120, 90)
     assert sorted(p.name for p in out.iterdir()) == [f"0016E5_07959_{k}.png" for k in ("color", "label", "overlay")]
-    assert get_task("segmentation").format_prediction(r).startswith(str(CAMVID / "val" / "0016E5_07959.png"))
+    assert get_task("segmentation").inference.format_line(r).startswith(str(CAMVID / "val" / "0016E5_07959.png"))
 
 
 # ----------------------------------------------------------------------------------------------- deployment
@@ -344,8 +346,8 @@ def _segmenter_checkpoint(path: Path, config: dict | None = None) -> Path:
 
 def test_a_segmenter_exports_at_its_images_size_and_answers_as_torch(tmp_path, capsys):
     from mnv2.cli import main
-    from mnv2.deploy.engines import predict as engine_predict
-    from mnv2.engine.evaluate import predict
+    from mnv2.deploy.predict import predict
+    from mnv2.deploy.predict import predict as engine_predict
 
     ckpt = _segmenter_checkpoint(tmp_path / "seg.safetensors")
     torch_out = predict(ckpt, [str(CAMVID / "val")], output_dir=tmp_path / "torch")

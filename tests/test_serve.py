@@ -24,7 +24,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
-from mnv2.deploy import engines
+from mnv2.deploy.predict import predict as deploy_predict
 from mnv2.errors import ConfigError
 from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
 from mnv2.models.mobilenetv2 import MobileNetV2Config
@@ -80,7 +80,7 @@ def predict(client, model: str, data: bytes, **kw) -> httpx.Response:
 
 def same_as_mnv2_predict(path: Path, image: Path, **options) -> dict:
     """What `mnv2 predict` answers for the file (torch engine): the reference for the server's answers."""
-    return engines.predict(path, [str(image)], "torch", threads=1, **options)[0]
+    return deploy_predict(path, [str(image)], "torch", threads=1, **options)[0]
 
 
 # ----------------------------------------------------------------------------------------------- endpoints

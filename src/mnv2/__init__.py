@@ -31,6 +31,8 @@ _EXPORTS = {
     "mobilenet_v2": "mnv2.models",
     "model_info": "mnv2.models",
     "TASKS": "mnv2.tasks",
+    "Predictor": "mnv2.deploy.predict",
+    "predict": "mnv2.deploy.predict",
     "get_task": "mnv2.tasks",
 }
 

@@ -239,8 +239,24 @@ def cmd_summary(args: argparse.Namespace) -> int:
 _FLAG_TYPES = {"int": int, "float": float, "str": str}
 
 
+def _needs_extra(advice: str):
+    def run(args: argparse.Namespace) -> int:
+        raise ConfigError(f"`mnv2 {args.verb}`: {advice}")
+
+    run.accepts_any = True  # its flags are unknown here: any are taken, the answer is the same
+    return run
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from mnv2.engine.config import flag_fields
+    try:
+        from mnv2.engine.config import flag_fields
+    except ModuleNotFoundError as e:  # the runtime install: `mnv2 train` answers which extra brings it
+        from mnv2.extras import missing_extra
+
+        if missing_extra(e) is None:
+            raise
+        p.set_defaults(func=_needs_extra(missing_extra(e)))
+        return
 
     p.add_argument("--out", default=None, help="run directory (config.yaml, best/last checkpoints, metrics, plots)")
     p.add_argument(
@@ -293,6 +309,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _set_threads() -> None:
+    from mnv2.extras import require_torch
+
+    require_torch("this command")
     import torch
 
     from mnv2.cpu import auto_threads
@@ -328,39 +347,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _task_of(path: str):
-    """The task of a checkpoint or an exported file (files exported before tasks existed are classifiers)."""
-    from mnv2.tasks import DEFAULT_TASK, get_task
+    """The task of a checkpoint or an exported file, from its card (files exported before tasks are classifiers)."""
+    from mnv2.deploy.card import read_card
+    from mnv2.tasks import get_task
 
-    if path.endswith((".onnx", ".tflite")):
-        from mnv2.deploy.onnx_export import read_model_metadata
-
-        return get_task(read_model_metadata(path).get("task", DEFAULT_TASK))
-    from mnv2.weights.checkpoint import read_checkpoint_meta
-
-    return get_task(read_checkpoint_meta(path).task)
+    return get_task(read_card(path)[0])
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mnv2.engine.evaluate import predict
+    from mnv2.deploy.predict import Predictor
 
-    task = _task_of(args.checkpoint)
-    exported = args.checkpoint.endswith((".onnx", ".tflite"))  # an exported file runs on its own engines
-    engine = args.engine or ("auto" if exported else "torch")
-    options = {"topk": args.topk, "strict": args.strict}
-    if task.name != "classification":  # tasks that draw their results
-        options["output_dir"] = args.out or "predictions"
-    if args.min_score is not None and not 0 <= args.min_score <= 1:  # also refuses nan
-        raise ConfigError(f"--min-score must be in [0, 1]; got {args.min_score}")
-    if args.min_score is not None:
-        options["min_score"] = args.min_score
-    if engine == "torch" and args.precision in (None, "fp32") and not exported:
+    # default engine: torch for a checkpoint; for an exported file the fastest of its own engines, torch-free
+    p = Predictor.open(args.checkpoint, args.engine, args.precision, args.threads)
+    if p.engine.name == "torch":
         _set_threads()
-        results = predict(args.checkpoint, args.inputs, **options)
+    options = p.check_options({"topk": args.topk, "min_score": args.min_score})
+    output_dir = (args.out or "predictions") if p.inference.writes_files else args.out
+    found = p.predict_files(args.inputs, strict=args.strict, output_dir=output_dir, **options)
+    if args.json:
+        print(_dumps([p.inference.to_json(r) for r in found]))
     else:
-        from mnv2.deploy import engines
-
-        results = engines.predict(args.checkpoint, args.inputs, engine, args.precision, threads=args.threads, **options)
-    print(_dumps(results) if args.json else "\n".join(task.format_prediction(r) for r in results))
+        for r in found:
+            print(p.inference.format_line(r), flush=True)
     return 0
 
 
@@ -397,15 +405,17 @@ def _bench_memory(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     _check_out_file(args.out)
     from mnv2.deploy import ExportOptions, export
+    from mnv2.deploy.onnx_export import format_for
 
+    fmt = args.format or format_for(args.out)
     options = ExportOptions(
         bake_preprocessing=args.bake_preprocessing,
-        dynamic_batch=not args.static_batch,
+        dynamic_batch=not args.static_batch and fmt == "onnx",  # TFLite and ExecuTorch graphs are batch 1
         dynamic_size=args.dynamic_size,
         input_size=args.input_size,
         fold_bn=not args.no_fold_bn,
     )
-    report = export(args.checkpoint, args.out, args.format, options)
+    report = export(args.checkpoint, args.out, fmt, options)
     if args.json:
         print(_dumps(report.to_dict()))
     else:
@@ -589,8 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("train", help="train or fine-tune (recipes: default, fashion-mnist, paper, modern)")
-    _add_train_args(p)
     p.set_defaults(func=cmd_train)
+    _add_train_args(p)  # without the train extra: func answers which extra to install
 
     p = sub.add_parser("eval", help="top-1/top-5/per-class accuracy and a confusion-matrix PNG")
     p.add_argument("checkpoint")
@@ -636,10 +646,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (or tflite/executorch), verified against torch")
     p.add_argument("checkpoint", help="mnv2 checkpoint (.safetensors)")
-    p.add_argument("--format", default="onnx", help="onnx (default), tflite, executorch")
+    p.add_argument("--format", default=None, help="onnx, tflite, executorch (default: from --out's suffix, else onnx)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--bake-preprocessing", action="store_true", help="uint8 HWC RGB in, probabilities out")
-    p.add_argument("--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic batch)")
+    p.add_argument(
+        "--static-batch",
+        action="store_true",
+        help="batch fixed at 1 (default: dynamic batch for ONNX; TFLite and ExecuTorch are batch 1)",
+    )
     p.add_argument("--dynamic-size", action="store_true", help="symbolic height/width (padding='torch' only)")
     p.add_argument(
         "--input-size", type=_image_size, default=None,
@@ -767,7 +781,10 @@ def _one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args.func, "accepts_any", False):
+        args = parser.parse_args(argv)  # the one-line error for unknown flags
     try:
         return args.func(args)
     except Mnv2Error as e:
@@ -786,6 +803,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mnv2: error: {_one_line(_io_message(e))}", file=sys.stderr)
         return EXIT_USER
     except Exception as e:  # a bug: one line, the traceback only on request
+        from mnv2.extras import missing_extra
+
+        advice = missing_extra(e) if isinstance(e, ModuleNotFoundError) else None
+        if advice:  # an optional extra not installed (the runtime install has no torch): a user's fix, not a bug
+            print(f"mnv2: error: `mnv2 {args.verb}`: {advice}", file=sys.stderr)
+            return EXIT_USER
         if os.environ.get("MNV2_DEBUG") == "1":
             import traceback
 

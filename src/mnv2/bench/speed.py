@@ -144,7 +144,7 @@ def build_candidates(
 ) -> list[Candidate]:
     """Every engine and peer that can run here, each with a factory ``batch -> run``."""
     from mnv2.data.preprocessing import Preprocessing
-    from mnv2.deploy.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, installed_engines
+    from mnv2.deploy.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, converting_engines
     from mnv2.deploy.onnx_export import ExportOptions, export_onnx, ort_session
     from mnv2.models import create_model
     from mnv2.models.fold import fold_batchnorm
@@ -153,7 +153,7 @@ def build_candidates(
     torch.set_num_threads(threads)
     model = create_model(model_name).eval()
     meta = CheckpointMeta(model_config=model.config, preprocessing=Preprocessing(input_size=resolution))
-    installed = installed_engines()
+    installed = converting_engines()
     fp32_path = workdir / "mnv2-fp32.onnx"
 
     def fp32() -> Path:

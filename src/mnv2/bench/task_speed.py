@@ -79,14 +79,14 @@ def _madds(model: torch.nn.Module, height: int, width: int) -> int:
 
 def _engines(model, meta, height: int, width: int, threads: int, workdir: Path, only: list[str] | None) -> dict:
     """name -> run(x) for every installed engine that runs this model at this size."""
-    from mnv2.deploy.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, installed_engines
+    from mnv2.deploy.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, converting_engines
     from mnv2.deploy.formats import export_other
     from mnv2.deploy.onnx_export import ExportOptions, export_onnx
 
     runs = {"torch": TorchEngine(model, "bench", threads)}
     size = (height, width)  # a fixed-size graph, TF padding as the paper's models (--input-size WxH in the CLI)
     onnx_path = workdir / f"{meta.task}-{height}x{width}.onnx"
-    installed = installed_engines()
+    installed = converting_engines()
     want = [e for e in ("onnxruntime", "openvino", "litert") if e in installed and (not only or e in only)]
     if {"onnxruntime", "openvino"} & set(want):
         export_onnx(model, onnx_path, ExportOptions(dynamic_batch=False, input_size=size), meta=meta)

@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 
 from mnv2.data.batches import LoaderBatches
 from mnv2.data.folder import ScanReport
-from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image, normalize
+from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
 from mnv2.data.preprocessing import Preprocessing
+from mnv2.data.tensors import normalize
 from mnv2.errors import ConfigError
 
 # TF preprocessor.ssd_random_crop defaults: one of seven settings drawn per image.

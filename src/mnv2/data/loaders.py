@@ -18,8 +18,9 @@ from mnv2.data import fashion_mnist
 from mnv2.data.batches import LoaderBatches, epoch_seed
 from mnv2.data.fashion_mnist import DatasetError
 from mnv2.data.folder import ImageFolderDataset, ScanReport, folder_splits
-from mnv2.data.images import eval_image, normalize
+from mnv2.data.images import eval_image
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from mnv2.data.tensors import normalize
 from mnv2.data.transforms import AugmentConfig, BatchAugment, ImageTrainTransform
 from mnv2.errors import ConfigError
 
@@ -71,6 +72,7 @@ class DataBundle:
     preprocessing: Preprocessing
     report: ScanReport
     val_name: str  # which split the val numbers are on
+    image_size: list[int] | None = None  # [height, width] shared by every val image (segmentation), else None
 
 
 def fashion_preprocessing(resolution: int) -> Preprocessing:
@@ -139,7 +141,7 @@ def build_data(
     if val_limit is not None:
         va = random.Random(seed).sample(va, min(val_limit, len(va)))
     train_ds = ImageFolderDataset(tr, ImageTrainTransform(preprocessing, augment))
-    val_ds = ImageFolderDataset(va, lambda im: eval_image(im, preprocessing))
+    val_ds = ImageFolderDataset(va, lambda im: torch.from_numpy(eval_image(im, preprocessing)))
     train = LoaderBatches(train_ds, batch_size, True, workers, seed, rank, world, pin)
     val = LoaderBatches(val_ds, eval_batch_size, False, workers, seed, rank, world, pin)
     return DataBundle(train, val, classes, preprocessing, report, "val")
@@ -248,5 +250,5 @@ def build_eval_data(
     if limit is not None and limit < len(samples):
         keep = set(random.Random(seed).sample(range(len(samples)), limit))
         samples = [s for i, s in enumerate(samples) if i in keep]
-    ds = ImageFolderDataset(samples, lambda im: eval_image(im, preprocessing))
+    ds = ImageFolderDataset(samples, lambda im: torch.from_numpy(eval_image(im, preprocessing)))
     return LoaderBatches(ds, batch_size, False, workers), classes, report

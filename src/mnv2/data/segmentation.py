@@ -48,8 +48,10 @@ from tqdm.auto import tqdm
 
 from mnv2.data.batches import LoaderBatches
 from mnv2.data.folder import ScanReport
-from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image, normalize
+from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
+from mnv2.data.palettes import voc_colormap
 from mnv2.data.preprocessing import Preprocessing
+from mnv2.data.tensors import normalize
 from mnv2.errors import ConfigError
 
 IGNORE_INDEX = 255  # the ignore label of every mask this module yields (TF DeepLab's ignore_label, VOC's void)
@@ -65,22 +67,6 @@ INDEX_MODES = ("L", "I", "I;16", "I;16B", "I;16L")
 
 class SegmentationDataError(ConfigError):
     """A label map or class file is wrong (size, label range, colours, format); the message names the file."""
-
-
-def voc_colormap(n: int = 256) -> tuple[tuple[int, int, int], ...]:
-    """The PASCAL VOC devkit's colour map (``labelcolormap.m``): class ``i``'s colour from the bits of ``i``
-    interleaved into R, G, B from the most significant bit down. Index 255 is (224, 224, 192), VOC's "void"."""
-    colors = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colors.append((r, g, b))
-    return tuple(colors)
 
 
 # ----------------------------------------------------------------------------------------------- classes
@@ -681,7 +667,9 @@ def build_segmentation_data(
     val_b = SegmentationBatches(
         SegmentationDataset(val, d.spec, k, pre, False), eval_batch_size, False, workers, seed, rank, world, pin
     )
-    return DataBundle(train_b, val_b, d.class_names, pre, d.report, d.val_name)
+    sizes = {(r.height, r.width) for r in val}
+    image_size = list(next(iter(sizes))) if len(sizes) == 1 and min(next(iter(sizes))) > 0 else None
+    return DataBundle(train_b, val_b, d.class_names, pre, d.report, d.val_name, image_size)
 
 
 def build_segmentation_eval_data(

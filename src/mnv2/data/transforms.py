@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mnv2.data.images import normalize, to_tensor
 from mnv2.data.preprocessing import Preprocessing
+from mnv2.data.tensors import normalize, to_tensor
 
 
 @dataclass(frozen=True)

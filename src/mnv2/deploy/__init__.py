@@ -1,30 +1,33 @@
-"""Deployment: export to ONNX, TFLite and ExecuTorch with parity checks, INT8 quantization, inference engines and
-§5.1 memory-efficient inference.
+"""Deployment: export to ONNX, TFLite and ExecuTorch with parity checks, INT8 quantization, inference engines, the
+predict driver and §5.1 memory-efficient inference.
 
 Downstream of the checkpoint (files → data → model → task → engine → checkpoint → deploy): nothing here imports the
-training engine, and nothing below imports this.
+training engine, and nothing below imports this. The names below load on first use (PEP 562): the modules that run
+exported files (``card``, ``engines``, ``predict``) import no torch, so they work in the ``runtime`` install.
 """
 
-from mnv2.deploy.export import export
-from mnv2.deploy.onnx_export import (
-    ExportError,
-    ExportOptions,
-    ExportPlan,
-    ExportReport,
-    export_onnx,
-    plan_export,
-    read_onnx_metadata,
-)
-from mnv2.models.fold import fold_batchnorm
+from __future__ import annotations
 
-__all__ = [
-    "ExportError",
-    "ExportOptions",
-    "ExportPlan",
-    "ExportReport",
-    "export",
-    "export_onnx",
-    "fold_batchnorm",
-    "plan_export",
-    "read_onnx_metadata",
-]
+import importlib
+
+_EXPORTS = {
+    "export": "mnv2.deploy.export",
+    **dict.fromkeys(
+        ("ExportError", "ExportOptions", "ExportPlan", "ExportReport", "export_onnx", "plan_export",
+         "read_onnx_metadata"),
+        "mnv2.deploy.onnx_export",
+    ),
+    "fold_batchnorm": "mnv2.models.fold",
+    "read_card": "mnv2.deploy.card",
+    "load_engine": "mnv2.deploy.engines",
+    "predict": "mnv2.deploy.predict",
+}  # fmt: skip
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mnv2.deploy' has no attribute {name!r}")

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
+from mnv2.deploy.card import fixed_input_hw, read_card, read_model_metadata
 from mnv2.errors import ConfigError
+from mnv2.extras import require_torch
 
 ENGINES = ("onnxruntime", "openvino", "litert", "torch")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -55,17 +55,18 @@ _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai
 
 
 def installed_engines() -> list[str]:
-    """The engines whose packages import here (``onnxruntime`` also needs ``onnx`` to export)."""
-    out = []
-    for name in ENGINES:
-        if importlib.util.find_spec(_PACKAGES[name]) is None:
-            continue
-        if name in ("onnxruntime", "openvino") and importlib.util.find_spec("onnx") is None:
-            continue
-        if name == "litert" and importlib.util.find_spec("litert_torch") is None:
-            continue
-        out.append(name)
-    return out
+    """The engines whose packages import here: each runs the files of its format (``runtime`` install: onnxruntime
+    and litert)."""
+    return [name for name in ENGINES if importlib.util.find_spec(_PACKAGES[name]) is not None]
+
+
+def converting_engines() -> list[str]:
+    """The engines that can also run a checkpoint, converting it on the fly: torch, plus ``onnx`` for the ONNX
+    engines and ``litert-torch`` for LiteRT."""
+    if importlib.util.find_spec("torch") is None:
+        return []
+    needs = {"onnxruntime": "onnx", "openvino": "onnx", "litert": "litert_torch", "torch": "torch"}
+    return [name for name in installed_engines() if importlib.util.find_spec(needs[name]) is not None]
 
 
 def pick_engine(precision: str = "fp32", installed: list[str] | None = None) -> str:
@@ -109,25 +110,57 @@ class Engine:
 
 
 class TorchEngine(Engine):
-    def __init__(self, model: nn.Module, source: str, threads: int | None) -> None:
+    """PyTorch eager, BN folded, channels_last. A checkpoint's task may trace another module for export
+    (``Task.export_module``: a detector with its boxes decoded); the engine runs that module, so its outputs are
+    the exported file's and one inference half reads every engine's (``mnv2.tasks.infer``)."""
+
+    def __init__(self, model, source: str, threads: int | None, task=None) -> None:
+        import torch
+
         from mnv2.models.fold import fold_batchnorm
 
         super().__init__("torch", "fp32", source, threads)
-        self.model = fold_batchnorm(model).to(memory_format=torch.channels_last)
+        model = fold_batchnorm(model)
+        if task is not None and task.export_module is not None:
+            size = model.meta.preprocessing.input_size
+            model, self.output_kind = task.export_module(model, (size, size))
+        self.model = model.to(memory_format=torch.channels_last)
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
         if self.threads:
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
             t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-            out = self.model(t)  # detection: a (box codes, class logits) pair
+            out = self.model(t)
             return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()
+
+
+def ort_session(path_or_bytes, threads: int | None = None, optimize: bool = True, spin: bool = True):
+    """An ONNX Runtime CPU session; ``threads`` sets intra-op threads (default: ORT's, = physical cores).
+
+    ``spin=False`` stops idle worker threads from busy-waiting between ops: on a machine whose cores are shared
+    with other work, spinning threads steal the time the working ones need (BENCHMARKS.md, Deployment).
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 class OrtEngine(Engine):
     def __init__(self, onnx_path: Path, precision: str, threads: int | None, spin: bool | None = None) -> None:
         from mnv2.cpu import runnable_others
-        from mnv2.deploy.onnx_export import ort_session
 
         super().__init__("onnxruntime", precision, str(onnx_path), threads)
         # Spinning workers are faster on idle cores (INT8 batch 32: 1.35x) and much slower on shared ones
@@ -296,23 +329,19 @@ def _tflite_for_checkpoint(path: Path) -> Path:
 
 
 def _is_int8(path: Path) -> bool:
-    from mnv2.deploy.onnx_export import read_model_metadata
-
     return read_model_metadata(path).get("precision") == "int8"
 
 
-# Tasks whose checkpoints ``auto`` converts on the fly for the export engines (ONNX/TFLite with parity; detection with
-# its boxes decoded in the graph). A segmentation checkpoint runs on torch under ``auto``: torch takes each image at
-# its own size, while an export has one (TF padding) and would resize every image to it. Export a segmenter at its
-# images' size (``mnv2 export --input-size 480x360``) and pass that file: every engine then runs it, images resized to
-# the graph's size and the logits back (``tasks.segmentation.prepare``/``results``).
-EXPORTED_TASKS = ("classification", "detection")
+def _converts_on_the_fly(path: Path) -> bool:
+    """Whether ``auto`` converts this checkpoint for the export engines (ONNX/TFLite with parity; detection with its
+    boxes decoded in the graph): only tasks whose inputs have one size. A segmentation checkpoint runs on torch under
+    ``auto``: torch takes each image at its own size, while an export has one and would resize every image to it.
+    Export a segmenter at its images' size (``mnv2 export --input-size 480x360``) and pass that file: every engine
+    then runs it (``mnv2.tasks.infer.segmentation``)."""
+    from mnv2.tasks import get_inference
 
-
-def _checkpoint_task(path: Path) -> str:
-    from mnv2.weights.checkpoint import read_checkpoint_meta
-
-    return read_checkpoint_meta(path).task
+    task, _ = read_card(path)
+    return get_inference(task).fixed_size
 
 
 # Which engines read which exported file (a checkpoint runs on every engine, converted and cached as needed).
@@ -326,12 +355,14 @@ def check_engine(engine: str) -> None:
 
 
 def load_engine(
-    source: str | Path | nn.Module,
+    source,
     engine: str = "auto",
     precision: str | None = None,
     threads: int | None = None,
 ) -> Engine:
     """A warm engine for ``source`` (checkpoint ``.safetensors``, exported ``.onnx``/``.tflite``, or an mnv2 model).
+
+    Exported files need no torch (the ``runtime`` install); checkpoints and modules do.
 
     Args:
         engine: ``auto`` (fastest installed for the precision, see :func:`pick_engine`) or one of :data:`ENGINES`.
@@ -342,7 +373,7 @@ def load_engine(
     check_engine(engine)
     if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if isinstance(source, nn.Module):
+    if not isinstance(source, (str, Path)):  # an in-memory torch module
         if engine not in ("auto", "torch"):
             raise ConfigError(f"engine {engine!r} needs a checkpoint or ONNX file, not an in-memory module")
         return TorchEngine(source, "<module>", threads)
@@ -350,6 +381,8 @@ def load_engine(
     if not path.is_file():
         raise ConfigError(f"model file {str(path)!r} does not exist")
     file_engines = FILE_ENGINES.get(path.suffix)  # None: a checkpoint
+    if file_engines is None:
+        require_torch(f"running the checkpoint {str(path)!r}", "or export it to .onnx/.tflite where torch is installed")
     file_precision = ("int8" if _is_int8(path) else "fp32") if file_engines else "fp32"
     if precision is None:
         precision = file_precision
@@ -357,15 +390,15 @@ def load_engine(
         raise ConfigError(f"{str(path)!r} is not an INT8 model; make one with `mnv2 quantize`")
     if file_precision == "int8" and precision != "int8":
         raise ConfigError(f"{str(path)!r} is an INT8 model; it runs only with precision int8")
-    if engine == "auto" and not file_engines and _checkpoint_task(path) not in EXPORTED_TASKS:
+    usable = installed_engines() if file_engines else converting_engines()
+    if engine == "auto" and not file_engines and not _converts_on_the_fly(path):
         name = "torch"
     elif engine == "auto":  # an exported file runs on the engines that read its format
-        usable = [e for e in installed_engines() if not file_engines or e in file_engines]
-        name = pick_engine(precision, usable)
+        name = pick_engine(precision, [e for e in usable if not file_engines or e in file_engines])
     else:
         name = engine
-    if name not in installed_engines():
-        raise ConfigError(f"engine {name!r} is not installed here (installed: {', '.join(installed_engines())})")
+    if name not in usable:
+        raise ConfigError(f"engine {name!r} is not installed here (installed: {', '.join(usable) or 'none'})")
     if file_engines and name not in file_engines:
         raise ConfigError(f"engine {name!r} does not read {path.suffix} files; use {' or '.join(file_engines)}")
     if not file_engines and name not in ONNX_ENGINES and precision != "fp32":
@@ -381,9 +414,11 @@ def load_engine(
             _CACHE.move_to_end(key)
             return _CACHE[key]
     if name == "torch":
+        from mnv2.tasks import get_task
         from mnv2.weights.checkpoint import load_checkpoint
 
-        made: Engine = TorchEngine(load_checkpoint(path), str(path), threads)
+        model = load_checkpoint(path)
+        made: Engine = TorchEngine(model, str(path), threads, task=get_task(model.meta.task))
     elif name == "litert":
         made = LiteRtEngine(path if file_engines else _tflite_for_checkpoint(path), threads, precision)
     else:
@@ -394,8 +429,6 @@ def load_engine(
             else (OpenVinoEngine(onnx_path, precision, threads))
         )
     if name != "torch":  # a checkpoint converted on the fly answers what its exported file does
-        from mnv2.deploy.onnx_export import read_model_metadata
-
         file_meta = read_model_metadata(made.source)
         made.output_kind = file_meta.get("output")
         made.input_hw = fixed_input_hw(file_meta)
@@ -412,72 +445,11 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def fixed_input_hw(file_meta: dict) -> tuple[int, int] | None:
-    """An exported NCHW graph's fixed ``(height, width)`` from its metadata; None when symbolic or unknown."""
-    shape = (file_meta.get("input") or {}).get("input_shape") or []
-    if len(shape) == 4 and file_meta["input"].get("layout", "NCHW") == "NCHW":
-        h, w = shape[2:]
-        if isinstance(h, int) and isinstance(w, int):
-            return h, w
-    return None
-
-
 def model_info(source: str | Path) -> tuple[Any, dict]:
-    """The task and what its ``predict``/``results`` need (preprocessing, class names, output kind, head, and an
-    exported graph's fixed ``input_hw``) of a checkpoint or an exported ONNX/TFLite file, from its own metadata."""
-    from mnv2.deploy.onnx_export import read_model_metadata
-    from mnv2.tasks import get_task, predict_info
-    from mnv2.weights.checkpoint import read_checkpoint_meta
+    """``(inference half, info)`` of a checkpoint or an exported ONNX/TFLite file, from its own card
+    (``mnv2.deploy.card``): the task's ``mnv2.tasks.infer`` record and what it needs (preprocessing, class names,
+    output kind, head, an exported graph's fixed ``input_hw``)."""
+    from mnv2.tasks import get_inference
 
-    path = Path(source)
-    if not path.is_file():
-        raise ConfigError(f"model file {str(path)!r} does not exist")
-    if path.suffix in FILE_ENGINES:
-        meta = read_model_metadata(path)
-        if "preprocessing" not in meta:
-            raise ConfigError(f"{str(path)!r} has no mnv2 metadata (preprocessing, class names); export it with mnv2")
-        if meta.get("baked_preprocessing"):
-            raise ConfigError(
-                f"{str(path)!r} has preprocessing baked in (uint8 HWC input); predict with its checkpoint or a plain "
-                "export, or feed it decoded images yourself"
-            )
-        names = meta.get("class_names")
-        info = {
-            "preprocessing": meta["preprocessing"],
-            "class_names": int(meta["model_config"]["num_classes"]) if names is None else names,
-            "output": meta.get("output", "logits"),
-            "head": meta.get("head"),
-            "input_hw": fixed_input_hw(meta),
-        }
-        task = get_task(meta.get("task", "classification"))  # files exported before tasks are classifiers
-    else:
-        cmeta = read_checkpoint_meta(path)
-        info, task = predict_info(cmeta), get_task(cmeta.task)
-    return task, info
-
-
-def predict(
-    source: str | Path,
-    inputs: list[str],
-    engine: str = "auto",
-    precision: str | None = None,
-    *,
-    topk: int = 5,
-    batch_size: int = 64,
-    strict: bool = False,
-    threads: int | None = None,
-    **options: Any,
-) -> list[dict]:
-    """``mnv2 predict --engine``: the task's results (classification: top-``topk`` classes) of image files with
-    ``source`` (a checkpoint, or an ONNX or TFLite file from ``mnv2 export``/``mnv2 quantize``) run by ``engine``;
-    preprocessing, class names and task come from the file's own metadata (results as the torch path's)."""
-    path = Path(source)
-    task, info = model_info(path)
-    run = load_engine(path, engine, precision, threads)
-    info = run.answers(info)
-
-    def forward(x: torch.Tensor) -> Any:
-        out = run(x.numpy())
-        return tuple(torch.from_numpy(o) for o in out) if isinstance(out, tuple) else torch.from_numpy(out)
-
-    return task.predict(forward, inputs, info, topk=topk, batch_size=batch_size, strict=strict, **options)
+    task, info = read_card(source)
+    return get_inference(task), info

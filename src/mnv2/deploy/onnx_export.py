@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from mnv2.data.preprocessing import Preprocessing
+from mnv2.deploy.card import METADATA_PREFIX, read_model_metadata
+from mnv2.deploy.engines import ort_session
 from mnv2.errors import ConfigError, Mnv2Error
 from mnv2.models.fold import fold_batchnorm
 from mnv2.models.mobilenetv2 import MobileNetV2, check_resolution
@@ -37,7 +39,6 @@ from mnv2.weights.checkpoint import CheckpointMeta, atomic_write, load_checkpoin
 # ONNX opset the dynamo exporter targets in torch 2.13; ONNX Runtime >= 1.16 and OpenVINO >= 2023.1 read it.
 ONNX_OPSET = 20
 PARITY_ATOL = 1e-4
-METADATA_PREFIX = "mnv2."
 # Export formats mnv2 knows, with what each needs. Core ML is absent on purpose: coremltools converts on Linux,
 # but its runtime (prediction) is macOS-only, so the parity check every export must pass cannot run here.
 FORMATS = {
@@ -45,6 +46,12 @@ FORMATS = {
     "tflite": "litert-torch (converter) + ai-edge-litert (interpreter)",
     "executorch": "executorch (XNNPACK backend)",
 }
+FORMAT_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".pte": "executorch"}
+
+
+def format_for(path: str | Path) -> str:
+    """The export format an output file's suffix names (``onnx`` for any other)."""
+    return FORMAT_SUFFIXES.get(Path(path).suffix.lower(), "onnx")
 
 
 class ExportError(Mnv2Error):
@@ -140,7 +147,10 @@ def check_options(model: nn.Module, meta: CheckpointMeta, options: ExportOptions
     naming why."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; mnv2 exports to: {', '.join(FORMATS)}")
-    h, w = size_hw(options.input_size or meta.preprocessing.input_size)
+    from mnv2.tasks import get_inference
+
+    any_size = not get_inference(meta.task).fixed_size  # a segmenter: its images' size (``meta.image_size``) if known
+    h, w = size_hw(options.input_size or (any_size and meta.image_size) or meta.preprocessing.input_size)
     check_resolution(h)
     check_resolution(w)
     padding = meta.model_config.padding
@@ -149,7 +159,7 @@ def check_options(model: nn.Module, meta: CheckpointMeta, options: ExportOptions
             "dynamic_size is not supported for a model with padding='tf': TF 'SAME' padding depends on the input "
             f"size, so the graph is exported for one size (here {w}x{h}; choose it with input_size)"
         )
-    if h != w and meta.task != "segmentation":
+    if h != w and not any_size:
         raise ConfigError(f"a non-square export ({w}x{h}) is for segmenters; a {meta.task} model is exported at "
                           "one square size")  # fmt: skip
     if options.bake_preprocessing and meta.task != "classification":
@@ -283,9 +293,16 @@ def sample_input(
 def metadata_props(meta: CheckpointMeta, io: dict[str, Any], options: ExportOptions, extra: dict | None = None):
     """The ``mnv2.*`` key/value pairs written into an exported model."""
     from mnv2._version import __version__
+    from mnv2.tasks import get_inference
 
+    pre = meta.preprocessing
+    shape = io["input_shape"]
+    side = shape[1] if io["layout"] == "NHWC" else shape[2]
+    if get_inference(meta.task).fixed_size and isinstance(side, int) and side != pre.input_size:
+        # the card describes the file: a detector exported at 300 px takes 300 px images (issue 28, 4)
+        pre = dataclasses.replace(pre, input_size=side)
     props = {
-        "preprocessing": json.dumps(meta.preprocessing.to_dict()),
+        "preprocessing": json.dumps(pre.to_dict()),
         "class_names": json.dumps(meta.class_names),
         "model_config": json.dumps(meta.model_config.to_dict()),
         "source": json.dumps(meta.source),
@@ -346,27 +363,6 @@ def to_onnx_model(module: nn.Module, example: torch.Tensor, io: dict[str, Any], 
     except Exception as e:  # the exporter raises many types; report them as a failed export
         raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
     return program.model_proto
-
-
-def ort_session(path_or_bytes, threads: int | None = None, optimize: bool = True, spin: bool = True):
-    """An ONNX Runtime CPU session; ``threads`` sets intra-op threads (default: ORT's, = physical cores).
-
-    ``spin=False`` stops idle worker threads from busy-waiting between ops: on a machine whose cores are shared
-    with other work, spinning threads steal the time the working ones need (BENCHMARKS.md, Deployment).
-    """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    if not spin:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def check_parity(
@@ -447,48 +443,8 @@ def export_onnx(
     return plan.report(out, "onnx", worst, batches, t0, props)
 
 
-def _decode_metadata(pairs: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs.items():
-        if not k.startswith(METADATA_PREFIX):
-            continue
-        key = k[len(METADATA_PREFIX) :]
-        try:
-            out[key] = json.loads(v)
-        except json.JSONDecodeError:
-            out[key] = v
-    if "preprocessing" in out:
-        out["preprocessing"] = Preprocessing.from_dict(out["preprocessing"])
-    return out
-
-
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The ``mnv2.*`` metadata of an exported ONNX file, JSON values decoded (``preprocessing`` as the dataclass)."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"ONNX file {str(path)!r} does not exist")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except OSError:
-        raise
-    except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file
-        raise ConfigError(f"{str(path)!r} is not a readable ONNX file ({type(e).__name__}: {e})") from e
-    return _decode_metadata({p.key: p.value for p in proto.metadata_props})
-
-
-def read_model_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``mnv2.*`` metadata of an exported file: in the graph for ONNX, in ``<file>.json`` for TFLite/ExecuTorch
-    (their converters fill no free-form metadata table). Empty when a non-ONNX file has no such sidecar."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        return read_onnx_metadata(path)
-    sidecar = Path(str(path) + ".json")
-    if not sidecar.is_file():
-        return {}
-    try:
-        pairs = json.loads(sidecar.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{str(sidecar)!r} is not mnv2 metadata JSON ({e})") from e
-    return _decode_metadata(pairs)
+    if Path(path).suffix != ".onnx":
+        raise ConfigError(f"{str(path)!r} is not an .onnx file")
+    return read_model_metadata(path)

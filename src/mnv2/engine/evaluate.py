@@ -1,5 +1,5 @@
-"""``mnv2 eval`` and ``mnv2 predict``: run a checkpoint on a dataset or on image files, for any task (the task is
-read from the checkpoint)."""
+"""``mnv2 eval``: run a checkpoint on a dataset, for any task (the task is read from the checkpoint). Prediction on
+image files is ``mnv2.deploy.predict``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from mnv2.data.folder import ScanReport
 from mnv2.engine.loop import evaluate
 from mnv2.errors import ConfigError
-from mnv2.tasks import eval_data_options, get_task, predict_info
+from mnv2.tasks import eval_data_options, get_task
 from mnv2.weights.checkpoint import load_checkpoint
 
 
@@ -88,12 +88,3 @@ def _trained_with_flips(meta) -> bool:
 
 def _skipped(report: ScanReport) -> dict:
     return {"corrupt": len(report.corrupt), "non_image": len(report.non_image)}
-
-
-@torch.no_grad()
-def predict(checkpoint: str | Path, inputs: list[str], **options) -> list[dict]:
-    """The task's post-processed results for every image, with the PyTorch model of ``checkpoint`` (classification:
-    ``topk`` classes and probabilities); undecodable files get an ``error`` entry (or raise with ``strict``).
-    Other engines: ``mnv2.deploy.engines``."""
-    model = load_checkpoint(checkpoint)
-    return get_task(model.meta.task).predict(model, inputs, predict_info(model.meta), **options)

@@ -352,7 +352,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()))
         log(_describe(task, config, model, pre, data, dtype, world))
     meta = CheckpointMeta(model.config, pre, data.class_names, {"framework": "mnv2", "recipe": config.recipe},
-                          config.to_dict(), task=task.name, head=getattr(model, "head_config", None))  # fmt: skip
+                          config.to_dict(), task=task.name, head=getattr(model, "head_config", None),
+                          image_size=data.image_size)  # fmt: skip
     writer = _RunWriter(out, task, config, data, meta, rank == 0)
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):

@@ -18,6 +18,7 @@ from torch import nn
 
 from mnv2.errors import ConfigError
 from mnv2.models.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH, ConvNormAct, check_padding_mode, make_divisible
+from mnv2.models.sizes import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from mnv2.typed import strict_from_dict
 
 # Table 2 of the paper, bottleneck rows: expansion t, output channels c, repeats n, stride s of the first repeat.
@@ -35,8 +36,6 @@ TABLE2: tuple[tuple[int, int, int, int], ...] = (
 # fmt: on
 STEM_CHANNELS = 32  # Table 2, first row: conv2d 3x3, 32 filters, stride 2
 HEAD_CHANNELS = 1280  # Table 2: conv2d 1x1 to 1280 before the pool
-MIN_INPUT_SIZE = 32  # five stride-2 stages: below 32 px the last feature map would be smaller than 1x1
-MAX_INPUT_SIZE = 8192  # a size check before any allocation (a 100000-px input would need terabytes)
 OUTPUT_STRIDES = (8, 16, 32)
 OUTPUTS = ("logits", "softmax")
 # The one vocabulary for what a model returns, used by exported files' metadata, engines and predict.

@@ -22,128 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnv2 import ops
 from mnv2.errors import ConfigError
 from mnv2.models.layers import ConvNormAct
 from mnv2.models.mobilenetv2 import MobileNetV2Config, MobileNetV2Features, feature_taps
-from mnv2.typed import strict_from_dict
+from mnv2.models.ssdlite_config import SCORE_FNS, SSDLiteConfig  # noqa: F401 (SCORE_FNS: re-exported)
 
-SCORE_FNS = ("sigmoid", "softmax")
 BOX_CODER_EPS = 1e-8  # faster_rcnn_box_coder.py: EPSILON added to every height and width before the log
 # Decoded log-sizes are clamped here before exp (log(1000/16), as torchvision's detection box coder): TF does not
 # clamp, but a wild prediction early in training must give a huge finite box, never inf.
 MAX_LOG_SIZE = math.log(1000.0 / 16)
 FEATURE_TAPS = ("stage5.expansion", "head")  # TF: 'layer_15/expansion_output', 'layer_19'
-
-
-@dataclass(frozen=True)
-class SSDLiteConfig:
-    """The detection head's arguments (``ssdlite_mobilenet_v2_coco.config``); saved in a checkpoint as ``head``.
-
-    Attributes:
-        num_classes: foreground classes; the model scores ``num_classes + 1`` with background at index 0 (TF
-            ``num_classes: 90`` for COCO → 91 scores).
-        min_scale, max_scale: anchor scales of the first and last of the six layers (``ssd_anchor_generator``).
-        aspect_ratios: per location on layers 1-5, in TF's order (the config writes 1/3 as 0.3333).
-        interpolated_scale_aspect_ratio: the extra anchor at scale sqrt(s_i * s_i+1) (0 = none; TF default 1.0).
-        reduce_boxes_in_lowest_layer: layer 0 gets only (0.1, 1.0), (s_0, 2.0), (s_0, 0.5) (TF default true).
-        extra_depths: depths of the four extra layers; scaled by the width multiplier, at least ``min_depth``
-            (TF ``get_depth_fn``: ``max(int(d * depth_multiplier), min_depth)``).
-        min_depth: see ``extra_depths`` (the config's ``min_depth: 16``).
-        box_coder_scales: ``(y, x, height, width)`` scales of ``faster_rcnn_box_coder``.
-        matched_threshold: IoU at or above which an anchor matches a box (``argmax_matcher``, 0.5; below it is a
-            negative: ``unmatched_threshold`` is also 0.5, so none is ignored).
-        score_fn: ``"sigmoid"`` (the TF config: independent per-class sigmoids, background column included) or
-            ``"softmax"`` (one distribution over background + classes, as the original SSD).
-        score_threshold, iou_threshold, max_detections_per_class, max_detections: ``batch_non_max_suppression``
-            (1e-8, 0.6, 100, 100).
-        pre_nms_top_k: candidates per class kept before NMS (not in TF, which runs NMS on all: only the best-scored
-            boxes can survive to ``max_detections_per_class``, and it bounds the cost with many classes).
-        neg_pos_ratio, min_negatives_per_image: ``hard_example_miner`` (3 negatives per positive, at least 3).
-        class_bias_init: initial bias of the class predictors (``class_prediction_bias_init``; TF default 0.0).
-    """
-
-    num_classes: int = 90
-    min_scale: float = 0.2
-    max_scale: float = 0.95
-    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
-    interpolated_scale_aspect_ratio: float = 1.0
-    reduce_boxes_in_lowest_layer: bool = True
-    extra_depths: tuple[int, ...] = (512, 256, 256, 128)
-    min_depth: int = 16
-    box_coder_scales: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
-    matched_threshold: float = 0.5
-    score_fn: str = "sigmoid"
-    score_threshold: float = 1e-8
-    iou_threshold: float = 0.6
-    max_detections_per_class: int = 100
-    max_detections: int = 100
-    pre_nms_top_k: int = 1000
-    neg_pos_ratio: float = 3.0
-    min_negatives_per_image: int = 3
-    class_bias_init: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("aspect_ratios", "extra_depths", "box_coder_scales"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))  # lists from JSON metadata
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ConfigError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
-        if not 0 < self.min_scale <= self.max_scale:
-            raise ConfigError(f"anchor scales must satisfy 0 < min_scale <= max_scale, got {self.min_scale}, "
-                              f"{self.max_scale}")  # fmt: skip
-        if not self.aspect_ratios or any(r <= 0 for r in self.aspect_ratios):
-            raise ConfigError(f"aspect_ratios must be positive, got {self.aspect_ratios!r}")
-        if len(self.box_coder_scales) != 4 or any(s <= 0 for s in self.box_coder_scales):
-            raise ConfigError(f"box_coder_scales must be 4 positive numbers, got {self.box_coder_scales!r}")
-        if self.score_fn not in SCORE_FNS:
-            raise ConfigError(f"score_fn must be one of {SCORE_FNS}, got {self.score_fn!r}")
-        if not 0 <= self.iou_threshold <= 1 or not 0 < self.matched_threshold <= 1:
-            raise ConfigError("iou_threshold must be in [0, 1] and matched_threshold in (0, 1]")
-        if min(self.max_detections, self.max_detections_per_class, self.pre_nms_top_k) < 1:
-            raise ConfigError("max_detections, max_detections_per_class and pre_nms_top_k must be >= 1")
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "detection head") -> SSDLiteConfig:
-        """Build from a dict (a checkpoint's ``head``); unknown keys raise a ConfigError naming them."""
-        return strict_from_dict(cls, values, source)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @property
-    def num_layers(self) -> int:
-        return 2 + len(self.extra_depths)
-
-    def scales(self) -> list[float]:
-        """Per-layer anchor scales, plus TF's trailing 1.0 used only for the last interpolated scale."""
-        n = self.num_layers
-        return [self.min_scale + (self.max_scale - self.min_scale) * i / (n - 1) for i in range(n)] + [1.0]
-
-    def box_specs(self) -> list[list[tuple[float, float]]]:
-        """``(scale, aspect_ratio)`` of every anchor per location, per layer (``create_ssd_anchors``)."""
-        scales = self.scales()
-        specs = []
-        for layer, (scale, scale_next) in enumerate(itertools.pairwise(scales)):
-            if layer == 0 and self.reduce_boxes_in_lowest_layer:
-                specs.append([(0.1, 1.0), (scale, 2.0), (scale, 0.5)])
-                continue
-            layer_specs = [(scale, r) for r in self.aspect_ratios]
-            if self.interpolated_scale_aspect_ratio > 0:
-                layer_specs.append((math.sqrt(scale * scale_next), self.interpolated_scale_aspect_ratio))
-            specs.append(layer_specs)
-        return specs
-
-    def anchors_per_location(self) -> list[int]:
-        return [len(s) for s in self.box_specs()]
 
 
 # ----------------------------------------------------------------------------------------------- anchors
@@ -445,37 +340,12 @@ def detection_loss(
 
 # ----------------------------------------------------------------------------------------------- post-processing
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_output: int | None = None) -> torch.Tensor:
-    """Greedy non-maximum suppression: indices of the kept boxes, best score first.
-
-    A box is dropped when its IoU with a kept, higher-scored box exceeds ``iou_threshold`` (TF's
-    ``non_max_suppression``). Each kept box's IoU row is computed against the boxes after it only when it is kept
-    (the same float32 operations as :func:`box_iou`, so the same decisions), and the scan stops at ``max_output``
-    kept boxes: at most 100 rows of 1000 candidates instead of the whole 1000 x 1000 matrix. The raccoon detector's
-    post-processing went from 84 to 6.8 ms an image on one core.
-    """
+    """Greedy non-maximum suppression on tensors: indices of the kept boxes, best score first (:func:`mnv2.ops.nms`,
+    the one implementation the runtime uses too)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = scores.argsort(descending=True, stable=True)
-    b = boxes[order].float().cpu().numpy()
-    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
-    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    alive = np.ones(len(b), dtype=bool)
-    keep = []
-    for i in range(len(b)):
-        if not alive[i]:
-            continue
-        keep.append(i)
-        if max_output is not None and len(keep) >= max_output:
-            break
-        j = slice(i + 1, None)
-        w = np.clip(np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j]), 0, None)
-        h = np.clip(np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j]), 0, None)
-        inter = w * h
-        union = area[i] + area[j] - inter
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = np.where(union > 0, inter / np.maximum(union, np.float32(1e-12)), np.float32(0))
-        alive[j] &= ~(iou > iou_threshold)
-    return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
+    keep = ops.nms(boxes.float().cpu().numpy(), scores.float().cpu().numpy(), iou_threshold, max_output)
+    return torch.from_numpy(keep).to(boxes.device)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float):
@@ -517,33 +387,13 @@ def postprocess(
 
 @torch.no_grad()
 def nms_decoded(decoded: torch.Tensor, head: SSDLiteConfig) -> list[dict[str, torch.Tensor]]:
-    """Per-image detections from :func:`decode_outputs`' ``[N, A, 4 + C]``.
-
-    ``batch_multiclass_non_max_suppression`` as the TF config sets it: per class, scores above ``score_threshold``
-    (1e-8), NMS at ``iou_threshold`` (0.6), at most ``max_detections_per_class`` (100); then the best
-    ``max_detections`` (100) over all classes. Boxes are clipped to the image window, as TF's postprocess.
-    """
-    decoded = decoded.float()
-    boxes, scores = decoded[..., :4], decoded[..., 4:]
+    """Per-image detections from :func:`decode_outputs`' ``[N, A, 4 + C]``: ``batch_multiclass_non_max_suppression``
+    as the TF config sets it (:func:`mnv2.ops.multiclass_nms`, the runtime's own; boxes are already clipped to the
+    image window, as TF's postprocess)."""
     results = []
-    for b, s in zip(boxes, scores):
-        keep_boxes, keep_scores, keep_labels = [], [], []
-        for c in range(s.shape[1]):
-            sc = s[:, c]
-            idx = torch.nonzero(sc > head.score_threshold).flatten()
-            if idx.numel() == 0:
-                continue
-            if idx.numel() > head.pre_nms_top_k:
-                idx = idx[sc[idx].topk(head.pre_nms_top_k).indices]
-            kept = idx[nms(b[idx], sc[idx], head.iou_threshold, head.max_detections_per_class)]
-            keep_boxes.append(b[kept])
-            keep_scores.append(sc[kept])
-            keep_labels.append(torch.full((len(kept),), c + 1, dtype=torch.long, device=b.device))
-        if keep_boxes:
-            bb, ss, ll = torch.cat(keep_boxes), torch.cat(keep_scores), torch.cat(keep_labels)
-            top = ss.argsort(descending=True, stable=True)[: head.max_detections]
-            results.append({"boxes": bb[top], "scores": ss[top], "labels": ll[top]})
-        else:
-            results.append({"boxes": b.new_zeros(0, 4), "scores": b.new_zeros(0),
-                            "labels": torch.zeros(0, dtype=torch.long, device=b.device)})  # fmt: skip
+    for d in decoded.float().cpu().numpy():
+        b, s, labels = ops.multiclass_nms(d[:, :4], d[:, 4:], **head.nms_settings())
+        results.append(
+            {"boxes": torch.from_numpy(b), "scores": torch.from_numpy(s), "labels": torch.from_numpy(labels)}
+        )
     return results

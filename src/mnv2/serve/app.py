@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from mnv2.data.images import ImageError, ImageTooLarge, decode_image
-from mnv2.deploy import engines
+from mnv2.deploy.predict import Predictor
 from mnv2.errors import ConfigError
 from mnv2.serve.batcher import Job, MicroBatcher, QueueFull
 from mnv2.serve.settings import API_KEY_ENV, ServeSettings
@@ -82,39 +82,34 @@ def model_files(paths: list[str]) -> list[Path]:
 
 
 class ServedModel:
-    """One loaded model: its task, what the task needs of it (``info``) and a warm engine."""
+    """One loaded model: the predict driver's :class:`~mnv2.deploy.predict.Predictor` (its task's inference half, its
+    card as the engine answers, a warm engine), shared with ``mnv2 predict``."""
 
     def __init__(self, path: str | Path, engine: str = "auto", threads: int | None = None) -> None:
         self.path = Path(path)
         self.name = model_name(path)
-        self.task, self.info = engines.model_info(path)
-        self.engine = engines.load_engine(path, engine, None, threads)
-        self.info = self.engine.answers(self.info)  # a checkpoint run by an export engine answers as its file
+        self.predictor = Predictor.open(path, engine, None, threads)
+        self.inference, self.info, self.engine = self.predictor.inference, self.predictor.info, self.predictor.engine
         self._palette: np.ndarray | None = None
 
     def decode(self, data: bytes, max_pixels: int):
-        """``(image, input tensor)`` of an uploaded image (``ImageError``/``ImageTooLarge`` when it cannot be)."""
+        """``(image, input array)`` of an uploaded image (``ImageError``/``ImageTooLarge`` when it cannot be)."""
         image = decode_image(data, max_pixels)
-        return image, self.task.prepare(image, self.info)
+        return image, self.predictor.prepare(image)
 
     def infer(self, jobs: list[Job]):
         """The engine's outputs for a batch of prepared inputs of one shape (the batcher's inference thread)."""
-        import torch
-
-        return self.engine(torch.stack([j.tensor for j in jobs]).numpy())
+        return self.predictor.run([j.tensor for j in jobs])
 
     def finish(self, jobs: list[Job], out) -> list[dict]:
         """Each job's answer from the batch's outputs (the batcher's post-processing thread)."""
-        import torch
-
-        out = tuple(map(torch.from_numpy, out)) if isinstance(out, tuple) else torch.from_numpy(out)
         results: list[dict] = [{}] * len(jobs)
         groups: dict[tuple, list[int]] = {}  # requests with the same options (topk, min_score) share one call
         for i, job in enumerate(jobs):
             groups.setdefault(tuple(sorted(job.options.items())), []).append(i)
         for options, idx in groups.items():
             rows = tuple(o[idx] for o in out) if isinstance(out, tuple) else out[idx]
-            for i, r in zip(idx, self.task.results(rows, [jobs[i].image for i in idx], self.info, **dict(options))):
+            for i, r in zip(idx, self.predictor.results(rows, [jobs[i].image for i in idx], **dict(options))):
                 results[i] = r
         return results
 
@@ -128,10 +123,7 @@ class ServedModel:
         im.putpalette(self.palette().ravel().tolist())
         buf = io.BytesIO()
         im.save(buf, format="PNG")
-        return {
-            **{k: v for k, v in result.items() if k != "mask"},
-            "mask_png": base64.b64encode(buf.getvalue()).decode(),
-        }
+        return {**self.inference.to_json(result), "mask_png": base64.b64encode(buf.getvalue()).decode()}
 
     def classes(self) -> list[str]:
         names = self.info["class_names"]
@@ -139,24 +131,22 @@ class ServedModel:
 
     def palette(self) -> np.ndarray:
         if self._palette is None:
-            from mnv2.tasks.segmentation import class_colors
-
-            self._palette = class_colors(self.info, len(self.classes()))
+            self._palette = self.inference.palette(self.info)
         return self._palette
 
     def describe(self) -> dict[str, Any]:
         pre = self.info["preprocessing"]
         d = {
             "name": self.name,
-            "task": self.task.name,
+            "task": self.inference.name,
             "classes": self.classes(),
-            "input_size": None if self.task.name == "segmentation" else pre.input_size,  # segmentation: any size
+            "input_size": pre.input_size if self.inference.fixed_size else None,  # segmentation: any size
             "preprocessing": pre.to_dict(),
             "engine": self.engine.name,
             "precision": self.engine.precision,
             "file": self.path.name,
         }
-        if self.task.name == "segmentation":
+        if self.inference.palette is not None:
             d["class_colors"] = self.palette().tolist()
         return d
 
@@ -337,7 +327,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
                 raise HTTPError(400, str(e)) from None
             seconds = time.perf_counter() - start
             status = 200
-            body = {"model": name, "task": model.task.name, **model.encode(result), "latency_ms": 1000 * seconds}
+            body = {"model": name, "task": model.inference.name, **model.encode(result), "latency_ms": 1000 * seconds}
             return JSONResponse(body)
         except HTTPError as e:
             status = e.status
@@ -401,14 +391,8 @@ def serve(
     for p in model_files(paths):
         log.info("loading %s (a checkpoint is converted once for the fastest engine, then cached)", p)
         m = ServedModel(p, engine, threads)
-        log.info("loaded %s: %s on %s", m.name, m.task.name, m.engine.name)
+        log.info("loaded %s: %s on %s", m.name, m.inference.name, m.engine.name)
         models.append(m)
-    if all(m.engine.name != "torch" for m in models):
-        import torch
-
-        # Preprocessing's torch ops would otherwise start an OpenMP team in every thread that calls them, whose
-        # spinning threads take the engine's cores: 2x the CPU of decoding and 1.5x a batch-1 latency, measured.
-        torch.set_num_threads(1)
     app = create_app(models, settings)
     # The models' objects live as long as the server: out of the collector's sight, a request's garbage collection
     # no longer walks them.

@@ -64,20 +64,16 @@ class Task:
         tta_modes: the test-time augmentations ``infer`` knows; ``"none"`` first.
         load_eval_data: ``(data, preprocessing, batch_size, *, split, workers, strict, limit, in_chans)
             -> (batches, class_names | None, report)``.
-        prepare: ``(image, info) -> tensor``: one decoded RGB PIL image as the model's CHW input (``info`` from
-            ``mnv2.tasks.predict_info``); inputs of one shape stack into a batch.
-        results: ``(outputs, images, info, **options) -> list[dict]``: the task's answer for each image of a batch
-            from the model's ``outputs`` (JSON-ready, except a segmentation ``mask`` array); a server or ``predict``
-            adds paths and files.
-        predict: ``(forward, paths, meta, **options) -> list[dict]``: post-processed results of image files.
-        format_prediction: ``(result) -> str``: one line of ``mnv2 predict``'s text output.
+        inference: the task's numpy inference half (``mnv2.tasks.infer.Inference``: preprocessing, results from
+            outputs, drawing, files, text line), shared by the torch path and every engine.
         plot_report: ``(result, class_names, path, title) -> Path``: the evaluation's picture.
         report_file: that picture's file name in a run directory (``eval`` writes ``<checkpoint>.<report_file>``).
         format_metrics: ``(metrics) -> str``: a short human summary (``top-1 91.23% top-5 99.80%``).
         format_value: ``(value) -> str``: one metric value as printed (classification: percent; detection: AP).
         export_module: ``(model, (height, width)) -> (module, output)`` or ``None``: what an export traces instead of
             the model (detection: boxes decoded in the graph), and the output kind the file's metadata records
-            (``results`` reads it back from ``info["output"]``); ``None``: the model as it is.
+            (the inference half reads it back from ``info["output"]``; the torch engine runs the same module);
+            ``None``: the model as it is.
     """
 
     name: str
@@ -92,10 +88,7 @@ class Task:
     infer: Callable[[nn.Module, torch.Tensor, str], Any]
     tta_modes: Sequence[str]
     load_eval_data: Callable[..., tuple]
-    prepare: Callable[[Any, dict], torch.Tensor]
-    results: Callable[..., list[dict]]
-    predict: Callable[..., list[dict]]
-    format_prediction: Callable[[dict], str]
+    inference: Any
     plot_report: Callable[..., Any]
     report_file: str
     format_metrics: Callable[[dict], str]

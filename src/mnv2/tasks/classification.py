@@ -16,14 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnv2.data.images import ImageError, eval_image, image_paths, load_image
 from mnv2.errors import ConfigError
 from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.utils import unwrap
 from mnv2.tasks.base import Task
+from mnv2.tasks.infer.classification import INFERENCE, NAME
 
-NAME = "classification"
 TTA_MODES = ("none", "flip")  # flip: mean of an image's and its mirror image's class probabilities
 
 
@@ -186,71 +185,7 @@ def format_metrics(m: dict) -> str:
     return " ".join(parts)
 
 
-# ----------------------------------------------------------------------------------------------- prediction
-def _names(info: dict) -> list[str]:
-    names = info["class_names"]
-    return [str(i) for i in range(names)] if isinstance(names, int) else list(names)
-
-
-def prepare(image, info: dict) -> torch.Tensor:
-    """Eval preprocessing of one RGB PIL image (resize, centre crop, normalise) as the checkpoint records it."""
-    return eval_image(image, info["preprocessing"])
-
-
-@torch.no_grad()
-def results(outputs, images: list, info: dict, *, topk: int = 5, **_: Any) -> list[dict]:
-    """``{"top": [{"class", "index", "prob"}, ...]}`` per image: the ``topk`` most probable classes, best first."""
-    names = _names(info)
-    k = min(topk, len(names))
-    if k < 1:
-        raise ConfigError(f"--topk must be >= 1, got {topk}")
-    out = torch.as_tensor(outputs).float()
-    probs = out if info["output"] == "probabilities" else out.softmax(dim=1)
-    top = probs.topk(k, dim=1)
-    return [
-        {"top": [{"class": names[j], "index": int(j), "prob": float(v)} for v, j in zip(vals, idxs)]}
-        for vals, idxs in zip(top.values, top.indices)
-    ]
-
-
-@torch.no_grad()
-def predict(
-    forward: Callable[[torch.Tensor], torch.Tensor], inputs: list[str], info: dict, *, topk: int = 5,
-    batch_size: int = 64, strict: bool = False, **_: Any,
-) -> list[dict]:  # fmt: skip
-    """Top-``topk`` classes and probabilities of every image in ``inputs`` (files and directories), in input order.
-
-    ``forward`` maps a preprocessed float NCHW batch to the model's outputs; ``info`` holds ``preprocessing``,
-    ``class_names`` (a list, or the class count) and ``output`` (``"logits"`` or ``"probabilities"``).
-    Undecodable files get an ``error`` entry (or raise with ``strict``).
-    """
-    if topk < 1:
-        raise ConfigError(f"--topk must be >= 1, got {topk}")
-    out: list[dict] = []
-    paths = image_paths(inputs)
-    for i in range(0, len(paths), batch_size):
-        tensors, ok = [], []
-        for p in paths[i : i + batch_size]:
-            try:
-                tensors.append(prepare(load_image(p), info))
-                ok.append(p)
-            except ImageError as e:
-                if strict:
-                    raise
-                out.append({"path": str(p), "error": str(e)})
-        if tensors:
-            found = results(forward(torch.stack(tensors)), [], info, topk=topk)
-            out += [{"path": str(p), **r} for p, r in zip(ok, found)]
-    order = {str(p): n for n, p in enumerate(paths)}
-    return sorted(out, key=lambda r: order[r["path"]])
-
-
-def format_prediction(r: dict) -> str:
-    if "error" in r:
-        return f"{r['path']}: skipped ({r['error']})"
-    return f"{r['path']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
-
-
+# ----------------------------------------------------------------------------------------------- report
 def plot_report(result: dict, class_names: list[str], path: str | Path, title: str = "") -> Path:
     """The row-normalised confusion matrix (true class per row) with counts."""
     import matplotlib
@@ -294,10 +229,7 @@ TASK = Task(
     infer=infer,
     tta_modes=TTA_MODES,
     load_eval_data=load_eval_data,
-    prepare=prepare,
-    results=results,
-    predict=predict,
-    format_prediction=format_prediction,
+    inference=INFERENCE,
     plot_report=plot_report,
     report_file="confusion.png",
     format_metrics=format_metrics,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import io
 import math
 from collections.abc import Callable
@@ -20,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnv2.data.images import ImageError, image_paths, load_image
 from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
 from mnv2.errors import ConfigError
 from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, check_resolution
@@ -31,20 +29,15 @@ from mnv2.models.ssdlite import (
     anchors_for_count,
     decode_outputs,
     detection_loss,
-    feature_map_sizes,
-    generate_anchors,
-    nms_decoded,
     postprocess,
 )
 from mnv2.models.utils import unwrap
 from mnv2.tasks.base import Task, with_bn_momentum
+from mnv2.tasks.infer.detection import DECODED_OUTPUT, INFERENCE, NAME
 
-NAME = "detection"
 TTA_MODES = ("none",)
 DEFAULT_INPUT_SIZE = 320  # the paper's SSDLite input (§6.2, Table 6); the TF config uses 300
 EVAL_BATCH_MAX = 64  # detection activations at 320 px: the classification default of 500 images would not fit
-PREDICT_MIN_SCORE = 0.3  # predict shows detections from this score; 0 gives all (COCO results style)
-DECODED_OUTPUT = "boxes_scores"  # an exported detector's output: [N, A, 4 + C] decoded boxes, class probabilities
 COCO_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10", "AR100")
 
 
@@ -357,143 +350,6 @@ def export_module(model: nn.Module, size: tuple[int, int]) -> tuple[nn.Module, s
     return DecodedOutputs(unwrap(model), size[0]).eval(), DECODED_OUTPUT
 
 
-def _names(info: dict) -> list[str]:
-    names = info["class_names"]
-    return [str(i + 1) for i in range(names)] if isinstance(names, int) else list(names)
-
-
-def prepare(image, info: dict) -> torch.Tensor:
-    """The whole RGB PIL image resized to the input size (SSD's fixed-shape resizer), normalised."""
-    from mnv2.data.detection import eval_tensor, to_uint8_tensor
-
-    return eval_tensor(to_uint8_tensor(image), info["preprocessing"])
-
-
-@functools.lru_cache(maxsize=8)
-def _square_anchors(size: int, head: SSDLiteConfig) -> torch.Tensor:
-    """The anchors of a square input, once per (size, head): ``results`` runs per request in ``mnv2 serve``."""
-    return generate_anchors(feature_map_sizes(size, size, head.num_layers), head, (size, size))
-
-
-@torch.no_grad()
-def results(outputs, images: list, info: dict, *, min_score: float = PREDICT_MIN_SCORE, **_: Any) -> list[dict]:
-    """``{"width", "height", "detections"}`` per image: decoded, NMS-filtered boxes from ``min_score``, COCO results
-    style (``bbox`` ``[x, y, w, h]`` in the image's pixels, ``category_id`` 1..C, ``label``, ``score``), best first.
-    ``outputs`` is the model's ``(box_regression, class_logits)``, or an exported file's decoded ``[N, A, 4 + C]``
-    (``info["output"]`` is then ``"boxes_scores"``); ``images`` the PIL images (for their sizes)."""
-    pre: Preprocessing = info["preprocessing"]
-    names = _names(info)
-    head = SSDLiteConfig.from_dict(info["head"], "checkpoint head")
-    size = pre.input_size
-    anchors = _square_anchors(size, head)
-    if info.get("output") == DECODED_OUTPUT:  # an exported file: decoded in its graph
-        decoded = torch.as_tensor(outputs[0] if isinstance(outputs, tuple) else outputs).float()
-    else:
-        box_regression, class_logits = (torch.as_tensor(o).float() for o in outputs)
-        decoded = decode_outputs(box_regression, class_logits, anchors, head)
-    if decoded.shape[1] != len(anchors):
-        raise ConfigError(f"the model predicts {decoded.shape[1]} boxes, its head {len(anchors)} anchors")
-    out = []
-    for im, d in zip(images, nms_decoded(decoded.cpu(), head)):
-        w, h = im.size
-        keep = d["scores"] >= min_score
-        found = []
-        for box, score, label in zip(d["boxes"][keep].tolist(), d["scores"][keep].tolist(), d["labels"][keep].tolist()):
-            x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
-            bbox = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
-            found.append({"bbox": bbox, "category_id": int(label), "label": names[label - 1], "score": round(score, 5)})
-        out.append({"width": w, "height": h, "detections": found})
-    return out
-
-
-@torch.no_grad()
-def predict(
-    forward: Callable[[torch.Tensor], Any], inputs: list[str], info: dict, *, batch_size: int = 16,
-    strict: bool = False, min_score: float = PREDICT_MIN_SCORE, output_dir: str | Path | None = None, **_: Any,
-) -> list[dict]:  # fmt: skip
-    """Detections in every image of ``inputs`` (files and directories), in input order.
-
-    ``forward`` maps a preprocessed float NCHW batch to ``(box_regression, class_logits)``; ``info`` holds
-    ``preprocessing``, ``class_names`` and ``head`` (``mnv2.tasks.predict_info``). Each result has ``path`` and
-    :func:`results`' fields, from ``min_score`` (0 gives all). With ``output_dir``, one PNG per image with the boxes
-    drawn is written there (``image`` in the result). Undecodable files get an ``error`` entry (or raise with
-    ``strict``).
-    """
-    out_dir = Path(output_dir) if output_dir is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    paths = image_paths(inputs)
-    out: list[dict] = []
-    used: set[str] = set()
-    for i in range(0, len(paths), batch_size):
-        tensors, ok = [], []
-        for p in paths[i : i + batch_size]:
-            try:
-                im = load_image(p)
-            except ImageError as e:
-                if strict:
-                    raise
-                out.append({"path": str(p), "error": str(e)})
-                continue
-            tensors.append(prepare(im, info))
-            ok.append((p, im))
-        if not tensors:
-            continue
-        found = results(forward(torch.stack(tensors)), [im for _, im in ok], info, min_score=min_score)
-        for (p, im), r in zip(ok, found):
-            result = {"path": str(p), **r}
-            if out_dir is not None:
-                name = f"{Path(p).stem}.png"
-                n = 1
-                while name in used:
-                    n += 1
-                    name = f"{Path(p).stem}_{n}.png"
-                used.add(name)
-                result["image"] = str(draw_detections(im, r["detections"], out_dir / name))
-            out.append(result)
-    order = {str(p): n for n, p in enumerate(paths)}
-    return sorted(out, key=lambda r: order[r["path"]])
-
-
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128))  # fmt: skip
-
-
-def draw_detections(image, detections: list[dict], path: str | Path) -> Path:
-    """Draw COCO-style ``detections`` (boxes, ``label score``) on a copy of the PIL ``image``; save as PNG."""
-    from PIL import ImageDraw, ImageFont
-
-    im = image.convert("RGB").copy()
-    draw = ImageDraw.Draw(im)
-    width = max(2, round(min(im.size) / 150))
-    try:
-        font = ImageFont.load_default(size=max(10, round(min(im.size) / 30)))
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        font = ImageFont.load_default()
-    for d in sorted(detections, key=lambda d: d["score"]):  # best drawn last, on top
-        x, y, w, h = d["bbox"]
-        color = PALETTE[(d["category_id"] - 1) % len(PALETTE)]
-        draw.rectangle([x, y, x + w, y + h], outline=color, width=width)
-        text = f"{d['label']} {d['score']:.2f}"
-        _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
-        tx, ty = x, max(0.0, y - (bottom - top) - 2 * width)  # above the box, inside the image
-        box = draw.textbbox((tx, ty), text, font=font)
-        draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], fill=color)
-        draw.text((tx, ty), text, fill=(255, 255, 255), font=font)
-    im.save(path, format="PNG")
-    return Path(path)
-
-
-def format_prediction(r: dict) -> str:
-    """``path: raccoon 0.97 [x, y, w, h], ...`` (or ``no detections`` / ``skipped (reason)``)."""
-    if "error" in r:
-        return f"{r['path']}: skipped ({r['error']})"
-    if not r["detections"]:
-        return f"{r['path']}: no detections"
-    items = [f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['bbox'])}]" for d in r["detections"]]
-    return f"{r['path']}: " + ", ".join(items)
-
-
 def plot_report(result: dict, class_names: list[str], path: str | Path, title: str = "") -> Path:
     """Precision–recall curves (COCO's 101 recall points): all classes at IoU 0.5 and 0.75, and per class at 0.5
     when there are at most 10."""
@@ -545,10 +401,7 @@ TASK = Task(
     infer=infer,
     tta_modes=TTA_MODES,
     load_eval_data=load_eval_data,
-    prepare=prepare,
-    results=results,
-    predict=predict,
-    format_prediction=format_prediction,
+    inference=INFERENCE,
     plot_report=plot_report,
     report_file="pr.png",
     format_metrics=format_metrics,

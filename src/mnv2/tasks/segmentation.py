@@ -25,24 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnv2.data.images import ImageError, image_paths, load_image, normalize_, to_tensor
 from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
-from mnv2.data.segmentation import IGNORE_INDEX, data_class_colors, voc_colormap
+from mnv2.data.segmentation import IGNORE_INDEX, data_class_colors
 from mnv2.errors import ConfigError
 from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
 from mnv2.models.mobilenetv2 import MIN_INPUT_SIZE, MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.utils import unwrap
 from mnv2.tasks.base import Task, with_bn_momentum
+from mnv2.tasks.infer.segmentation import INFERENCE, NAME
 
-NAME = "segmentation"
 # "flip": mean of the image's and its mirror image's class probabilities; "ms_flip": the paper's MF setting (Table 7),
 # TF DeepLab's eval_scales 0.5 … 1.75 with add_flipped_images, probabilities averaged over all 12 views.
 TTA_MODES = ("none", "flip", "ms_flip")
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 ASPP_MODES = {"off": (False, True), "separable": (True, True), "regular": (True, False)}
 EVAL_BATCH_MAX = 8  # full-resolution images (CamVid 480x360): logits of 8 images are already ~60 MB
-OVERLAY_ALPHA = 0.5
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -290,148 +288,7 @@ def format_value(v: float) -> str:
     return f"{v:.4f}"
 
 
-# ----------------------------------------------------------------------------------------------- prediction
-def class_colors(info: dict, num_classes: int) -> np.ndarray:
-    """``[C, 3]`` uint8 colours: the checkpoint head's ``class_colors`` (from the data), else the VOC colour map."""
-    head = info.get("head") or {}
-    colors = head.get("class_colors") or voc_colormap(num_classes)
-    return np.asarray(colors, dtype=np.uint8)[:num_classes]
-
-
-def _names(info: dict) -> list[str]:
-    names = info["class_names"]
-    return [str(i) for i in range(names)] if isinstance(names, int) else list(names)
-
-
-def prepare(image, info: dict) -> torch.Tensor:
-    """The RGB PIL image at full resolution, normalised; padded (bottom, right) to the model's 32 px minimum. An
-    exported graph of one size (``info["input_hw"]``, e.g. 360x480) gets the image resized to it (bilinear), and
-    :func:`results` resizes its logits back."""
-    from PIL import Image
-
-    if info.get("input_hw") and tuple(info["input_hw"]) != (image.height, image.width):
-        h, w = info["input_hw"]
-        image = image.convert("RGB").resize((w, h), Image.BILINEAR)
-    x = normalize_(to_tensor(image), info["preprocessing"])
-    h, w = x.shape[-2:]
-    ph, pw = max(MIN_INPUT_SIZE - h, 0), max(MIN_INPUT_SIZE - w, 0)
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
-
-
-@torch.no_grad()
-def results(outputs, images: list, info: dict, **_: Any) -> list[dict]:
-    """``{"width", "height", "fractions", "mask"}`` per image: each class's fraction of the image's pixels (every
-    class, in class order) and ``mask``, the class of each pixel (``uint8`` array ``[H, W]``, not JSON: callers
-    write or encode it). ``outputs`` are the logits of a batch of :func:`prepare`'d images of one size; a fixed-size
-    export's (``info["input_hw"]``) are resized to each image's size (bilinear, as the model's own upsampling)."""
-    names = _names(info)
-    logits = torch.as_tensor(outputs).float()
-    if logits.shape[1] != len(names):
-        raise ConfigError(f"the model predicts {logits.shape[1]} classes, its checkpoint names {len(names)}")
-    fixed = info.get("input_hw")
-    labels = None if fixed else logits.argmax(1).to(torch.uint8).cpu().numpy()
-    out = []
-    for i, im in enumerate(images):
-        w, h = im.size
-        if labels is None:
-            one = logits[i : i + 1]
-            if tuple(one.shape[-2:]) != (h, w):
-                one = F.interpolate(one, size=(h, w), mode="bilinear", align_corners=False)
-            lab = one[0].argmax(0).to(torch.uint8).numpy()
-        else:
-            lab = labels[i][:h, :w]  # drop prepare's padding
-        counts = np.bincount(lab.ravel(), minlength=len(names))
-        fractions = {n: round(float(c) / lab.size, 6) for n, c in zip(names, counts)}
-        out.append({"width": w, "height": h, "fractions": fractions, "mask": lab})
-    return out
-
-
-def overlay(image, mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """The class colours over the RGB PIL ``image``, half transparent (uint8 ``[H, W, 3]``)."""
-    return (
-        (np.asarray(image, dtype=np.float32) * (1 - OVERLAY_ALPHA) + colors[mask] * OVERLAY_ALPHA)
-        .round()
-        .astype(np.uint8)
-    )
-
-
-@torch.no_grad()
-def predict(
-    forward: Callable[[torch.Tensor], Any], inputs: list[str], info: dict, *, batch_size: int = 4,
-    strict: bool = False, output_dir: str | Path | None = None, **_: Any,
-) -> list[dict]:  # fmt: skip
-    """Per-pixel classes of every image in ``inputs`` (files and directories), in input order, at full resolution.
-
-    ``forward`` maps a preprocessed float NCHW batch to logits ``[N, C, H, W]``; ``info`` holds ``preprocessing``,
-    ``class_names`` and ``head`` (``mnv2.tasks.predict_info``). Each result has ``path``, ``width``, ``height`` and
-    ``fractions`` (each class's fraction of the image's pixels, every class in class order). With ``output_dir``,
-    three PNGs per image are written there: ``<name>_label.png`` (class indices, mode L), ``<name>_color.png``
-    (class colours) and ``<name>_overlay.png`` (the colours over the photo, half transparent); their paths are in
-    ``label``, ``color``, ``overlay``. Images smaller than 32 px are padded for the model. Undecodable files get an
-    ``error`` entry (or raise with ``strict``).
-    """
-    from PIL import Image
-
-    palette = class_colors(info, len(_names(info)))
-    out_dir = Path(output_dir) if output_dir is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    paths = image_paths(inputs)
-    out: list[dict] = []
-    used: set[str] = set()
-    pending: list[tuple[Path, Any, torch.Tensor]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        found = results(forward(torch.stack([t for _, _, t in pending])), [im for _, im, _ in pending], info)
-        for (p, im, _), r in zip(pending, found):
-            mask = r.pop("mask")
-            result = {"path": str(p), **r}
-            if out_dir is not None:
-                stem = _unique_stem(Path(p).stem, used)
-                for kind, array in (("label", mask), ("color", palette[mask]), ("overlay", overlay(im, mask, palette))):
-                    path = out_dir / f"{stem}_{kind}.png"
-                    Image.fromarray(array).save(path, format="PNG")
-                    result[kind] = str(path)
-            out.append(result)
-        pending.clear()
-
-    for p in paths:
-        try:
-            im = load_image(p)
-        except ImageError as e:
-            if strict:
-                raise
-            out.append({"path": str(p), "error": str(e)})
-            continue
-        x = prepare(im, info)
-        if pending and (pending[0][2].shape != x.shape or len(pending) >= batch_size):
-            flush()
-        pending.append((p, im, x))
-    flush()
-    order = {str(p): n for n, p in enumerate(paths)}
-    return sorted(out, key=lambda r: order[r["path"]])
-
-
-def _unique_stem(stem: str, used: set[str]) -> str:
-    name, n = stem, 1
-    while name in used:
-        n += 1
-        name = f"{stem}_{n}"
-    used.add(name)
-    return name
-
-
-def format_prediction(r: dict) -> str:
-    """``path: road 41.2%, sky 20.1%, building 12.0% -> out/x_overlay.png`` (the three largest classes)."""
-    if "error" in r:
-        return f"{r['path']}: skipped ({r['error']})"
-    top = sorted(((f, n) for n, f in r["fractions"].items() if f > 0), reverse=True)[:3]
-    text = f"{r['path']}: " + ", ".join(f"{n} {100 * f:.1f}%" for f, n in top)
-    return text + (f" -> {r['overlay']}" if "overlay" in r else "")
-
-
+# ----------------------------------------------------------------------------------------------- report
 def plot_report(result: dict, class_names: list[str], path: str | Path, title: str = "") -> Path:
     """IoU per class as horizontal bars, with the mIoU as a line (classes without IoU shown as n/a)."""
     import matplotlib
@@ -475,10 +332,7 @@ TASK = Task(
     infer=infer,
     tta_modes=TTA_MODES,
     load_eval_data=load_eval_data,
-    prepare=prepare,
-    results=results,
-    predict=predict,
-    format_prediction=format_prediction,
+    inference=INFERENCE,
     plot_report=plot_report,
     report_file="iou.png",
     format_metrics=format_metrics,

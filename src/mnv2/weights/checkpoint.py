@@ -54,6 +54,8 @@ class CheckpointMeta:
         package_version: mnv2 version that wrote the file.
         task: which ``mnv2.tasks`` task the model serves; files written before tasks existed are classifiers.
         head: the task head's arguments (``None`` for classification, whose head is part of ``model_config``).
+        image_size: ``[height, width]`` of the images the model was evaluated on when they share one size (a
+            segmenter, which runs at each image's own size); exports default to it (``mnv2 export``).
     """
 
     model_config: MobileNetV2Config
@@ -66,6 +68,7 @@ class CheckpointMeta:
     format_version: int = FORMAT_VERSION
     task: str = DEFAULT_TASK
     head: dict[str, Any] | None = None
+    image_size: list[int] | None = None
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)

@@ -1,0 +1,142 @@
+"""The one predict driver (issue 25): image files → the task's inference half (``mnv2.tasks.infer``) → an engine →
+results and pictures. ``mnv2 predict``, the Python API and the coming video and batch-job sources call it; the
+server uses the same :class:`Predictor` pieces (prepare, run, results) around its micro-batcher. No torch for
+exported files: the ``runtime`` install runs it as it is.
+
+>>> p = Predictor.open("raccoon.tflite")
+>>> for r in p.predict_files(["photos/"], output_dir="out"):
+...     print(p.inference.format_line(r))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnv2.data.images import ImageError, image_paths, load_image
+from mnv2.errors import ConfigError
+
+
+@dataclass
+class Predictor:
+    """A model file opened for inference: its task's inference half, its card (``info``, as the engine answers) and
+    a warm engine."""
+
+    inference: Any
+    info: dict
+    engine: Any
+    used_stems: set[str] = field(default_factory=set)
+
+    @classmethod
+    def open(cls, source: str | Path, engine: str | None = None, precision: str | None = None,
+             threads: int | None = None) -> Predictor:  # fmt: skip
+        """Open a checkpoint or an exported ``.onnx``/``.tflite`` file (torch-free). ``engine`` ``None``: torch for a
+        checkpoint, the fastest installed engine for an exported file (``auto``, as ``load_engine`` picks)."""
+        from mnv2.deploy.card import EXPORTED_SUFFIXES
+        from mnv2.deploy.engines import load_engine, model_info
+
+        if engine is None:
+            engine = "auto" if str(source).endswith(EXPORTED_SUFFIXES) else "torch"
+        inference, info = model_info(source)
+        run = load_engine(source, engine, precision, threads)
+        return cls(inference, run.answers(info), run)
+
+    def check_options(self, options: dict) -> dict:
+        """The task's options from ``options`` (the others dropped), defaults filled in; every given value is checked,
+        whether this task uses it or not (``--min-score 2`` is an error for any model)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        if "topk" in given and (not isinstance(given["topk"], int) or given["topk"] < 1):
+            raise ConfigError(f"--topk must be an integer >= 1, got {given['topk']!r}")
+        if "min_score" in given and not 0 <= given["min_score"] <= 1:  # also refuses nan
+            raise ConfigError(f"--min-score must be in [0, 1]; got {given['min_score']}")
+        return {k: given.get(k, v) for k, v in self.inference.options.items()}
+
+    def prepare(self, image) -> np.ndarray:
+        return self.inference.prepare(image, self.info)
+
+    def run(self, inputs: list[np.ndarray]):
+        """The engine's outputs for prepared inputs of one shape."""
+        return self.engine(np.stack(inputs))
+
+    def results(self, outputs, images: list, **options) -> list[dict]:
+        return self.inference.results(outputs, images, self.info, **options)
+
+    def predict_images(self, images: list, **options) -> list[dict]:
+        """Results of decoded RGB PIL images (batched by shape, in order)."""
+        options = self.check_options(options)
+        out: list[dict] = []
+        pending: list[tuple[Any, np.ndarray]] = []
+        for im in images:
+            x = self.prepare(im)
+            if pending and pending[0][1].shape != x.shape:
+                out += self.results(self.run([p for _, p in pending]), [i for i, _ in pending], **options)
+                pending = []
+            pending.append((im, x))
+        if pending:
+            out += self.results(self.run([p for _, p in pending]), [i for i, _ in pending], **options)
+        return out
+
+    def predict_files(
+        self, inputs: Iterable[str | Path], *, batch_size: int | None = None, strict: bool = False,
+        output_dir: str | Path | None = None, **options: Any,
+    ) -> Iterator[dict]:  # fmt: skip
+        """Results of every image in ``inputs`` (files and directories, searched recursively), in input order, as
+        they are done: ``path`` plus the task's fields. Undecodable files get an ``error`` entry (or raise with
+        ``strict``). With ``output_dir``, the task's pictures are written there (their paths in the result)."""
+        options = self.check_options(options)
+        batch_size = batch_size or self.inference.batch_size
+        out_dir = Path(output_dir) if output_dir is not None else None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        pending: list[tuple[Path, Any, np.ndarray]] = []
+
+        def flush() -> Iterator[dict]:
+            if not pending:
+                return
+            found = self.results(self.run([x for *_, x in pending]), [im for _, im, _ in pending], **options)
+            for (p, im, _), r in zip(pending, found):
+                result = {"path": str(p), **r}
+                if out_dir is not None:
+                    result.update(self.inference.write(im, r, self.info, out_dir, self._stem(Path(p).stem)))
+                yield result
+            pending.clear()
+
+        for p in image_paths([str(i) for i in inputs]):
+            try:
+                im = load_image(p)
+            except ImageError as e:
+                if strict:
+                    raise
+                yield from flush()
+                yield {"path": str(p), "error": str(e)}
+                continue
+            x = self.prepare(im)
+            if pending and (pending[0][2].shape != x.shape or len(pending) >= batch_size):
+                yield from flush()
+            pending.append((p, im, x))
+        yield from flush()
+
+    def _stem(self, stem: str) -> str:
+        name, n = stem, 1
+        while name in self.used_stems:
+            n += 1
+            name = f"{stem}_{n}"
+        self.used_stems.add(name)
+        return name
+
+
+def predict(
+    source: str | Path, inputs: list[str], engine: str | None = None, precision: str | None = None, *,
+    threads: int | None = None, batch_size: int | None = None, strict: bool = False,
+    output_dir: str | Path | None = None, **options: Any,
+) -> list[dict]:  # fmt: skip
+    """The task's results of image files with ``source`` (a checkpoint, or an ONNX or TFLite file from
+    ``mnv2 export``/``mnv2 quantize``) run by ``engine``; preprocessing, class names and task come from the file's
+    own card (``engine`` ``None``: torch for a checkpoint, ``auto`` for an exported file, as ``mnv2 predict``). Results
+    are JSON-ready except a segmentation ``mask`` array."""
+    p = Predictor.open(source, engine, precision, threads)
+    return list(p.predict_files(inputs, batch_size=batch_size, strict=strict, output_dir=output_dir, **options))
