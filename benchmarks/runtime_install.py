@@ -36,12 +36,16 @@ def build_venv(where: Path) -> Path:
     return where
 
 
-def cold_start(venvs: dict[str, Path], model: str, image: str, repeats: int) -> dict[str, list[float]]:
+def cold_start(venvs: dict[str, tuple[Path, str | None]], model: str, image: str, repeats: int):
+    """Wall seconds of ``mnv2 predict MODEL IMAGE`` per venv (``(venv, PYTHONPATH or None)``), runs alternating so
+    that a slow minute of the host hits every venv alike."""
     times: dict[str, list[float]] = {k: [] for k in venvs}
     for _ in range(repeats):
-        for name, venv in venvs.items():  # alternating, so a slow minute of the host hits both
+        for name, (venv, path) in venvs.items():
+            env = {**os.environ, **({"PYTHONPATH": path} if path else {})}
+            cmd = [str(venv / "bin" / "python"), "-m", "mnv2.cli", "predict", model, image]
             t0 = time.perf_counter()
-            subprocess.run([str(venv / "bin" / "mnv2"), "predict", model, image], check=True, capture_output=True)
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
             times[name].append(time.perf_counter() - t0)
     return times
 
@@ -126,14 +130,19 @@ def main() -> None:
             print(f"  {name:<28} {size / 1e6:6.1f} MB")
         full = Path(sys.prefix)
         print(f"full venv ({full}): {du(full) / 1e6:.0f} MB")
-        times = cold_start({"runtime": venv, "full": full}, args.model, args.image, args.repeats)
+        venvs = {"runtime": (venv, None), "full": (full, None)}
+        if args.old_src:
+            venvs["full, old src"] = (full, str(args.old_src))
+        times = cold_start(venvs, args.model, args.image, args.repeats)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(
             f"cold start of `mnv2 predict {Path(args.model).name} {Path(args.image).name}` (median of {args.repeats}):"
         )
         for k, v in med.items():
-            print(f"  {k:<8} {v:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times[k])})")
-        print(f"  runtime / full: {med['runtime'] / med['full']:.2f}x")
+            print(f"  {k:<14} {v:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times[k])})")
+        for k in med:
+            if k != "runtime":
+                print(f"  runtime / {k}: {med['runtime'] / med[k]:.2f}x")
     new = postprocess_times(None, "new")
     old = postprocess_times(args.old_src, "old") if args.old_src else None
     print("post-processing per image, one thread (ms, median of 20):")

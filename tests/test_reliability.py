@@ -76,6 +76,34 @@ def env(tmp_path_factory):
     p["dir"] = root / "a_dir"
     p["dir"].mkdir()
     p["img"] = root / "split" / "red" / "0.png"
+    # exported files whose card (metadata) was crafted (issue 28, 5)
+    import onnx
+
+    from mnv2.deploy import ExportOptions, export_onnx
+
+    export_onnx(p["ckpt"], root / "good.onnx", ExportOptions())
+    pre = {**meta.preprocessing.to_dict()}
+
+    def crafted(name, **changes):
+        m = onnx.load(str(root / "good.onnx"))
+        props = {q.key: q.value for q in m.metadata_props}
+        props.update({f"mnv2.{k}": v for k, v in changes.items()})
+        del m.metadata_props[:]
+        for k, v in props.items():
+            entry = m.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.save(m, str(root / f"{name}.onnx"))
+        p[name] = root / f"{name}.onnx"
+
+    crafted("card_huge_size", preprocessing=json.dumps({**pre, "input_size": 100000}))
+    crafted("card_nan_mean", preprocessing=json.dumps({**pre, "mean": [math.nan] * 3}))
+    crafted("card_size_not_graph", preprocessing=json.dumps({**pre, "input_size": 64}))
+    crafted("card_probabilities", output="probabilities")
+    crafted("card_output_kind", output="heatmap")
+    crafted("card_names", class_names=json.dumps([1, 2, 3]))
+    crafted("card_two_names", class_names=json.dumps(["a", "b"]))
+    crafted("card_task", task="pose")
+    crafted("card_nested", class_names="[" * 100_000 + "]" * 100_000)
     for name, text in {
         "scale": "augment:\n  scale: [0.5]\n",
         "momentum": "momentum: 2\n",
@@ -192,6 +220,17 @@ CATALOGUE = [
     ("predict-min-score", ["predict", "{ckpt}", "{img}", "--min-score", "2"], "--min-score"),
     ("predict-missing-input", ["predict", "{ckpt}", "{root}/none.png"], "none.png"),
     ("predict-truncated-onnx", ["predict", "{onnx}", "{img}"], "trunc.onnx"),
+    # an exported file's card is validated like a checkpoint's (issue 28, 5)
+    ("card-input-size-huge", ["predict", "{card_huge_size}", "{img}"], "input_size must be an integer in [1, 8192]"),
+    ("card-nan-mean", ["predict", "{card_nan_mean}", "{img}"], "finite"),
+    ("card-size-not-the-graphs", ["predict", "{card_size_not_graph}", "{img}"], "the graph takes 32x32"),
+    ("card-probabilities-of-logits", ["predict", "{card_probabilities}", "{img}"], "output kind is wrong"),
+    ("card-unknown-output-kind", ["predict", "{card_output_kind}", "{img}"], "output kind"),
+    ("card-class-names-not-strings", ["predict", "{card_names}", "{img}"], "class names"),
+    ("card-class-count-not-the-graphs", ["predict", "{card_two_names}", "{img}"], "names 2 classes"),
+    ("card-unknown-task", ["predict", "{card_task}", "{img}"], "pose"),
+    ("card-nested-json", ["predict", "{card_nested}", "{img}"], "nested too deeply"),
+    ("serve-crafted-card", ["serve", "{card_huge_size}"], "input_size"),
     # convert
     ("convert-pickle-as-safetensors", ["convert", "{pickle}", "--out", "{out}"], "pickle.safetensors"),
     ("convert-missing-source", ["convert", "{root}/none.h5", "--out", "{out}"], "none.h5"),
@@ -460,3 +499,86 @@ def test_keras_body_layer_that_differs_is_named(keras_model_file, layer, edit, n
 def test_keras_unedited_model_still_converts(keras_model_file, tmp_path, capsys):
     rc, _, err = run(["convert", keras_model_file, "--out", tmp_path / "x.safetensors"], capsys)
     assert rc == 0, err
+
+
+# ---- issue 28: hostile files (one shared reader: formats, decoder failures, EXIF orientation) ----
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n"
+
+
+def test_a_postscript_file_named_jpg_never_reaches_ghostscript(env, tmp_path, capsys, monkeypatch):
+    """Pillow's EPS plugin runs `gs` on what it opens: only the documented formats may open a file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "gs-ran"
+    (bin_dir / "gs").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    (bin_dir / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    (tmp_path / "photo.jpg").write_bytes(POSTSCRIPT)
+    rc, out, _ = run(["predict", env["ckpt"], tmp_path / "photo.jpg", env["img"], "--json"], capsys)
+    assert rc == 0
+    bad, good = json.loads(out)
+    assert "not a supported image" in bad["error"] and "JPEG, PNG" in bad["error"] and good["top"]
+    rc, _, err = run(["predict", env["ckpt"], tmp_path / "photo.jpg", "--strict"], capsys)
+    assert_one_error_line(rc, err, "not a supported image")
+    assert not marker.exists(), "Ghostscript was started"
+
+
+def test_fuzzed_files_are_one_skipped_file_each(env, tmp_path, capsys):
+    """Mutated real photos in every supported format: each is decoded or skipped with its reason; the folder's
+    other results are kept (a decoder's NotImplementedError or AttributeError used to end the run with exit 70)."""
+    from mnv2.data.images import ImageError, load_image
+
+    photo = Image.open(Path(__file__).parents[2] / "shared/data/raccoon/images/raccoon-1.jpg").convert("RGB")
+    photo = photo.resize((48, 32))
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fuzz"
+    folder.mkdir()
+    n = 0
+    for fmt, ext in (
+        ("JPEG", "jpg"),
+        ("PNG", "png"),
+        ("TIFF", "tif"),
+        ("GIF", "gif"),
+        ("WEBP", "webp"),
+        ("BMP", "bmp"),
+    ):
+        path = tmp_path / f"clean.{ext}"
+        photo.save(path, format=fmt)
+        data = bytearray(path.read_bytes())
+        for i in range(40):
+            mutant = bytearray(data)
+            for j in rng.integers(0, len(mutant), size=int(rng.integers(1, 12))):
+                mutant[j] = int(rng.integers(0, 256))
+            if i % 5 == 0:
+                mutant = mutant[: int(rng.integers(8, len(mutant)))]
+            (folder / f"{fmt}-{i}.{ext}").write_bytes(bytes(mutant))
+            n += 1
+    outcomes = {"decoded": 0, "skipped": 0}
+    for f in sorted(folder.iterdir()):
+        try:
+            assert load_image(f).mode == "RGB"
+            outcomes["decoded"] += 1
+        except ImageError:
+            outcomes["skipped"] += 1
+    assert outcomes["skipped"] > 0 and sum(outcomes.values()) == n
+    rc, out, err = run(["predict", env["ckpt"], folder, env["img"], "--json"], capsys)
+    assert rc == 0, err
+    results = json.loads(out)
+    assert len(results) == n + 1 and sum("error" in r for r in results) == outcomes["skipped"]
+    assert results[-1]["top"]  # the good file after the bad ones
+
+
+def test_exif_orientation_is_applied_wherever_an_image_is_read(tmp_path):
+    """A phone photo stored sideways with orientation 6 ("rotate 90 clockwise to view") reads upright, at the
+    size a viewer shows, from a file and from an upload alike (issue 28, 7)."""
+    from mnv2.data.images import decode_image, load_image
+
+    upright = Image.open(Path(__file__).parents[2] / "shared/data/raccoon/images/raccoon-1.jpg").convert("RGB")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the sensor wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "phone.png", exif=exif)
+    assert Image.open(tmp_path / "phone.png").size == (upright.height, upright.width)
+    for im in (load_image(tmp_path / "phone.png"), decode_image((tmp_path / "phone.png").read_bytes())):
+        assert im.size == upright.size
+        assert np.array_equal(np.asarray(im), np.asarray(upright))

@@ -163,6 +163,8 @@ def png_header_only(width: int, height: int) -> bytes:
     return head + struct.pack(">I", len(idat) - 4) + idat + struct.pack(">I", zlib.crc32(idat))
 
 
+# A PostScript page: Pillow's EPS plugin would decode it by running Ghostscript (issue 28, 1).
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n"
 FORM_WITHOUT_FILE = b'--xx\r\nContent-Disposition: form-data; name="a"\r\n\r\nb\r\n--xx--\r\n'
 
 
@@ -176,6 +178,7 @@ def post(client, body, content_type: str, model: str = "detector") -> httpx.Resp
         ("over the body limit", lambda c: predict(c, "detector", b"\xff" * (2 * 2**20 + 1)), 413, "limit"),
         ("streamed over the limit", lambda c: post(c, iter([b"\xff" * 2**20] * 3), "image/jpeg"), 413, "limit"),
         ("not an image", lambda c: predict(c, "detector", b"hello world"), 400, "cannot decode"),
+        ("PostScript as image/jpeg", lambda c: predict(c, "detector", POSTSCRIPT), 400, "not a supported image"),
         ("truncated jpeg", lambda c: predict(c, "detector", PHOTOS[0].read_bytes()[:3000]), 400, "cannot decode"),
         ("empty body", lambda c: predict(c, "detector", b""), 400, "no image"),
         ("decompression bomb", lambda c: predict(c, "detector", png_header_only(100_000, 100_000)), 413, "pixels"),

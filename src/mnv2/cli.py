@@ -579,7 +579,9 @@ def _check_port(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``verb`` (the command line's), ``train``'s flags are made only when that verb is train:
+    they come from ``TrainConfig``, whose import brings torch and kornia (1.2 s of every other verb's start-up)."""
     from mnv2._version import __version__
 
     parser = _Parser(prog="mnv2", description="MobileNetV2 (arXiv:1801.04381) as practical software.")
@@ -600,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train or fine-tune (recipes: default, fashion-mnist, paper, modern)")
     p.set_defaults(func=cmd_train)
-    _add_train_args(p)  # without the train extra: func answers which extra to install
+    if verb in (None, "train"):
+        _add_train_args(p)  # without the train extra: func answers which extra to install
 
     p = sub.add_parser("eval", help="top-1/top-5/per-class accuracy and a confusion-matrix PNG")
     p.add_argument("checkpoint")
@@ -781,7 +784,8 @@ def _one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((w for w in words if not w.startswith("-")), None))
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args.func, "accepts_any", False):
         args = parser.parse_args(argv)  # the one-line error for unknown flags

@@ -13,7 +13,13 @@ from PIL import Image
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.errors import ConfigError, Mnv2Error
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# The formats mnv2 decodes, and the only Pillow plugins it lets open a file: anything else is "not a supported image"
+# before any other plugin looks at it (Pillow's EPS plugin would hand a PostScript file named .jpg to Ghostscript;
+# issue 28, 1). GIF and multi-page TIFF: the first frame. The JPEG plugin also opens the multi-picture JPEGs many phones
+# write (MPO).
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+SUPPORTED_NAMES = "JPEG, PNG, WebP, BMP, TIFF or GIF"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -25,39 +31,57 @@ class ImageError(Mnv2Error):
     """An image file cannot be decoded."""
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file to RGB (grayscale and palette images are expanded to 3 channels)."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # decodes everything: truncated files fail here, not later in a worker
-            return _to_rgb(im)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot decode image {str(path)!r} ({e})") from e
-
-
 class ImageTooLarge(ImageError):
     """An image whose pixel count is over the caller's limit (refused from its header, before decoding)."""
 
 
-def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
-    """Decode an image held in memory (an upload) to RGB, as :func:`load_image` does a file.
+def _decode(source, what: str, max_pixels: int | None = None) -> Image.Image:
+    """The one image reader: a file path or a binary stream → RGB, as a viewer shows it.
 
-    ``max_pixels`` refuses images larger than that from the header alone, so a decompression bomb (a small file of
-    a huge, uniform image) is never decoded; Pillow's own bomb check applies besides.
+    Only :data:`SUPPORTED_FORMATS` are tried; ``max_pixels`` refuses an image from its header (a decompression bomb
+    is never decoded; Pillow's own bomb check applies besides); the EXIF orientation is applied (a phone photo
+    tagged "rotate 90" is read upright, its size as a viewer reports it; issue 28, 7); any failure of a decoder
+    (fuzzed files make Pillow raise ``NotImplementedError``, ``AttributeError``, ``struct.error`` ...) is an
+    :class:`ImageError` naming the file, so one bad file is one skipped file (issue 28, 6).
     """
-    import io
+    from PIL import ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(source, formats=SUPPORTED_FORMATS) as im:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageTooLarge(f"the image is {w} x {h} pixels; at most {max_pixels:,} pixels are accepted")
-            im.load()  # truncated data fails here
-            return _to_rgb(im)
+            im.load()  # decodes everything: truncated files fail here, not later in a worker
+            return _to_rgb(ImageOps.exif_transpose(im))
+    except ImageError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageError(f"cannot decode {what}: not a supported image ({SUPPORTED_NAMES})") from e
     except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"the image is too large to decode safely ({e})") from e
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"cannot decode the image ({e})") from e
+        raise ImageTooLarge(f"{what} is too large to decode safely ({e})") from e
+    except MemoryError as e:
+        raise ImageTooLarge(f"{what} is too large to decode in this machine's memory") from e
+    except Exception as e:  # any decoder failure, see above
+        raise ImageError(f"cannot decode {what} ({type(e).__name__}: {e})") from e
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image file to RGB (grayscale and palette images are expanded to 3 channels), upright."""
+    if Path(path).is_dir():
+        raise ImageError(f"{str(path)!r} is a directory, not an image")
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; a missing or unreadable file is the file's error)
+    except OSError as e:
+        raise ImageError(f"cannot read image {str(path)!r} ({e.strerror or e})") from e
+    with f:
+        return _decode(f, f"image {str(path)!r}")
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image held in memory (an upload) to RGB, as :func:`load_image` does a file."""
+    import io
+
+    return _decode(io.BytesIO(data), "the image", max_pixels)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -17,6 +17,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TF_MEAN = (0.5, 0.5, 0.5)
 TF_STD = (0.5, 0.5, 0.5)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+# Input-size limits of the architecture (torch-free: the runtime pads and checks inputs with them).
+MIN_INPUT_SIZE = 32  # five stride-2 stages: below 32 px the last feature map would be smaller than 1x1
+MAX_INPUT_SIZE = 8192  # a size check before any allocation (a 100000-px input would need terabytes)
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,16 @@ class Preprocessing:
     grayscale: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.input_size, int) or self.input_size < 1:
-            raise ConfigError(f"input_size must be a positive integer, got {self.input_size!r}")
-        if not 0 < self.crop_pct <= 1:
+        if not isinstance(self.input_size, int) or not 1 <= self.input_size <= MAX_INPUT_SIZE:
+            raise ConfigError(f"input_size must be an integer in [1, {MAX_INPUT_SIZE}], got {self.input_size!r}")
+        if not isinstance(self.crop_pct, (int, float)) or not 0 < self.crop_pct <= 1:  # also refuses nan
             raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
-        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+        values = (*self.mean, *self.std)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):  # a NaN mean printed "nan%"
+            raise ConfigError(f"mean {self.mean!r} and std {self.std!r} must be finite numbers")
+        if len(self.mean) != len(self.std) or not self.mean or any(s <= 0 for s in self.std):
             raise ConfigError(f"mean {self.mean!r} and std {self.std!r} must have equal lengths and std > 0")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from mnv2.data.batches import LoaderBatches
 from mnv2.data.folder import ScanReport
-from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
+from mnv2.data.images import IMAGE_EXTENSIONS, SUPPORTED_FORMATS, ImageError, load_image
 from mnv2.data.palettes import voc_colormap
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.data.tensors import normalize
@@ -181,13 +181,13 @@ def read_label(path: str | Path, spec: LabelSpec) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=SUPPORTED_FORMATS) as im:  # the image reader's formats, no other plugin
             im.load()
             mode = im.mode
             palette = im.getpalette() if mode == "P" else None
             a = np.asarray(im.convert("RGB") if mode in ("RGB", "RGBA") else im)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise SegmentationDataError(f"cannot decode label map {str(path)!r} ({e})") from e
+    except Exception as e:  # any decoder failure (see data.images._decode): this file's error
+        raise SegmentationDataError(f"cannot decode label map {str(path)!r} ({type(e).__name__}: {e})") from e
     if mode in INDEX_MODES:
         return a.astype(np.int64)
     lookup = {c: i for i, c in enumerate(spec.colors or ())}

@@ -81,11 +81,13 @@ def decode_metadata(pairs: dict[str, str]) -> dict[str, Any]:
             continue
         key = k[len(METADATA_PREFIX) :]
         try:
-            out[key] = json.loads(v)
+            out[key] = json.loads(v) if isinstance(v, str) else v
         except json.JSONDecodeError:
             out[key] = v
+        except RecursionError as e:  # JSON nested thousands deep
+            raise ConfigError(f"the model's metadata {key!r} is nested too deeply to read") from e
     if "preprocessing" in out:
-        out["preprocessing"] = Preprocessing.from_dict(out["preprocessing"])
+        out["preprocessing"] = Preprocessing.from_dict(out["preprocessing"], "the model's card (preprocessing)")
     return out
 
 
@@ -102,7 +104,7 @@ def read_model_metadata(path: str | Path) -> dict[str, Any]:
         return {}
     try:
         pairs = json.loads(sidecar.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ConfigError(f"{str(sidecar)!r} is not mnv2 metadata JSON ({e})") from e
     if not isinstance(pairs, dict):
         raise ConfigError(f"{str(sidecar)!r} is not mnv2 metadata JSON (not an object)")
@@ -111,8 +113,9 @@ def read_model_metadata(path: str | Path) -> dict[str, Any]:
 
 def fixed_input_hw(file_meta: dict) -> tuple[int, int] | None:
     """An exported NCHW graph's fixed ``(height, width)`` from its metadata; None when symbolic or unknown."""
-    shape = (file_meta.get("input") or {}).get("input_shape") or []
-    if len(shape) == 4 and file_meta["input"].get("layout", "NCHW") == "NCHW":
+    spec = file_meta.get("input")
+    shape = spec.get("input_shape") if isinstance(spec, dict) else None
+    if isinstance(shape, list) and len(shape) == 4 and spec.get("layout", "NCHW") == "NCHW":
         h, w = shape[2:]
         if isinstance(h, int) and isinstance(w, int):
             return h, w
@@ -133,14 +136,53 @@ def exported_card(path: str | Path) -> tuple[str, dict]:
             "export, or feed it decoded images yourself"
         )
     names = meta.get("class_names")
+    if names is None:
+        names = (
+            (meta.get("model_config") or {}).get("num_classes") if isinstance(meta.get("model_config"), dict) else None
+        )
     info = {
         "preprocessing": meta["preprocessing"],
-        "class_names": int(meta["model_config"]["num_classes"]) if names is None else names,
+        "class_names": names,
         "output": meta.get("output", "logits"),
         "head": meta.get("head"),
         "input_hw": fixed_input_hw(meta),
     }
-    return meta.get("task", DEFAULT_TASK), info
+    task = meta.get("task", DEFAULT_TASK)
+    check_card(task, info, str(path))
+    return task, info
+
+
+OUTPUT_KINDS = ("logits", "probabilities", "boxes_scores")  # what an exported graph's output may be
+MAX_CLASSES = 100_000
+
+
+def check_card(task: Any, info: dict, where: str) -> None:
+    """A card's values, validated as a checkpoint's are (issue 28, 5: crafted metadata must be a one-line error, not a
+    11 GB allocation or "nan%"): the task is known, class names are strings (or a count), the output kind is one of
+    :data:`OUTPUT_KINDS`, the head is an object and a fixed input size is within the architecture's limits. The
+    preprocessing was validated when it was read (``Preprocessing``: finite, sizes in range); the graph's own shapes
+    are checked against the card when the engine is open (``mnv2.deploy.predict.Predictor.open``)."""
+    from mnv2.data.preprocessing import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+    from mnv2.tasks import TASK_NAMES
+
+    if task not in TASK_NAMES:
+        raise ConfigError(f"{where!r}: its card names the task {task!r}; mnv2 knows {', '.join(TASK_NAMES)}")
+    names = info["class_names"]
+    if isinstance(names, bool) or not (
+        (isinstance(names, int) and 1 <= names <= MAX_CLASSES)
+        or (isinstance(names, list) and 1 <= len(names) <= MAX_CLASSES and all(isinstance(n, str) for n in names))
+    ):
+        raise ConfigError(f"{where!r}: its card's class names must be 1 to {MAX_CLASSES:,} strings (or a class count), "
+                          f"got {str(names)[:80]}")  # fmt: skip
+    if info["output"] not in OUTPUT_KINDS:
+        raise ConfigError(f"{where!r}: its card's output kind {str(info['output'])[:40]!r} is none of "
+                          f"{', '.join(OUTPUT_KINDS)}")  # fmt: skip
+    if info["head"] is not None and not isinstance(info["head"], dict):
+        raise ConfigError(f"{where!r}: its card's head must be an object, got {type(info['head']).__name__}")
+    hw = info["input_hw"]
+    if hw is not None and not all(MIN_INPUT_SIZE <= v <= MAX_INPUT_SIZE for v in hw):
+        raise ConfigError(f"{where!r}: its card's input size {hw[1]}x{hw[0]} is outside "
+                          f"[{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}]")  # fmt: skip
 
 
 def checkpoint_info(meta) -> dict:

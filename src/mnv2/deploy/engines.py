@@ -105,6 +105,10 @@ class Engine:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.run(np.ascontiguousarray(x, dtype=np.float32))
 
+    def io_shapes(self) -> tuple[list, list] | None:
+        """The graph's own input and output shapes (symbolic dimensions as names); None where unknown (torch)."""
+        return None
+
     def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -172,6 +176,9 @@ class OrtEngine(Engine):
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: x})[0]
 
+    def io_shapes(self) -> tuple[list, list]:
+        return list(self.session.get_inputs()[0].shape), list(self.session.get_outputs()[0].shape)
+
 
 class LiteRtEngine(Engine):
     """LiteRT's interpreter (XNNPACK). A fully-integer file (``mnv2 quantize --out x.tflite``) takes int8 input and
@@ -195,6 +202,10 @@ class LiteRtEngine(Engine):
         self.pool: Any = None  # the lanes' worker threads
         self.single_image_file = int(inp["shape"][0]) == 1  # mnv2's and litert-torch's exports: batch 1
         self.resizable = True  # until XNNPACK refuses a new batch size (see _resize)
+
+    def io_shapes(self) -> tuple[list, list]:
+        inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
+        return [int(d) for d in inp["shape"]], [int(d) for d in out["shape"]]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         with self.lock:
@@ -394,7 +405,12 @@ def load_engine(
     if engine == "auto" and not file_engines and not _converts_on_the_fly(path):
         name = "torch"
     elif engine == "auto":  # an exported file runs on the engines that read its format
-        name = pick_engine(precision, [e for e in usable if not file_engines or e in file_engines])
+        readers = [e for e in usable if not file_engines or e in file_engines]
+        if file_engines and not readers:
+            extra = "runtime-litert" if path.suffix == ".tflite" else "runtime-onnx"
+            raise ConfigError(f"no installed engine reads {path.suffix} files here: pip install 'mnv2[runtime]' "
+                              f"(or 'mnv2[{extra}]')")  # fmt: skip
+        name = pick_engine(precision, readers)
     else:
         name = engine
     if name not in usable:

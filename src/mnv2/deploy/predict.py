@@ -43,7 +43,11 @@ class Predictor:
             engine = "auto" if str(source).endswith(EXPORTED_SUFFIXES) else "torch"
         inference, info = model_info(source)
         run = load_engine(source, engine, precision, threads)
-        return cls(inference, run.answers(info), run)
+        info = run.answers(info)
+        shapes = run.io_shapes()
+        if shapes is not None:
+            info = check_graph(inference, info, *shapes, str(source))
+        return cls(inference, info, run)
 
     def check_options(self, options: dict) -> dict:
         """The task's options from ``options`` (the others dropped), defaults filled in; every given value is checked,
@@ -127,6 +131,26 @@ class Predictor:
             name = f"{stem}_{n}"
         self.used_stems.add(name)
         return name
+
+
+def check_graph(inference, info: dict, in_shape: list, out_shape: list, where: str) -> dict:
+    """The card against the graph it describes (issue 28, 5): a fixed-size task's input size is the graph's, the
+    class count is the output's; a segmenter's fixed graph size is taken from the graph. ``ConfigError`` otherwise."""
+    info = dict(info)
+    names = info["class_names"]
+    n = names if isinstance(names, int) else len(names)
+    if len(in_shape) == 4 and all(isinstance(d, int) for d in in_shape[2:]):
+        h, w = in_shape[2:]
+        side = info["preprocessing"].input_size
+        if inference.fixed_size and (h, w) != (side, side):
+            raise ConfigError(f"{where!r}: its card says {side} px inputs but the graph takes {w}x{h}")
+        if not inference.fixed_size:
+            info["input_hw"] = (h, w)
+    axis, extra = inference.class_axis
+    if len(out_shape) > abs(axis) and isinstance(out_shape[axis], int) and out_shape[axis] != n + extra:
+        raise ConfigError(f"{where!r}: its card names {n} classes but the graph's output has {out_shape[axis]} "
+                          f"values per {'pixel' if axis == 1 else 'row'} (expected {n + extra})")  # fmt: skip
+    return info
 
 
 def predict(

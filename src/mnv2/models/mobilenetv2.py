@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mnv2.data.preprocessing import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from mnv2.errors import ConfigError
 from mnv2.models.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH, ConvNormAct, check_padding_mode, make_divisible
-from mnv2.models.sizes import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from mnv2.typed import strict_from_dict
 
 # Table 2 of the paper, bottleneck rows: expansion t, output channels c, repeats n, stride s of the first repeat.

@@ -35,6 +35,8 @@ class Inference:
         writes_files: whether ``predict`` writes pictures by default (to ``./predictions``).
         fixed_size: whether every input has the model's one input size (segmentation runs at each image's own size).
         palette: ``(info) -> uint8 [C, 3]`` class colours of a task whose results hold a ``mask``; else None.
+        class_axis: ``(axis, extra)``: the output's axis that holds one value per class, plus ``extra`` others
+            (detection: 4 box coordinates before the class scores), checked against the card.
     """
 
     name: str
@@ -49,6 +51,7 @@ class Inference:
     writes_files: bool
     fixed_size: bool = True
     palette: Callable[[dict], Any] | None = None
+    class_axis: tuple[int, int] = (-1, 0)
 
 
 def class_names(info: dict, first: int = 0) -> list[str]:

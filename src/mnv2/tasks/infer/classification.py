@@ -30,7 +30,16 @@ def results(outputs, images: list, info: dict, *, topk: int = DEFAULT_TOPK, **_:
     out = np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs, dtype=np.float32)
     if out.ndim != 2 or out.shape[1] != len(names):
         raise ConfigError(f"the model gives outputs of shape {list(out.shape)}; its card names {len(names)} classes")
-    probs = out if info["output"] == "probabilities" else ops.softmax(out, axis=1)
+    if info["output"] == "probabilities":
+        probs = out
+        sums = probs.sum(axis=1)
+        if not (np.isfinite(probs).all() and probs.min() >= -1e-4 and np.abs(sums - 1).max() <= 1e-2):
+            raise ConfigError(
+                "the model's card says it gives probabilities, but its outputs are not (rows sum to "
+                f"{float(sums.min()):.3g}..{float(sums.max()):.3g}): its output kind is wrong"
+            )
+    else:
+        probs = ops.softmax(out, axis=1)
     values, indices = ops.topk(probs, k)
     return [
         {"top": [{"class": names[j], "index": int(j), "prob": float(v)} for v, j in zip(vals, idxs)]}

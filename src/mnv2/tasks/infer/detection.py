@@ -112,5 +112,5 @@ def format_line(r: dict) -> str:
 
 INFERENCE = Inference(
     name=NAME, prepare=prepare, results=results, to_json=to_json, draw=draw, write=write, format_line=format_line,
-    options={"min_score": PREDICT_MIN_SCORE}, batch_size=16, writes_files=True,
+    options={"min_score": PREDICT_MIN_SCORE}, batch_size=16, writes_files=True, class_axis=(-1, 4),
 )  # fmt: skip

@@ -12,8 +12,8 @@ import numpy as np
 from mnv2 import ops
 from mnv2.data.images import normalize_array_, to_array
 from mnv2.data.palettes import voc_colormap
+from mnv2.data.preprocessing import MIN_INPUT_SIZE
 from mnv2.errors import ConfigError
-from mnv2.models.sizes import MIN_INPUT_SIZE
 from mnv2.tasks.infer import Inference, class_names, save_png
 
 NAME = "segmentation"
@@ -102,4 +102,5 @@ def format_line(r: dict) -> str:
 INFERENCE = Inference(
     name=NAME, prepare=prepare, results=results, to_json=to_json, draw=draw, write=write, format_line=format_line,
     options={}, batch_size=4, writes_files=True, fixed_size=False, palette=class_colors,
+    class_axis=(1, 0),
 )  # fmt: skip
