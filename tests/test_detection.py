@@ -711,3 +711,40 @@ def test_precise_bn_gives_the_eval_detector_the_statistics_it_trains_with():
     assert bn.momentum == 0.03 and model.training
     ratio = (bn.running_var / seen["var"]).median()
     assert 0.2 < ratio < 5  # the statistics of the data, under these weights
+
+
+# ----------------------------------------------------------------------------------------------- data report
+def _voc_boxes(root: Path, side: int, n: int = 4) -> Path:
+    """A VOC-like set of 320x320 images, each with two square boxes of ``side`` pixels."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for i in range(n):
+        Image.new("RGB", (320, 320), (i * 40, 90, 200)).save(root / "images" / f"im{i}.jpg")
+        objects = "".join(
+            f"<object><name>cell</name><difficult>0</difficult><bndbox><xmin>{x}</xmin><ymin>{x}</ymin>"
+            f"<xmax>{x + side}</xmax><ymax>{x + side}</ymax></bndbox></object>"
+            for x in (40, 180)
+        )
+        (root / "annotations" / f"im{i}.xml").write_text(
+            f"<annotation><filename>im{i}.jpg</filename><size><width>320</width><height>320</height>"
+            f"<depth>3</depth></size>{objects}</annotation>"
+        )
+    (root / "train.txt").write_text("\n".join(f"im{i}.jpg" for i in range(n - 1)))
+    (root / "val.txt").write_text(f"im{n - 1}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("side, covered", [(12, 0.0), (96, 100.0)])
+def test_the_data_report_counts_boxes_and_the_anchors_that_can_learn_them(tmp_path, side, covered):
+    """Boxes of a known size against SSDLite's anchors at 320 px: 12 px boxes have no anchor at IoU 0.5 (the
+    smallest is 32 px) and the report says what to do; 96 px boxes are all covered (issue 24, 1)."""
+    from mnv2.engine.config import apply_overrides, load_recipe
+
+    data = _voc_boxes(tmp_path / "voc", side)
+    config = apply_overrides(load_recipe("detection"), {"data": str(data), "width": 0.35, "workers": 0})
+    bundle = task.TASK.build_data(config, task.default_preprocessing(config))
+    text = task.data_report(bundle, task.TASK.build_model(config, bundle.class_names), config)
+    assert "train: 3 images, 6 boxes (cell 6)" in text and "val: 1 images, 2 boxes (cell 2)" in text
+    assert f"median {side} px" in text and "smallest anchor 32 px" in text
+    assert f"{covered:.1f} % of the train boxes have an anchor at IoU >= 0.5" in text
+    assert ("larger --resolution" in text) == (covered < 90)

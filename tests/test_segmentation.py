@@ -398,3 +398,65 @@ def test_quantize_a_segmenter_reports_the_miou_drop_and_the_int8_file_predicts(t
     assert main(["predict", "--out", str(tmp_path / "drawn"), str(out), str(CAMVID / "val"), "--json"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
     assert (r["width"], r["height"]) == (120, 90) and sum(r["fractions"].values()) == pytest.approx(1, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------- no silent failure
+def test_a_degenerate_run_is_flagged_at_its_first_evaluation_and_in_its_last_line(tmp_path, capsys):
+    """Train labels made constant (every pixel class 0) while val has a second class: the model answers class 0
+    everywhere. The run says so at epoch 1, the checkpoint records it, the last line is no "done", and `mnv2 eval`
+    warns too (issue 24, 3: CrackForest's run ended "successfully" with every pixel background)."""
+    from mnv2.cli import main
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "constant"
+    for split, n in (("train", 4), ("val", 2)):
+        (data / split).mkdir(parents=True)
+        (data / f"{split}annot").mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / split / f"{i}.png")
+            mask = np.zeros((64, 64), np.uint8)
+            if split == "val":
+                mask[16:40, 16:40] = 1
+            Image.fromarray(mask).save(data / f"{split}annot" / f"{i}.png")
+    run = tmp_path / "run"
+    args = ["train", "--task", "segmentation", "--data", str(data), "--out", str(run), "--width", "0.35",
+            "--resolution", "64", "--epochs", "2", "--batch-size", "2", "--optimizer", "adamw", "--lr", "0.01",
+            "--threads", "1", "--workers", "0", "--precise-bn", "0"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    warnings = [line for line in out if line.startswith("warning: epoch")]
+    assert warnings and warnings[0].startswith("warning: epoch 1:") and "'0' for 100.0 % of the pixels" in warnings[0]
+    assert out[-1].startswith("finished, but the best checkpoint is degenerate:") and "class_weights" in out[-1]
+    assert main(["eval", str(run / "best.safetensors"), "--data", str(data), "--confusion", str(tmp_path)]) == 0
+    assert "mnv2: warning: the evaluated model answers '0'" in capsys.readouterr().err
+
+
+def test_a_useful_model_is_not_called_degenerate():
+    from mnv2.tasks.base import confusion_diagnosis
+
+    names = ["road", "crack"]
+    assert confusion_diagnosis(torch.tensor([[900, 10], [5, 85]]), names, "pixel", "") is None
+    one_class = confusion_diagnosis(torch.tensor([[984, 0], [16, 0]]), names, "pixel", "try X")
+    assert "'road' for 100.0 % of the pixels" in one_class and one_class.endswith("try X")
+    baseline = confusion_diagnosis(torch.tensor([[970, 10], [20, 0]]), names, "pixel", "")
+    assert "no better than always answering the most frequent class" in baseline
+
+
+def test_the_data_report_gives_class_shares_and_names_the_rare_class(tmp_path):
+    from mnv2.engine.config import apply_overrides, load_recipe
+
+    data = tmp_path / "cracks"
+    for split, n in (("train", 2), ("val", 1)):
+        (data / split).mkdir(parents=True)
+        (data / f"{split}annot").mkdir()
+        for i in range(n):
+            Image.new("RGB", (100, 50), (90, 90, 90)).save(data / split / f"{i}.png")
+            mask = np.zeros((50, 100), np.uint8)
+            mask[:, :2] = 1  # a thin crack: 2 % of the pixels
+            Image.fromarray(mask).save(data / f"{split}annot" / f"{i}.png")
+    config = apply_overrides(load_recipe("segmentation"), {"data": str(data), "width": 0.35, "workers": 0})
+    task = get_task("segmentation")
+    bundle = task.build_data(config, task.default_preprocessing(config))
+    text = task.data_report(bundle, None, config)
+    assert "train: 2 images (100x50); labelled pixels: 0 98.0 %, 1 2.0 %" in text
+    assert "rare classes (under 5 % of the train pixels): 1 (2.0 %); no class weights are set" in text

@@ -301,10 +301,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = apply_overrides(load_recipe(recipe), overrides)
     result = train(config, out, resume=bool(args.resume))
     metric = result["metric"]
-    print(
-        f"done: best {metric} {result[f'best_{metric}']:.2f} / last {result[f'last_{metric}']:.2f} after "
+    summary = (
+        f"best {metric} {result[f'best_{metric}']:.2f} / last {result[f'last_{metric}']:.2f} after "
         f"{result['epochs']} epochs, {result['wall_s'] / 60:.1f} min; best checkpoint {result['best']}"
     )
+    if result["diagnosis"]:  # never "done" for a useless model (issue 24, 3)
+        print(f"finished, but the best checkpoint is degenerate: {result['diagnosis']} ({summary})")
+    else:
+        print(f"done: {summary}")
     return 0
 
 
@@ -330,6 +334,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if r.get("confusion_error"):
         print(f"mnv2: warning: {r['confusion_error']}", file=sys.stderr)
+    if r.get("diagnosis"):
+        print(f"mnv2: warning: {r['diagnosis']}", file=sys.stderr)
     if args.json:
         print(_dumps(r))
         return 0

@@ -50,6 +50,7 @@ def evaluate_checkpoint(
             stacklevel=2,
         )
     result = evaluate(model, batches, task, classes, tta=tta)
+    diagnosis = task.diagnose(result) if task.diagnose is not None else None
     png = report_path(checkpoint, confusion_png, task.report_file)
     title = f"{Path(checkpoint).name} on {data}: {task.format_metrics(result)}"
     written: str | None = str(png)
@@ -61,7 +62,8 @@ def evaluate_checkpoint(
     except OSError as e:
         written, why = None, f"{str(png)!r} not written: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
     result = {k: v for k, v in result.items() if not isinstance(v, torch.Tensor)}
-    result.update(tta=tta, confusion_png=written, skipped=_skipped(report), checkpoint=str(checkpoint), data=data)
+    result.update(tta=tta, confusion_png=written, skipped=_skipped(report), checkpoint=str(checkpoint), data=data,
+                  diagnosis=diagnosis)  # fmt: skip
     if why:
         result["confusion_error"] = why
     return result

@@ -351,6 +351,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
             log(f"removed {f.name}, left by an interrupted write")
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()))
         log(_describe(task, config, model, pre, data, dtype, world))
+        if task.data_report is not None:  # before training: what the data holds against what the model can learn
+            report = task.data_report(data, model, config)
+            log(report)
+            atomic_write(out / "data_report.txt", lambda tmp: Path(tmp).write_text(report + "\n"))
     meta = CheckpointMeta(model.config, pre, data.class_names, {"framework": "mnv2", "recipe": config.recipe},
                           config.to_dict(), task=task.name, head=getattr(model, "head_config", None),
                           image_size=data.image_size)  # fmt: skip
@@ -373,11 +377,14 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
         if config.qat:
             qat.observe(eval_model, True)
         _check_finite(epoch, step, val, model, eval_model)
+        diagnosis = task.diagnose(val) if task.diagnose is not None else None
+        if diagnosis and rank == 0:  # said at the epoch, not only at the end (issue 24, 3)
+            log(f"warning: epoch {epoch + 1}: {diagnosis}")
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": val[k] for k in writer.columns},
                "epoch_s": time.perf_counter() - t0, "img_s": img_s}  # fmt: skip
         history.append(row)
-        best = writer.end_epoch(epoch, row, val, history, best, eval_model, state={
+        best = writer.end_epoch(epoch, row, {**val, "diagnosis": diagnosis}, history, best, eval_model, state={
             "config": config.to_dict(), "epoch": epoch + 1, "step": step, "history": history,
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
@@ -390,8 +397,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
         dist.barrier()
     metric = writer.best
     last = history[-1][f"val_{metric}"] if history else math.nan
+    best_path = out / "best.safetensors"
+    diagnosis = read_checkpoint_meta(best_path).metrics.get("diagnosis") if best_path.is_file() else None
     return {f"best_{metric}": best, f"last_{metric}": last, "metric": metric, "epochs": config.epochs,
-            "wall_s": wall, "best": str(out / "best.safetensors")}  # fmt: skip
+            "wall_s": wall, "best": str(best_path), "diagnosis": diagnosis}  # fmt: skip
 
 
 @torch.no_grad()
@@ -476,6 +485,8 @@ class _RunWriter:
         out, config, data = self.out, self.config, self.data
         metrics = {k: val[k] for k in self.columns if k != "loss"}
         metrics.update(n=val["n"], epoch=epoch + 1, split=data.val_name, data=config.data)
+        if val.get("diagnosis"):  # the checkpoint says it is degenerate, for eval, the final line and a user's script
+            metrics["diagnosis"] = val["diagnosis"]
         meta = dataclasses.replace(self.meta, metrics=metrics)
         plain = qat.convert_qat(model) if config.qat else model  # the plain architecture's keys
         save_checkpoint(out / "last.safetensors", plain, meta)

@@ -70,6 +70,11 @@ class Task:
         report_file: that picture's file name in a run directory (``eval`` writes ``<checkpoint>.<report_file>``).
         format_metrics: ``(metrics) -> str``: a short human summary (``top-1 91.23% top-5 99.80%``).
         format_value: ``(value) -> str``: one metric value as printed (classification: percent; detection: AP).
+        diagnose: ``(metrics) -> str | None``: why the evaluated model is useless (one class for everything, a metric at
+            the trivial baseline), with its likely causes and what to try; ``None`` when it is not (issue 24, 3).
+        data_report: ``(data_bundle, model, config) -> str``: what the data holds against what the model can learn of
+            it (objects per class and their sizes against the anchors; class pixel shares), printed before training
+            and saved as ``data_report.txt`` in the run directory; ``None``: no report.
         export_module: ``(model, (height, width)) -> (module, output)`` or ``None``: what an export traces instead of
             the model (detection: boxes decoded in the graph), and the output kind the file's metadata records
             (the inference half reads it back from ``info["output"]``; the torch engine runs the same module);
@@ -94,6 +99,8 @@ class Task:
     format_metrics: Callable[[dict], str]
     format_value: Callable[[float], str]
     export_module: Callable[[nn.Module, tuple[int, int]], tuple[nn.Module, str]] | None = None
+    diagnose: Callable[[dict], str | None] | None = None
+    data_report: Callable[..., str] | None = None
 
 
 def with_bn_momentum(backbone, config):
@@ -105,3 +112,30 @@ def with_bn_momentum(backbone, config):
 
     momentum = getattr(config, "bn_momentum", None)
     return backbone if momentum is None else dataclasses.replace(backbone, bn_momentum=momentum)
+
+
+# One predicted class for at least this share of what was evaluated, while the truth holds several, is a degenerate
+# model (CrackForest at the segmentation recipe's defaults: every pixel "surface", mean class accuracy 0.5000).
+ONE_CLASS_SHARE = 0.995
+
+
+def confusion_diagnosis(confusion, class_names: list[str], unit: str, advice: str) -> str | None:
+    """The degenerate cases a confusion matrix (rows: true class, columns: predicted) shows: one class predicted for
+    (nearly) every ``unit`` while the truth has two or more classes, or accuracy no better than always answering the
+    most frequent class. ``advice`` is what to try, appended to the message."""
+    cm = confusion.double()
+    total = float(cm.sum())
+    true, pred = cm.sum(1), cm.sum(0)
+    present = int((true > 0).sum())
+    if total == 0 or present < 2:
+        return None
+    top = int(pred.argmax())
+    share = float(pred[top]) / total
+    if share >= ONE_CLASS_SHARE:
+        return (f"the evaluated model answers {class_names[top]!r} for {100 * share:.1f} % of the {unit}s while "
+                f"{present} classes are present: it has learnt nothing useful; {advice}")  # fmt: skip
+    accuracy, baseline = float(cm.diag().sum()) / total, float(true.max()) / total
+    if accuracy <= baseline + 0.001 and baseline < 1:
+        return (f"accuracy {100 * accuracy:.1f} % is no better than always answering the most frequent class "
+                f"({100 * baseline:.1f} % of the {unit}s); {advice}")  # fmt: skip
+    return None

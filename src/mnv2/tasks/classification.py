@@ -20,7 +20,7 @@ from mnv2.errors import ConfigError
 from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Task
+from mnv2.tasks.base import Task, confusion_diagnosis
 from mnv2.tasks.infer.classification import INFERENCE, NAME
 
 TTA_MODES = ("none", "flip")  # flip: mean of an image's and its mirror image's class probabilities
@@ -145,6 +145,15 @@ class Evaluator:
         return result
 
 
+def diagnose(metrics: dict) -> str | None:
+    """A degenerate classifier (``mnv2.tasks.base.confusion_diagnosis`` over images)."""
+    return confusion_diagnosis(
+        metrics["confusion"], list(metrics["per_class"]), "image",
+        "likely causes: too few optimizer steps (more --epochs), a learning rate too high or too low (--lr), "
+        "or classes so unequal that the rare ones are never answered",
+    )  # fmt: skip
+
+
 def evaluator(class_names: list[str]) -> Evaluator:
     return Evaluator(class_names)
 
@@ -230,6 +239,7 @@ TASK = Task(
     tta_modes=TTA_MODES,
     load_eval_data=load_eval_data,
     inference=INFERENCE,
+    diagnose=diagnose,
     plot_report=plot_report,
     report_file="confusion.png",
     format_metrics=format_metrics,

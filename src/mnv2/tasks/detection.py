@@ -246,6 +246,60 @@ def _crowd(t: dict) -> torch.Tensor:
     return crowd.bool() if crowd is not None else torch.zeros(len(t["labels"]), dtype=torch.bool)
 
 
+def data_report(data, model, config) -> str:
+    """Images and boxes per split and class, box sizes at the input size, and what the model can see of them: the
+    fraction of train boxes with an anchor at IoU >= the matching threshold (SSD trains only on matched anchors,
+    so a box without one is never learnt; issue 24, 1), with what to do when that fraction is low."""
+    import numpy as np
+
+    from mnv2.models.ssdlite import box_iou, cxcywh_to_xyxy
+
+    model = unwrap(model)
+    size, head = config.resolution, model.ssd_config
+    names = data.class_names
+    lines = [f"data report ({config.data}, input {size} px):"]
+    sides = []
+    for split, batches in (("train", data.train), (data.val_name, data.val)):
+        records = batches.dataset.records
+        counts = np.bincount([lab for r in records for lab in r.labels], minlength=len(names) + 1)[1:]
+        per_class = ", ".join(f"{n} {c}" for n, c in zip(names, counts))
+        lines.append(f"  {split}: {len(records)} images, {int(counts.sum())} boxes ({per_class})")
+        if split == "train":
+            boxes = [(np.asarray(r.boxes, np.float64).reshape(-1, 4) / [r.width, r.height, r.width, r.height])
+                     for r in records if r.boxes]  # fmt: skip
+            norm = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+            sides = np.sqrt(np.clip(norm[:, 2] - norm[:, 0], 0, None) * np.clip(norm[:, 3] - norm[:, 1], 0, None))
+    if len(sides) == 0:
+        return "\n".join(lines)
+    px = sides * size
+    anchors = cxcywh_to_xyxy(model.anchors(size))
+    best = box_iou(torch.as_tensor(norm, dtype=torch.float32), anchors).max(dim=1).values.numpy()
+    covered = float((best >= head.matched_threshold).mean())
+    smallest = min(s for layer in head.box_specs() for s, _ in layer) * size
+    lines.append(f"  train box size at {size} px (sqrt of the area): median {np.median(px):.0f} px, 10th percentile "
+                 f"{np.percentile(px, 10):.0f} px; smallest anchor {smallest:.0f} px")  # fmt: skip
+    lines.append(f"  {100 * covered:.1f} % of the train boxes have an anchor at IoU >= {head.matched_threshold} "
+                 "(the others are never matched, so never learnt)")  # fmt: skip
+    if covered < 0.9:
+        want = int(min(2 * size, 32 * round(size * smallest / max(np.percentile(px, 10), 1) / 32)))
+        lines.append(f"  advice: objects are small for SSDLite's anchors at {size} px: train at a larger --resolution "
+                     f"(e.g. {max(want, size + 32)}) or on tiles of the images")  # fmt: skip
+    return "\n".join(lines)
+
+
+NOTHING_FOUND_MAP50 = 0.01  # mAP@0.5 below this: the detector finds (almost) nothing
+
+
+def diagnose(metrics: dict) -> str | None:
+    """A degenerate detector: mAP@0.5 near 0 on a split that has boxes."""
+    value = metrics.get("mAP50")
+    if value is None or value >= NOTHING_FOUND_MAP50:
+        return None
+    return (f"mAP@0.5 is {value:.3f}: the evaluated detector finds (almost) none of the boxes; likely causes: objects "
+            "smaller than the smallest anchors (a larger --resolution), too few optimizer steps (more --epochs), or "
+            "BatchNorm statistics that lag (--precise-bn)")  # fmt: skip
+
+
 def evaluator(class_names: list[str], *_: Any) -> Evaluator:
     return Evaluator(class_names)
 
@@ -402,6 +456,8 @@ TASK = Task(
     tta_modes=TTA_MODES,
     load_eval_data=load_eval_data,
     inference=INFERENCE,
+    diagnose=diagnose,
+    data_report=data_report,
     plot_report=plot_report,
     report_file="pr.png",
     format_metrics=format_metrics,

@@ -32,7 +32,7 @@ from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
 from mnv2.models.mobilenetv2 import MIN_INPUT_SIZE, MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Task, with_bn_momentum
+from mnv2.tasks.base import Task, confusion_diagnosis, with_bn_momentum
 from mnv2.tasks.infer.segmentation import INFERENCE, NAME
 
 # "flip": mean of the image's and its mirror image's class probabilities; "ms_flip": the paper's MF setting (Table 7),
@@ -270,6 +270,51 @@ class Evaluator:
         return result
 
 
+RARE_CLASS = 0.05  # a class under this share of the train pixels is one the plain loss can ignore
+
+
+def data_report(data, model, config) -> str:
+    """Images per split and their sizes, each class's share of the labelled pixels in train and val, and the rare
+    classes among them, with what to do about them (issue 24, 1)."""
+    import numpy as np
+
+    names = data.class_names
+    counts = getattr(data.report, "counts", {})
+    lines = [f"data report ({config.data}):"]
+    shares = {}
+    for split, batches in (("train", data.train), (data.val_name, data.val)):
+        records = batches.dataset.records
+        sizes = sorted({(r.width, r.height) for r in records})
+        size_text = f"{sizes[0][0]}x{sizes[0][1]}" if len(sizes) == 1 else f"{len(sizes)} sizes"
+        pixels = sum((counts[r.label][: len(names)] for r in records if r.label in counts), np.zeros(len(names)))
+        total = pixels.sum()
+        shares[split] = pixels / total if total else pixels
+        per_class = ", ".join(f"{n} {100 * f:.1f} %" for n, f in zip(names, shares[split]))
+        lines.append(f"  {split}: {len(records)} images ({size_text}); labelled pixels: {per_class}")
+    rare = [(n, f) for n, f in zip(names, shares["train"]) if 0 < f < RARE_CLASS]
+    absent = [n for n, f in zip(names, shares["train"]) if f == 0]
+    if rare:
+        text = ", ".join(f"{n} ({100 * f:.1f} %)" for n, f in rare)
+        weights = getattr(config, "class_weights", None)
+        doing = (f"class_weights {weights} are set" if weights else
+                 "no class weights are set: a model that never answers them loses little; give class_weights in a "
+                 "recipe (e.g. the inverse square root of each class's share)")  # fmt: skip
+        lines.append(f"  rare classes (under {100 * RARE_CLASS:.0f} % of the train pixels): {text}; {doing}")
+    if absent:
+        lines.append(f"  classes with no train pixel: {', '.join(absent)} (they cannot be learnt)")
+    return "\n".join(lines)
+
+
+def diagnose(metrics: dict) -> str | None:
+    """A degenerate segmenter (``mnv2.tasks.base.confusion_diagnosis`` over pixels)."""
+    names = list(metrics["per_class_iou"])
+    return confusion_diagnosis(
+        metrics["confusion"], names, "pixel",
+        "likely causes: a rare class the loss can ignore (give class_weights in a recipe), too few optimizer steps "
+        "(more --epochs or a smaller --batch-size), or a learning rate too low or too high (--lr)",
+    )  # fmt: skip
+
+
 def evaluator(class_names: list[str], *_: Any) -> Evaluator:
     return Evaluator(class_names)
 
@@ -333,6 +378,8 @@ TASK = Task(
     tta_modes=TTA_MODES,
     load_eval_data=load_eval_data,
     inference=INFERENCE,
+    diagnose=diagnose,
+    data_report=data_report,
     plot_report=plot_report,
     report_file="iou.png",
     format_metrics=format_metrics,
