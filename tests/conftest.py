@@ -20,6 +20,13 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path, monkeypatch):
+    """Each test runs in its own directory: what a verb writes by default (eval's report picture, predict's
+    ./predictions) lands there, never in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def make_image_folder(root, classes=("red", "green", "blue"), n=8, size=40, seed=0):
     """Tiny learnable image folder: each class is a noisy image dominated by one colour channel."""
     import numpy as np

@@ -247,10 +247,10 @@ def test_map_of_hand_made_cases():
     # a false positive scored above the true one halves the precision at the first recall point
     fp = [_dets([a, b, [0.0, 0.0, 0.05, 0.05]], [0.9, 0.8, 0.95], [1, 2, 2]), _dets([b], [0.7], [1])]
     assert _evaluate(fp, targets)["per_class"]["dog"] == pytest.approx(0.5)
-    # no detections at all, and no ground truth at all, stay defined
+    # no detections at all is AP 0; no ground truth at all leaves AP undefined, not 0 (issue 28, 10)
     assert _evaluate([_dets([], [], []), _dets([], [], [])], targets)["mAP"] == 0.0
     empty = _evaluate([_dets([a], [0.5], [1])], [_target([], [])])
-    assert empty["mAP"] == 0.0 and empty["per_class"] == {"cat": None, "dog": None}
+    assert empty["mAP"] is None and empty["mAP50"] is None and empty["per_class"] == {"cat": None, "dog": None}
 
 
 def test_evaluator_gathers_two_ranks_with_sums_alone(monkeypatch):
@@ -748,3 +748,24 @@ def test_the_data_report_counts_boxes_and_the_anchors_that_can_learn_them(tmp_pa
     assert f"median {side} px" in text and "smallest anchor 32 px" in text
     assert f"{covered:.1f} % of the train boxes have an anchor at IoU >= 0.5" in text
     assert ("larger --resolution" in text) == (covered < 90)
+
+
+def test_eval_of_a_split_without_boxes_reports_undefined_metrics_as_null_and_n_a(tmp_path, capsys):
+    """No ground-truth box in the split: AP is undefined, not 0.0 (issue 28, 10)."""
+    from mnv2.cli import main
+    from mnv2.weights.checkpoint import CheckpointMeta, save_checkpoint
+
+    data = _voc_boxes(tmp_path / "voc", 40)
+    xml = data / "annotations" / "im3.xml"  # the val image stays, its objects go (train keeps the class)
+    text = xml.read_text()
+    xml.write_text(text[: text.index("<object>")] + "</annotation>")
+    model = tiny_model().eval()
+    pre = Preprocessing(input_size=128, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
+    meta = CheckpointMeta(model.config, pre, ["cell"], task="detection", head=model.head_config)
+    ckpt = save_checkpoint(tmp_path / "det.safetensors", model, meta)
+    args = ["eval", str(ckpt), "--data", str(data), "--split", "val", "--confusion", str(tmp_path)]
+    assert main([*args, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["mAP"] is None and r["mAP50"] is None and r["mAP75"] is None
+    assert main(args) == 0
+    assert "mAP n/a mAP50 n/a mAP75 n/a" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -582,3 +583,20 @@ def test_exif_orientation_is_applied_wherever_an_image_is_read(tmp_path):
     for im in (load_image(tmp_path / "phone.png"), decode_image((tmp_path / "phone.png").read_bytes())):
         assert im.size == upright.size
         assert np.array_equal(np.asarray(im), np.asarray(upright))
+
+
+def test_eval_never_writes_into_the_models_folder_unasked(env, tmp_path, capsys, monkeypatch):
+    """Evaluating a shipped model wrote its picture into the repository (issue 28, 12): the default is the run
+    directory when the checkpoint is in one, else the current directory."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(env["ckpt"], models / "good.safetensors")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    rc, out, _ = run(["eval", models / "good.safetensors", "--data", env["tv"], "--workers", "0", "--json"], capsys)
+    assert rc == 0 and Path(json.loads(out)["confusion_png"]) == work / "good.confusion.png"
+    assert sorted(p.name for p in models.iterdir()) == ["good.safetensors"]
+    (models / "config.yaml").write_text("lr: 0.1\n")  # now a run directory: its picture goes there
+    rc, out, _ = run(["eval", models / "good.safetensors", "--data", env["tv"], "--workers", "0", "--json"], capsys)
+    assert Path(json.loads(out)["confusion_png"]) == models / "good.confusion.png"

@@ -460,3 +460,21 @@ def test_the_data_report_gives_class_shares_and_names_the_rare_class(tmp_path):
     text = task.data_report(bundle, None, config)
     assert "train: 2 images (100x50); labelled pixels: 0 98.0 %, 1 2.0 %" in text
     assert "rare classes (under 5 % of the train pixels): 1 (2.0 %); no class weights are set" in text
+
+
+def test_eval_where_every_pixel_is_ignored_reports_undefined_metrics(tmp_path, capsys):
+    from mnv2.cli import main
+
+    data = tmp_path / "ignored"
+    for split in ("train", "val"):
+        (data / split).mkdir(parents=True)
+        (data / f"{split}annot").mkdir()
+        Image.new("RGB", (64, 48), (90, 90, 90)).save(data / split / "0.png")
+        Image.fromarray(np.full((48, 64), 255, np.uint8)).save(data / f"{split}annot" / "0.png")
+    ckpt = _segmenter_checkpoint(tmp_path / "seg.safetensors")
+    args = ["eval", str(ckpt), "--data", str(data), "--split", "val", "--confusion", str(tmp_path)]
+    assert main([*args, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["mIoU"] is None and r["pixel_acc"] is None and r["mean_class_acc"] is None
+    assert main(args) == 0
+    assert "mIoU n/a pixel-acc n/a class-acc n/a" in capsys.readouterr().out

@@ -301,8 +301,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = apply_overrides(load_recipe(recipe), overrides)
     result = train(config, out, resume=bool(args.resume))
     metric = result["metric"]
+
+    def num(v) -> str:
+        return "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}"
+
     summary = (
-        f"best {metric} {result[f'best_{metric}']:.2f} / last {result[f'last_{metric}']:.2f} after "
+        f"best {metric} {num(result[f'best_{metric}'])} / last {num(result[f'last_{metric}'])} after "
         f"{result['epochs']} epochs, {result['wall_s'] / 60:.1f} min; best checkpoint {result['best']}"
     )
     if result["diagnosis"]:  # never "done" for a useless model (issue 24, 3)
@@ -342,7 +346,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tta = f"  ({r['tta']} test-time augmentation)" if r["tta"] != "none" else ""
     print(f"{r['checkpoint']} on {r['data']}: {task.format_metrics(r)}  n={r['n']}{tta}")
     for name, value in r.get("per_class", {}).items():
-        print(f"  {name:<20} {'-' if value is None else task.format_value(value)}")
+        print(f"  {name:<20} {'n/a' if value is None else task.format_value(value)}")
     if any(r["skipped"].values()):
         print(f"skipped: {r['skipped']['corrupt']} corrupt image(s), {r['skipped']['non_image']} non-image file(s)")
     if r["confusion_png"] is not None:
@@ -618,7 +622,12 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=250)
     p.add_argument("--workers", type=_non_negative, default=2)
     p.add_argument("--strict", action="store_true", help="fail on corrupt or non-image files")
-    p.add_argument("--confusion", default=None, help="PNG path (default: next to the checkpoint)")
+    p.add_argument(
+        "--confusion",
+        default=None,
+        metavar="PNG|DIR",
+        help="the report picture (default: the checkpoint's run directory, else the current directory)",
+    )
     p.add_argument(
         "--tta", default="none", metavar="none|flip|ms_flip",
         help="test-time augmentation: flip averages each image with its mirror image; ms_flip (segmentation): "

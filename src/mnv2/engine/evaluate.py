@@ -71,10 +71,12 @@ def evaluate_checkpoint(
 
 def report_path(checkpoint: str | Path, given: str | Path | None, report_file: str) -> Path:
     """Where the report picture goes: ``given`` (inside it when it is a directory; ``.png`` added when it has no
-    suffix, as matplotlib would), else next to the checkpoint."""
+    suffix, as matplotlib would); else the checkpoint's run directory (it has the run's ``config.yaml``), else the
+    current directory: never a model folder unasked (a shipped example, a read-only model store; issue 28, 12)."""
     default_name = Path(checkpoint).with_suffix("." + report_file).name
     if not given:
-        return Path(checkpoint).with_suffix("." + report_file)
+        run_dir = Path(checkpoint).parent
+        return (run_dir if (run_dir / "config.yaml").is_file() else Path.cwd()) / default_name
     png = Path(given)
     if png.is_dir():
         return png / default_name

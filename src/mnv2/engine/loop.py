@@ -245,7 +245,7 @@ class _TensorBoard:
     def log(self, row: dict) -> None:
         if self.writer is not None:
             for k, v in row.items():
-                if k != "epoch":
+                if k != "epoch" and v is not None:  # an undefined metric has no point
                     self.writer.add_scalar(k, v, row["epoch"])
             self.writer.flush()
 
@@ -480,6 +480,7 @@ class _RunWriter:
     def end_epoch(self, epoch: int, row: dict, val: dict, history: list[dict], best: float, model, state: dict):
         """Write the epoch's files; returns the best value of the selecting metric so far."""
         value = val[self.best]
+        value = -math.inf if value is None else value  # undefined (no ground truth in the split): never "better"
         if not self.active:
             return max(best, value)
         out, config, data = self.out, self.config, self.data
@@ -490,8 +491,8 @@ class _RunWriter:
         meta = dataclasses.replace(self.meta, metrics=metrics)
         plain = qat.convert_qat(model) if config.qat else model  # the plain architecture's keys
         save_checkpoint(out / "last.safetensors", plain, meta)
-        if value > best:
-            best = value
+        if value > best or not (out / "best.safetensors").is_file():
+            best = max(best, value)
             save_checkpoint(out / "best.safetensors", plain, meta)
             title = f"{data.val_name} {self.best} {value:.4g} (epoch {epoch + 1})"
             self.task.plot_report(val, data.class_names, out / self.task.report_file, title)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt
 
 def plot_curves(history: list[dict], path: str | Path, metric: str, title: str = "") -> Path:
     """Loss and the selecting ``metric`` per epoch (train where the task logs it, and val) → ``path``."""
+    history = [{k: (math.nan if v is None else v) for k, v in h.items()} for h in history]  # undefined: a gap
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     a.plot(epochs, [h["train_loss"] for h in history], label="train")
@@ -22,7 +24,7 @@ def plot_curves(history: list[dict], path: str | Path, metric: str, title: str =
     if f"train_{metric}" in history[0]:
         b.plot(epochs, [h[f"train_{metric}"] for h in history], label="train (augmented)")
     b.plot(epochs, [h[f"val_{metric}"] for h in history], label="val")
-    best = max(history, key=lambda h: h[f"val_{metric}"])
+    best = max(history, key=lambda h: -math.inf if math.isnan(h[f"val_{metric}"]) else h[f"val_{metric}"])
     b.annotate(
         f"{best[f'val_{metric}']:.4g}", (best["epoch"], best[f"val_{metric}"]), textcoords="offset points",
         xytext=(-30, -15),

@@ -309,9 +309,9 @@ def coco_metrics(sizes: torch.Tensor, dets: torch.Tensor, gts: torch.Tensor, cla
     pixel corners, score or label, label or crowd) on images of ``sizes`` ``[n, 2]``.
 
     Returns ``mAP`` (AP@[.5:.95]), ``mAP50``, ``mAP75``, ``mAP_small/medium/large``, ``AR1/AR10/AR100`` (fractions;
-    ``None`` without ground truth in that range; the logged columns are 0.0 then), ``per_class`` AP@[.5:.95] by
-    name, and ``pr``: precision at COCO's 101 recall points at IoU 0.5 and 0.75, averaged over classes, and per
-    class at 0.5 (for the report plot).
+    ``None`` without ground truth in that range: undefined, ``null`` in JSON and "n/a" in text), ``per_class``
+    AP@[.5:.95] by name, and ``pr``: precision at COCO's 101 recall points at IoU 0.5 and 0.75, averaged over
+    classes, and per class at 0.5 (for the report plot).
     """
     try:
         from pycocotools.coco import COCO
@@ -345,8 +345,6 @@ def coco_metrics(sizes: torch.Tensor, dets: torch.Tensor, gts: torch.Tensor, cla
         ev.summarize()
     stats = [float(s) if s >= 0 else None for s in ev.stats]
     result: dict[str, Any] = dict(zip(COCO_KEYS, stats))  # ev.stats: AP, AP50, AP75, APs/m/l, AR1/10/100, ...
-    for key in ("mAP", "mAP50", "mAP75"):
-        result[key] = result[key] if result[key] is not None else 0.0
     precision = ev.eval["precision"]  # [T iou, R recall, K class, A area, M maxDets]
     per_class = {}
     for k, name in enumerate(class_names):
@@ -380,7 +378,7 @@ def format_metrics(m: dict) -> str:
         parts.append(f"loss {m['loss']:.4f}")
         if "loc" in m and "cls" in m:
             parts[-1] += f" (loc {m['loc']:.3f} cls {m['cls']:.3f})"
-    parts += [f"{k} {m[k]:.4f}" for k in ("mAP", "mAP50", "mAP75") if m.get(k) is not None]
+    parts += [f"{k} {'n/a' if m[k] is None else f'{m[k]:.4f}'}" for k in ("mAP", "mAP50", "mAP75") if k in m]
     return " ".join(parts)
 
 

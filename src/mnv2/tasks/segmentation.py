@@ -207,15 +207,15 @@ def segmentation_metrics(confusion: torch.Tensor, class_names: list[str]) -> dic
     acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.nan)
     total = cm.sum()
 
-    def mean(v: torch.Tensor) -> float:
+    def mean(v: torch.Tensor) -> float | None:
         ok = ~torch.isnan(v)
-        return float(v[ok].mean()) if ok.any() else 0.0
+        return float(v[ok].mean()) if ok.any() else None  # undefined (every pixel ignored): null, "n/a"
 
     per_class = {name: (None if math.isnan(v) else float(v)) for name, v in zip(class_names, iou.tolist())}
     return {
         "mIoU": mean(iou),
         "per_class_iou": per_class,
-        "pixel_acc": float(tp.sum() / total) if total > 0 else 0.0,
+        "pixel_acc": float(tp.sum() / total) if total > 0 else None,
         "mean_class_acc": mean(acc),
         "per_class_acc": {name: (None if math.isnan(v) else float(v)) for name, v in zip(class_names, acc.tolist())},
     }
@@ -324,7 +324,7 @@ def format_metrics(m: dict) -> str:
     (training logs the loss and its batches' ``pixel_acc``)."""
     parts = [f"loss {m['loss']:.4f}"] if m.get("loss") is not None else []
     labels = (("mIoU", "mIoU"), ("pixel_acc", "pixel-acc"), ("mean_class_acc", "class-acc"))
-    parts += [f"{label} {m[k]:.4f}" for k, label in labels if m.get(k) is not None]
+    parts += [f"{label} {'n/a' if m[k] is None else f'{m[k]:.4f}'}" for k, label in labels if k in m]
     return " ".join(parts)
 
 
