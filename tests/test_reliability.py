@@ -77,6 +77,24 @@ def env(tmp_path_factory):
     p["dir"] = root / "a_dir"
     p["dir"].mkdir()
     p["img"] = root / "split" / "red" / "0.png"
+    # datasets whose text files are hostile (issue 28, 11)
+    fixtures = Path(__file__).parent / "fixtures"
+    shutil.copytree(fixtures / "detection" / "raccoon", root / "voc_bad_list")
+    (root / "voc_bad_list" / "val.txt").write_bytes(b"\xff\xfe\xfa raccoon-18.jpg\n")
+    p["voc_bad_list"] = root / "voc_bad_list"
+    shutil.copytree(fixtures / "segmentation" / "camvid", root / "cam_nested")
+    (root / "cam_nested" / "classes.json").write_text('{"names": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    p["cam_nested"] = root / "cam_nested"
+    p["voc"] = fixtures / "detection" / "raccoon"
+    # a label value that is neither a class nor the ignore index (CamVid without classes.json: 11 is the ignore)
+    shutil.copytree(fixtures / "segmentation" / "camvid", root / "cam_255")
+    (root / "cam_255" / "classes.json").unlink()
+    for mask in (root / "cam_255").glob("*annot/*.png"):
+        a = np.asarray(Image.open(mask)).copy()
+        a[0, 0] = 255
+        Image.fromarray(a).save(mask)
+    p["cam_255"] = root / "cam_255"
+    p["camvid_model"] = Path(__file__).parents[1] / "examples" / "models" / "camvid_deeplabv3_mnv2.safetensors"
     # exported files whose card (metadata) was crafted (issue 28, 5)
     import onnx
 
@@ -200,6 +218,17 @@ CATALOGUE = [
                                   "0", "--out", "{out}"], "not a detection dataset"),
     ("segmentation-no-labels", ["train", "--task", "segmentation", "--data", "{split}", "--epochs", "1", "--workers",
                                 "0", "--out", "{out}"], "not a segmentation dataset"),
+    ("detection-batch-one", ["train", "--task", "detection", "--data", "{voc}", "--batch-size", "1", "--epochs", "1",
+                             "--width", "0.35", "--workers", "0", "--out", "{out}"], "at least 2 to train BatchNorm"),
+    ("list-not-utf8", ["train", "--task", "detection", "--data", "{voc_bad_list}", "--epochs", "1", "--workers", "0",
+                       "--out", "{out}"], "is not UTF-8 text"),
+    ("classes-json-nested", ["train", "--task", "segmentation", "--data", "{cam_nested}", "--epochs", "1",
+                             "--workers", "0", "--out", "{out}"], "nested too deeply"),
+    ("label-neither-class-nor-ignore-train", ["train", "--task", "segmentation", "--data", "{cam_255}",
+                                              "--ignore-index", "11", "--epochs", "1", "--workers", "0", "--out",
+                                              "{out}"], "neither one of the 11 classes (0-10) nor the ignore index 11"),
+    ("label-neither-class-nor-ignore-eval", ["eval", "{camvid_model}", "--data", "{cam_255}", "--confusion", "{out}"],
+     "neither one of the 11 classes (0-10) nor the ignore index 11"),
     # eval
     ("eval-batch-zero", ["eval", "{ckpt}", "--data", "{tv}", "--batch-size", "0"], "--batch-size"),
     ("eval-batch-negative", ["eval", "{ckpt}", "--data", "{tv}", "--batch-size", "-5"], "--batch-size"),

@@ -216,7 +216,7 @@ def test_labels_outside_the_class_range_name_the_file(tmp_path):
     a = np.asarray(Image.open(label)).copy()
     a[:3, :3] = 13  # 11 classes; 11 is the ignore index, 13 is nothing
     Image.fromarray(a).save(label)
-    with pytest.raises(SegmentationDataError, match=r"0016E5_07959\.png' has label\(s\) \[13\] outside the 11 classes"):
+    with pytest.raises(SegmentationDataError, match=r"0016E5_07959\.png' has label\(s\) \[13\] that are neither one"):
         read_segmentation_data(root)
 
 
@@ -478,3 +478,34 @@ def test_eval_where_every_pixel_is_ignored_reports_undefined_metrics(tmp_path, c
     assert r["mIoU"] is None and r["pixel_acc"] is None and r["mean_class_acc"] is None
     assert main(args) == 0
     assert "mIoU n/a pixel-acc n/a class-acc n/a" in capsys.readouterr().out
+
+
+def test_a_rare_class_gets_loss_weights_from_the_data_written_into_the_runs_config(tmp_path, capsys):
+    """Issue 24, 2: CrackForest's crack (1.7 % of the pixels) was never answered without class weights; the
+    default now weights a rare class by sqrt(largest share / its share), said in the log, saved in config.yaml,
+    and ``--class-weighting none`` turns it off."""
+    import yaml
+
+    from mnv2.cli import main
+    from mnv2.tasks.segmentation import auto_class_weights
+
+    assert auto_class_weights(np.array([0.98, 0.02])) == [1.0, 7.0]
+    assert auto_class_weights(np.array([0.6, 0.4])) is None  # nothing rare: no weights
+    assert auto_class_weights(np.array([0.99999, 0.00001])) == [1.0, 10.0]  # capped
+    data = tmp_path / "cracks"
+    for split, n in (("train", 2), ("val", 1)):
+        (data / split).mkdir(parents=True)
+        (data / f"{split}annot").mkdir()
+        for i in range(n):
+            Image.new("RGB", (100, 50), (90, 90, 90)).save(data / split / f"{i}.png")
+            mask = np.zeros((50, 100), np.uint8)
+            mask[:, :2] = 1
+            Image.fromarray(mask).save(data / f"{split}annot" / f"{i}.png")
+    base = ["train", "--task", "segmentation", "--data", str(data), "--width", "0.35", "--resolution", "64",
+            "--epochs", "1", "--batch-size", "2", "--threads", "1", "--workers", "0", "--precise-bn", "0"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "auto")]) == 0
+    assert "adapted to the data: class weights from the data (a class is rare): 0 1, 1 7" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["class_weights"] == [1.0, 7.0]
+    assert main([*base, "--out", str(tmp_path / "none"), "--class-weighting", "none"]) == 0
+    assert "adapted to the data" not in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "none" / "config.yaml").read_text())["class_weights"] is None

@@ -26,7 +26,6 @@ normalised box coordinates are fractions of the original image.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import xml.etree.ElementTree as ET
@@ -44,6 +43,7 @@ from mnv2.data.folder import ScanReport
 from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.data.tensors import normalize
+from mnv2.data.textfiles import read_json, read_list
 from mnv2.errors import ConfigError
 
 # TF preprocessor.ssd_random_crop defaults: one of seven settings drawn per image.
@@ -172,7 +172,7 @@ def _find_dir(root: Path, names: tuple[str, ...]) -> Path | None:
 def _split_list(root: Path, split: str) -> list[str] | None:
     for p in (root / f"{split}.txt", root / "ImageSets" / "Main" / f"{split}.txt"):
         if p.is_file():
-            return [line.split()[0] for line in p.read_text().splitlines() if line.strip()]
+            return read_list(p, AnnotationError)
     return None
 
 
@@ -277,12 +277,7 @@ def load_coco(
     (``iscrowd: 1``) are kept with their flag (evaluation ignores detections on them; training leaves them out)."""
     path = Path(path)
     report = report if report is not None else DetectionReport()
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{str(path)!r} is not valid JSON ({e})") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"cannot read {str(path)!r} ({e})") from e
+    data = read_json(path, AnnotationError)
     if not isinstance(data, dict):
         raise AnnotationError(f"{str(path)!r} is not a COCO annotation file (top level is not an object)")
     images = _coco_field(data, "images", list, path, "the file")

@@ -208,6 +208,7 @@ def build_eval_data(
     limit: int | None = None,
     seed: int = 0,
     in_chans: int = 3,
+    **_,
 ):
     """Eval batches, class names and the scan report of ``data``: ``fashion-mnist`` (its test split by default),
     an ``.npz`` of arrays (class names ``None``), or an image folder (``split``, else its val/ part, else every

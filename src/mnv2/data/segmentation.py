@@ -34,7 +34,6 @@ and right to the largest (image with the mean pixel, mask with ignore), so paddi
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from mnv2.data.images import IMAGE_EXTENSIONS, SUPPORTED_FORMATS, ImageError, lo
 from mnv2.data.palettes import voc_colormap
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.data.tensors import normalize
+from mnv2.data.textfiles import read_json, read_list
 from mnv2.errors import ConfigError
 
 IGNORE_INDEX = 255  # the ignore label of every mask this module yields (TF DeepLab's ignore_label, VOC's void)
@@ -106,12 +106,7 @@ def _rgb(value, path: Path, what: str) -> tuple[int, int, int]:
 def read_classes_file(path: str | Path) -> LabelSpec:
     """A ``classes.json``: ``names`` (required), ``colors``, ``ignore_index``, ``ignore_color`` (optional)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SegmentationDataError(f"{str(path)!r} is not valid JSON ({e})") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise SegmentationDataError(f"cannot read {str(path)!r} ({e})") from e
+    data = read_json(path, SegmentationDataError)
     known = {"names", "colors", "ignore_index", "ignore_color"}
     if not isinstance(data, dict) or "names" not in data or set(data) - known:
         got = sorted(data) if isinstance(data, dict) else type(data).__name__
@@ -358,7 +353,7 @@ def _voc_splits(root: Path, report: SegmentationReport) -> Splits:
     lists = sorted(list_dir.glob("*.txt")) if list_dir.is_dir() else []
     splits: Splits = {}
     for lst in lists:
-        names = [line.split()[0] for line in lst.read_text().splitlines() if line.strip()]
+        names = read_list(lst, SegmentationDataError)
         stems = [Path(n).stem if Path(n).suffix.lower() in IMAGE_EXTENSIONS else n for n in names]
         no_label = [n for n, stem in zip(names, stems) if stem not in labels]
         no_image = [n for n, stem in zip(names, stems) if stem not in images]
@@ -422,20 +417,25 @@ def resolve_classes(records: list[SegmentationRecord], spec: LabelSpec, report: 
     counts = {r.label: report.counts[r.label] for r in records}
     if spec.names is not None:
         k = len(spec.names)
-    else:
+    else:  # 0 .. the largest value found; 255 (or any value past MAX_CLASSES) is never a class, only an ignore index
         used = [v for c in counts.values() for v in np.nonzero(c)[0].tolist() if v != spec.ignore_index]
+        used = [v for v in used if v < MAX_CLASSES]
         k = max(used) + 1 if used else 1
-        if k > MAX_CLASSES:
-            raise SegmentationDataError(f"labels up to {k - 1} found; at most {MAX_CLASSES} classes are supported "
-                                        f"(255 is the ignore label)")  # fmt: skip
-    for path, c in counts.items():
-        bad = [v for v in np.nonzero(c)[0].tolist() if v >= k and v != spec.ignore_index]
+    check_label_values(records, spec, report, k)
+    return list(spec.names) if spec.names is not None else [str(i) for i in range(k)]
+
+
+def check_label_values(records: list[SegmentationRecord], spec: LabelSpec, report: SegmentationReport, k: int) -> None:
+    """Every record's label values are a class (``0..k-1``) or the ignore index: training and ``mnv2 eval`` refuse
+    any other value the same way, naming the file (issue 28, 9: eval ignored a 255 that training refused)."""
+    for r in records:
+        bad = [v for v in np.nonzero(report.counts[r.label])[0].tolist() if v >= k and v != spec.ignore_index]
         if bad:
             raise SegmentationDataError(
-                f"label map {path!r} has label(s) {bad[:8]} outside the {k} classes (0-{k - 1}; ignore index "
-                f"{spec.ignore_index}, classes from {spec.source})"
+                f"label map {r.label!r} has label(s) {bad[:8]} that are neither one of the {k} classes (0-{k - 1}) "
+                f"nor the ignore index {spec.ignore_index} (classes from {spec.source}; pass --ignore-index if one "
+                "of them means 'not annotated')"
             )
-    return list(spec.names) if spec.names is not None else [str(i) for i in range(k)]
 
 
 def class_pixel_counts(records: list[SegmentationRecord], report: SegmentationReport, num_classes: int) -> np.ndarray:
@@ -674,7 +674,8 @@ def build_segmentation_data(
 
 def build_segmentation_eval_data(
     data: str, pre: Preprocessing, batch_size: int, *, split: str | None = None, workers: int = 2,
-    strict: bool = False, limit: int | None = None, seed: int = 0, ignore_index: int | None = None, **_,
+    strict: bool = False, limit: int | None = None, seed: int = 0, ignore_index: int | None = None,
+    num_classes: int | None = None, **_,
 ) -> tuple[SegmentationBatches, list[str] | None, SegmentationReport]:  # fmt: skip
     """Full-resolution eval batches, class names and report of ``data``'s ``split`` (default: its val split, else
     every labelled image). Class names are the data's ``classes.json``'s, else ``None`` (the checkpoint's)."""
@@ -697,6 +698,8 @@ def build_segmentation_eval_data(
     names = None
     if spec.names is not None:
         names = resolve_classes(records, spec, report)
-    k = len(names) if names is not None else None
+    k = len(names) if names is not None else num_classes  # without classes.json: the model's class count
+    if k is not None:
+        check_label_values(records, spec, report, k)
     batches = SegmentationBatches(SegmentationDataset(records, spec, k, pre, False), batch_size, False, workers)
     return batches, names, report

@@ -26,6 +26,7 @@ AMP_MODES = ("auto", "bf16", "off")
 BN_MODES = ("train", "frozen")
 SCORE_FNS = ("sigmoid", "softmax")
 ASPP_MODES = ("off", "separable", "regular")
+CLASS_WEIGHTING = ("auto", "none")
 FREEZE_HELP = "none | stem | stage:N (stem and stages < N) | backbone (all but the classifier)"
 
 
@@ -94,6 +95,10 @@ class TrainConfig:
     ignore_index: int | None = flag(None, "segmentation: the label files' 'not annotated' value (default: the data's "
                                     "classes.json, else 255; CamVid: 11)")  # fmt: skip
     class_weights: list[float] | None = None  # segmentation: per-class loss weights
+    class_weighting: str = flag(
+        "auto", "segmentation: auto (a class under 5 %% of the train pixels gets loss weights from the data, written "
+        "into config.yaml) or none", choices=CLASS_WEIGHTING,
+    )  # fmt: skip
     grad_clip: float = flag(0.0, "max global gradient norm (0 = off)")
     precise_bn: int = flag(0, "recompute BatchNorm statistics on this many train images before each evaluation (0 = "
                            "off): new layers' running statistics lag far behind in short fine-tunes")  # fmt: skip
@@ -127,6 +132,7 @@ class TrainConfig:
             (self.task in TASKS, f"task must be one of {tuple(TASKS)}"),
             (self.score_fn in SCORE_FNS, f"score_fn must be one of {SCORE_FNS}"),
             (self.aspp in ASPP_MODES, f"aspp must be one of {ASPP_MODES}"),
+            (self.class_weighting in CLASS_WEIGHTING, f"class_weighting must be one of {CLASS_WEIGHTING}"),
             (self.output_stride in (None, 8, 16), "output_stride must be 8 or 16"),
             (self.poly_power > 0, "poly_power must be > 0"),
             (isinstance(self.precise_bn, int) and self.precise_bn >= 0, "precise_bn must be an integer >= 0"),

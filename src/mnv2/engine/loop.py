@@ -315,12 +315,23 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
     task = get_task(config.task)
+    if config.batch_size // world < task.min_batch and config.bn != "frozen":
+        raise ConfigError(
+            f"--batch-size {config.batch_size} gives {config.batch_size // world} image(s) per process, but a "
+            f"{task.name} model needs at least {task.min_batch} to train BatchNorm (its 1x1 maps have one value per "
+            "channel and image); use a larger --batch-size, or --bn frozen"
+        )
     torch.manual_seed(config.seed)
 
     # data and model
     data = task.build_data(config, _data_preprocessing(task, config), rank=rank, world=world, pin=device.type == "cuda")
     if data.report.message() and rank == 0:
         log(f"data: {data.report.message()}")
+    if task.adapt is not None:  # defaults chosen from the data, saved with the run (config.yaml) so it reproduces
+        config, notes = task.adapt(config, data)
+        for note in notes:
+            if rank == 0:
+                log(f"adapted to the data: {note}")
     model, pre = build_model(task, config, data)
     if config.qat:  # simulate the deployed INT8 model (mnv2 quantize) while fine-tuning
         model = qat.prepare_qat(model)

@@ -38,9 +38,13 @@ def get_inference(name: str):
 
 def eval_data_options(meta) -> dict:
     """What a task's ``load_eval_data`` needs from a checkpoint to read labels as its training did: the training
-    config's ``ignore_index`` (segmentation data without a ``classes.json``, e.g. CamVid's 11)."""
+    config's ``ignore_index`` (segmentation data without a ``classes.json``, e.g. CamVid's 11) and the model's class
+    count (labels are checked against it as training checks them)."""
     ignore = (meta.config or {}).get("ignore_index")
-    return {"ignore_index": ignore} if ignore is not None else {}
+    options = {"ignore_index": ignore} if ignore is not None else {}
+    if meta.class_names:
+        options["num_classes"] = len(meta.class_names)
+    return options
 
 
 def __getattr__(name: str) -> Any:

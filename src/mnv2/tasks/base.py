@@ -72,6 +72,12 @@ class Task:
         format_value: ``(value) -> str``: one metric value as printed (classification: percent; detection: AP).
         diagnose: ``(metrics) -> str | None``: why the evaluated model is useless (one class for everything, a metric at
             the trivial baseline), with its likely causes and what to try; ``None`` when it is not (issue 24, 3).
+        adapt: ``(config, data_bundle) -> (config, notes)``: the defaults chosen from the data (segmentation: class
+            weights for rare classes), applied before training and so written into ``config.yaml``; ``notes`` say
+            what was chosen and the flag that turns it off.
+        min_batch: the fewest images per process a training batch may have (detection and segmentation: 2, since
+            SSDLite's last extra layers and DeepLab's image pooling are 1x1 maps, where BatchNorm in train mode needs
+            more than one value per channel).
         data_report: ``(data_bundle, model, config) -> str``: what the data holds against what the model can learn of
             it (objects per class and their sizes against the anchors; class pixel shares), printed before training
             and saved as ``data_report.txt`` in the run directory; ``None``: no report.
@@ -100,6 +106,8 @@ class Task:
     format_value: Callable[[float], str]
     export_module: Callable[[nn.Module, tuple[int, int]], tuple[nn.Module, str]] | None = None
     diagnose: Callable[[dict], str | None] | None = None
+    min_batch: int = 1
+    adapt: Callable[..., tuple[Any, list[str]]] | None = None
     data_report: Callable[..., str] | None = None
 
 

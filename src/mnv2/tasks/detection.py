@@ -455,6 +455,7 @@ TASK = Task(
     load_eval_data=load_eval_data,
     inference=INFERENCE,
     diagnose=diagnose,
+    min_batch=2,
     data_report=data_report,
     plot_report=plot_report,
     report_file="pr.png",

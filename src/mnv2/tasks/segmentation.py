@@ -291,18 +291,59 @@ def data_report(data, model, config) -> str:
         shares[split] = pixels / total if total else pixels
         per_class = ", ".join(f"{n} {100 * f:.1f} %" for n, f in zip(names, shares[split]))
         lines.append(f"  {split}: {len(records)} images ({size_text}); labelled pixels: {per_class}")
+    shares["train"] = train_pixel_shares(data)
     rare = [(n, f) for n, f in zip(names, shares["train"]) if 0 < f < RARE_CLASS]
     absent = [n for n, f in zip(names, shares["train"]) if f == 0]
     if rare:
         text = ", ".join(f"{n} ({100 * f:.1f} %)" for n, f in rare)
         weights = getattr(config, "class_weights", None)
-        doing = (f"class_weights {weights} are set" if weights else
-                 "no class weights are set: a model that never answers them loses little; give class_weights in a "
-                 "recipe (e.g. the inverse square root of each class's share)")  # fmt: skip
+        doing = (
+            f"class weights {weights} are set"
+            if weights
+            else "no class weights are set (--class-weighting none): a model that never answers them loses little"
+        )
         lines.append(f"  rare classes (under {100 * RARE_CLASS:.0f} % of the train pixels): {text}; {doing}")
     if absent:
         lines.append(f"  classes with no train pixel: {', '.join(absent)} (they cannot be learnt)")
     return "\n".join(lines)
+
+
+MAX_CLASS_WEIGHT = 10.0
+
+
+def train_pixel_shares(data) -> np.ndarray:
+    """Each class's share of the labelled train pixels (from the scan's per-file counts)."""
+    counts = getattr(data.report, "counts", {})
+    k = len(data.class_names)
+    pixels = sum((counts[r.label][:k] for r in data.train.dataset.records if r.label in counts), np.zeros(k))
+    return pixels / pixels.sum() if pixels.sum() else pixels
+
+
+def auto_class_weights(shares: np.ndarray) -> list[float] | None:
+    """Loss weights when a class is rare (under :data:`RARE_CLASS` of the pixels): ``sqrt(largest share / share)``,
+    at most :data:`MAX_CLASS_WEIGHT` (absent classes 1). Measured on CrackForest (crack 1.7 % of the pixels, 88 train
+    images, AdamW 40 epochs): without weights every pixel is "surface" at every epoch evaluated (1-18, mIoU 0.4925,
+    class accuracy 0.5000); with these (crack 7.6) val mIoU 0.62 (BENCHMARKS.md, "New data")."""
+    present = shares > 0
+    if not present.any() or shares[present].min() >= RARE_CLASS:
+        return None
+    w = np.ones_like(shares)
+    w[present] = np.minimum(np.sqrt(shares.max() / shares[present]), MAX_CLASS_WEIGHT)
+    return [round(float(v), 3) for v in w]
+
+
+def adapt(config, data) -> tuple[Any, list[str]]:
+    """The defaults chosen from the data (issue 24, 2), written into the run's config.yaml: class weights for rare
+    classes unless ``--class-weighting none`` or the recipe gives ``class_weights``."""
+    if getattr(config, "class_weighting", "none") != "auto" or config.class_weights is not None:
+        return config, []
+    weights = auto_class_weights(train_pixel_shares(data))
+    if weights is None:
+        return config, []
+    text = ", ".join(f"{n} {w:g}" for n, w in zip(data.class_names, weights))
+    return dataclasses.replace(config, class_weights=weights), [
+        f"class weights from the data (a class is rare): {text} (--class-weighting none turns this off)"
+    ]
 
 
 def diagnose(metrics: dict) -> str | None:
@@ -379,6 +420,8 @@ TASK = Task(
     load_eval_data=load_eval_data,
     inference=INFERENCE,
     diagnose=diagnose,
+    adapt=adapt,
+    min_batch=2,
     data_report=data_report,
     plot_report=plot_report,
     report_file="iou.png",
