@@ -442,18 +442,23 @@ def test_a_useful_model_is_not_called_degenerate():
     assert "no better than always answering the most frequent class" in baseline
 
 
-def test_the_data_report_gives_class_shares_and_names_the_rare_class(tmp_path):
-    from mnv2.engine.config import apply_overrides, load_recipe
-
-    data = tmp_path / "cracks"
+def _crack_set(data: Path) -> Path:
+    """A CamVid-layout set of 100x50 images whose class 1 is a thin crack: 2 % of the pixels."""
     for split, n in (("train", 2), ("val", 1)):
         (data / split).mkdir(parents=True)
         (data / f"{split}annot").mkdir()
         for i in range(n):
             Image.new("RGB", (100, 50), (90, 90, 90)).save(data / split / f"{i}.png")
             mask = np.zeros((50, 100), np.uint8)
-            mask[:, :2] = 1  # a thin crack: 2 % of the pixels
+            mask[:, :2] = 1
             Image.fromarray(mask).save(data / f"{split}annot" / f"{i}.png")
+    return data
+
+
+def test_the_data_report_gives_class_shares_and_names_the_rare_class(tmp_path):
+    from mnv2.engine.config import apply_overrides, load_recipe
+
+    data = _crack_set(tmp_path / "cracks")
     config = apply_overrides(load_recipe("segmentation"), {"data": str(data), "width": 0.35, "workers": 0})
     task = get_task("segmentation")
     bundle = task.build_data(config, task.default_preprocessing(config))
@@ -492,15 +497,7 @@ def test_a_rare_class_gets_loss_weights_from_the_data_written_into_the_runs_conf
     assert auto_class_weights(np.array([0.98, 0.02])) == [1.0, 7.0]
     assert auto_class_weights(np.array([0.6, 0.4])) is None  # nothing rare: no weights
     assert auto_class_weights(np.array([0.99999, 0.00001])) == [1.0, 10.0]  # capped
-    data = tmp_path / "cracks"
-    for split, n in (("train", 2), ("val", 1)):
-        (data / split).mkdir(parents=True)
-        (data / f"{split}annot").mkdir()
-        for i in range(n):
-            Image.new("RGB", (100, 50), (90, 90, 90)).save(data / split / f"{i}.png")
-            mask = np.zeros((50, 100), np.uint8)
-            mask[:, :2] = 1
-            Image.fromarray(mask).save(data / f"{split}annot" / f"{i}.png")
+    data = _crack_set(tmp_path / "cracks")
     base = ["train", "--task", "segmentation", "--data", str(data), "--width", "0.35", "--resolution", "64",
             "--epochs", "1", "--batch-size", "2", "--threads", "1", "--workers", "0", "--precise-bn", "0"]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "auto")]) == 0

@@ -6,8 +6,7 @@ pull in the training engine, the converters or torch's distributed package.
 
 from __future__ import annotations
 
-import importlib
-
+from mnv2._lazy import lazy_getattr
 from mnv2._version import __version__
 
 # public name -> module that defines it
@@ -39,12 +38,7 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'mnv2' has no attribute {name!r}")
+__getattr__ = lazy_getattr("mnv2", _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -8,7 +8,7 @@ exported files (``card``, ``engines``, ``predict``) import no torch, so they wor
 
 from __future__ import annotations
 
-import importlib
+from mnv2._lazy import lazy_getattr
 
 _EXPORTS = {
     "export": "mnv2.deploy.export",
@@ -25,9 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'mnv2.deploy' has no attribute {name!r}")
+__getattr__ = lazy_getattr("mnv2.deploy", _EXPORTS, globals())

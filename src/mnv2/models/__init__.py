@@ -3,7 +3,7 @@ torch-free modules here (``sizes``, ``ssdlite_config``) import without torch (th
 
 from __future__ import annotations
 
-import importlib
+from mnv2._lazy import lazy_getattr
 
 _EXPORTS = {
     **dict.fromkeys(
@@ -16,9 +16,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'mnv2.models' has no attribute {name!r}")
+__getattr__ = lazy_getattr("mnv2.models", _EXPORTS, globals())
