@@ -427,3 +427,126 @@ def test_a_fresh_clone_serves_the_committed_example_models():
             photo = STREET if m["task"] == "segmentation" else PHOTOS[0]
             r = predict(c, m["name"], photo.read_bytes())
             assert r.status_code == 200 and r.json()["task"] == m["task"], r.text
+
+
+# ----------------------------------------------------------------------------------------------- issue 28, 3
+def _multipart(*parts: bytes) -> bytes:
+    return b"".join(parts) + b"--BB--\r\n"
+
+
+def _part(name: str | None, data: bytes, extra: bytes = b"") -> bytes:
+    disposition = b"form-data" + (b'; name="%s"' % name.encode() if name else b"") + b'; filename="x.jpg"'
+    return (
+        b"--BB\r\nContent-Disposition: "
+        + disposition
+        + b"\r\n"
+        + extra
+        + b"Content-Type: image/jpeg\r\n\r\n"
+        + data
+        + b"\r\n"
+    )
+
+
+def _500s(client) -> float:
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith("mnv2_requests_total")]
+    return sum(float(line.split()[-1]) for line in lines if 'status="500"' in line)
+
+
+@pytest.mark.parametrize(
+    "case, body",
+    [
+        ("two files", lambda img: _multipart(_part("image", img), _part("other", img))),
+        ("a part without a name", lambda img: _multipart(_part(None, img))),
+        ("a wrong boundary", lambda img: _multipart(_part("image", img)).replace(b"--BB", b"--CC")),
+        ("100 fields", lambda img: _multipart(*(b'--BB\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % i
+                                                for i in range(100)), _part("image", img))),
+        ("a 200 kB part header", lambda img: _multipart(_part("image", img, b"X-Junk: " + b"a" * 200_000 + b"\r\n"))),
+    ],
+)  # fmt: skip
+def test_malformed_multipart_is_a_400_with_one_message(client, case, body):
+    before = _500s(client)
+    r = post(client, body(PHOTOS[0].read_bytes()), "multipart/form-data; boundary=BB")
+    assert r.status_code == 400, (case, r.text)
+    assert r.json()["error"].startswith("malformed multipart body") and "Traceback" not in r.text
+    assert _500s(client) == before
+
+
+def test_a_client_that_disconnects_mid_request_is_no_500_and_no_traceback(client, caplog):
+    """The ASGI app itself, fed a request whose client goes away before the body has arrived."""
+    import asyncio
+
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": PHOTOS[0].read_bytes()[:1000], "more_body": True},
+                {"type": "http.disconnect"}]  # fmt: skip
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/models/detector:predict", "raw_path": b"/v1/models/detector:predict", "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"image/jpeg")], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "app": client.app}  # fmt: skip
+    before = _500s(client)
+    with caplog.at_level("INFO", logger="mnv2.serve"):
+        asyncio.run(client.app(scope, receive, send))
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info], caplog.text
+    assert _500s(client) == before
+    assert 'status="499"' in client.get("/metrics").text
+    assert predict(client, "detector", PHOTOS[0].read_bytes()).status_code == 200  # still serving
+
+
+def test_a_streamed_body_over_the_limit_is_counted_as_413_not_500(client):
+    before = _500s(client)
+    r = post(client, iter([b"\xff" * 2**20] * 3), "image/jpeg")
+    assert r.status_code == 413 and _500s(client) == before
+    assert 'mnv2_requests_total{model="detector",status="413"}' in client.get("/metrics").text
+
+
+# ----------------------------------------------------------------------------------------------- issue 28, 2
+def test_slow_clients_do_not_lock_out_the_others():
+    """150 clients that send their headers and then dribble the body held uvicorn's connection slots: every client,
+    /healthz included, got 503 while they stayed. Now a real server answers /healthz and a normal predict within
+    5 s while they are open, and gives each slow one a 408 at its body deadline."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_mnv2.safetensors"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mnv2.cli", "serve", str(model), "--port", str(port), "--engine", "torch",
+         "--threads", "1", "--body-timeout-s", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()
+                time.sleep(0.2)
+        head = (f"POST /v1/models/{model.stem}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                "Content-Length: 100000\r\n\r\n").encode()  # fmt: skip
+        for _ in range(150):
+            c = socket.create_connection(("127.0.0.1", port), timeout=30)
+            c.sendall(head + b"\xff")  # headers, then one byte of a 100 kB body
+            slow.append(c)
+        t0 = time.perf_counter()
+        assert urllib.request.urlopen(f"{url}/healthz", timeout=5).status == 200
+        req = urllib.request.Request(f"{url}/v1/models/{model.stem}:predict", data=PHOTOS[0].read_bytes(),
+                                     headers={"Content-Type": "image/jpeg"})  # fmt: skip
+        answer = json.loads(urllib.request.urlopen(req, timeout=5).read())
+        assert answer["top"] and time.perf_counter() - t0 < 5
+        reply = slow[0].recv(200)  # at its 8 s body deadline
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+    finally:
+        for c in slow:
+            c.close()
+        server.terminate()
+        server.wait(timeout=30)

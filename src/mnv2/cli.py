@@ -561,6 +561,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_pixels=int(args.max_megapixels * 1e6),
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         decode_threads=args.decode_threads,
+        body_timeout_s=args.body_timeout_s,
+        max_bodies_bytes=max(ServeSettings.max_bodies_bytes, int(args.max_body_mb * 2**20)),
     )
     from pathlib import Path
 
@@ -763,6 +765,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
                    help="largest request body (413 above) (default %(default)s)")  # fmt: skip
     p.add_argument("--max-megapixels", type=_float_at_least(0, True), default=limits.max_pixels / 1e6,
                    help="largest image, from its header (413 above) (default %(default)s)")  # fmt: skip
+    p.add_argument("--body-timeout-s", type=_float_at_least(0, True), default=limits.body_timeout_s,
+                   help="seconds a request's body may take to arrive (408 after) (default %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
     return parser
 

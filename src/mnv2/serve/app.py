@@ -59,6 +59,7 @@ def model_name(path: str | Path) -> str:
     return Path(path).name.split(".")[0]
 
 
+CLIENT_CLOSED = 499  # nginx's "client closed request": counted in /metrics, never answered
 MODEL_SUFFIXES = (".safetensors", ".onnx", ".tflite")
 
 
@@ -173,28 +174,58 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class LimitBody:
-    """ASGI middleware: a body that streams in over ``limit`` bytes raises :class:`_BodyTooLarge` in the handler
-    that reads it (a too large ``Content-Length`` is refused before reading, in the handler)."""
+class _BodyTooSlow(Exception):
+    pass
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+
+class _BodyBudget(Exception):
+    pass
+
+
+class LimitBody:
+    """ASGI middleware guarding how a body arrives (issue 28, 2: 150 clients dribbling a byte every 5 s locked
+    everyone out, ``/healthz`` included):
+
+    - a body that streams in over ``limit`` bytes raises :class:`_BodyTooLarge` (413) in the handler reading it;
+    - a body not complete ``deadline_s`` after its request started raises :class:`_BodyTooSlow` (408), so a slow
+      client holds nothing for long;
+    - the bytes of bodies being received, over all requests, stay within ``budget`` (:class:`_BodyBudget`, 503):
+      what bounds memory, where uvicorn's connection cap used to turn away every client, healthy ones too, while
+      slow ones held its slots. Requests without a body (``/healthz``, ``/metrics``) are never held up.
+    """
+
+    def __init__(self, app, limit: int, deadline_s: float, budget: int) -> None:
+        self.app, self.limit, self.deadline_s, self.budget = app, limit, deadline_s, budget
+        self.in_flight = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        seen = 0
+        seen = added = 0
+        deadline = asyncio.get_running_loop().time() + self.deadline_s
 
         async def limited():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, added
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
+            except asyncio.TimeoutError:
+                raise _BodyTooSlow from None
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                chunk = len(message.get("body", b""))
+                seen += chunk
                 if seen > self.limit:
                     raise _BodyTooLarge
+                if self.in_flight + chunk > self.budget:
+                    raise _BodyBudget
+                self.in_flight += chunk
+                added += chunk
             return message
 
-        return await self.app(scope, limited, send)
+        try:
+            return await self.app(scope, limited, send)
+        finally:
+            self.in_flight -= added
 
 
 def create_app(models: list[ServedModel], settings: ServeSettings | None = None):
@@ -203,8 +234,10 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
     from starlette.applications import Starlette
     from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.formparsers import MultiPartException
     from starlette.middleware import Middleware
+    from starlette.requests import ClientDisconnect
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
@@ -261,6 +294,14 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
                 return error(e.status, e.message, e.headers)
             except _BodyTooLarge:
                 return error(413, f"the body is over the {settings.max_body_bytes:,}-byte limit")
+            except _BodyTooSlow:
+                return error(408, f"the body did not arrive within {settings.body_timeout_s:g} s")
+            except _BodyBudget:
+                return error(503, "the server is receiving too much at once; retry",
+                             {"Retry-After": str(settings.retry_after_s)})  # fmt: skip
+            except ClientDisconnect:
+                log.info("client disconnected during %s", request.url.path)
+                return Response(status_code=CLIENT_CLOSED)  # nobody reads it; the metrics count it as 499
             except Exception:
                 log.exception("unexpected error on %s", request.url.path)
                 return error(500, "internal error; the server log has the details")
@@ -273,9 +314,14 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             if "boundary=" not in request.headers.get("content-type", ""):
                 raise HTTPError(400, "malformed multipart body (its content type names no boundary)")
             try:
-                form = await request.form(max_files=1, max_fields=16)
-            except MultiPartException as e:
-                raise HTTPError(400, f"malformed multipart body ({e})") from None
+                form = await request.form(max_files=1, max_fields=16, max_part_size=settings.max_body_bytes)
+            except (MultiPartException, StarletteHTTPException) as e:  # Starlette 1.x wraps the parser's errors
+                detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e)
+                raise HTTPError(400, f"malformed multipart body ({detail})") from None
+            except (_BodyTooLarge, _BodyTooSlow, _BodyBudget, ClientDisconnect):
+                raise
+            except Exception as e:  # python-multipart's own parse errors (a 200 kB part header, a bad boundary)
+                raise HTTPError(400, f"malformed multipart body ({type(e).__name__}: {str(e)[:120]})") from None
             upload = form.get(IMAGE_FIELD)
             if not isinstance(upload, UploadFile):
                 upload = next((v for v in form.values() if isinstance(v, UploadFile)), None)
@@ -332,6 +378,12 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         except HTTPError as e:
             status = e.status
             raise
+        except (_BodyTooLarge, _BodyTooSlow, _BodyBudget) as e:  # the client's 413/408, or busy: no server error
+            status = {_BodyTooLarge: 413, _BodyTooSlow: 408, _BodyBudget: 503}[type(e)]
+            raise
+        except ClientDisconnect:  # the client went away mid-request: nginx's 499, no answer, no traceback
+            status = CLIENT_CLOSED
+            raise
         finally:
             requests.labels(name, str(status)).inc()
             latency.labels(name).observe(time.perf_counter() - start)
@@ -365,7 +417,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         Route("/v1/models/{name}:predict", guard(predict), methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(LimitBody, limit=settings.max_body_bytes)])  # fmt: skip
+                    middleware=[Middleware(LimitBody, limit=settings.max_body_bytes, deadline_s=settings.body_timeout_s,
+                                           budget=settings.max_bodies_bytes)])  # fmt: skip
     app.state.models, app.state.batchers, app.state.settings = by_name, batchers, settings
     return app
 
@@ -398,9 +451,10 @@ def serve(
     # no longer walks them.
     gc.freeze()
     # Connections beyond the queue and a batch in flight get uvicorn's 503 before any body is read.
-    limit = settings.max_queue + 2 * settings.max_batch + 16
+    # No connection cap (uvicorn's limit_concurrency answered 503 to everyone, /healthz too, while slow clients held
+    # its slots): the body guard (LimitBody) bounds the time and bytes of bodies instead, and the batcher its queue.
     # No proxy-header rewriting (nothing here trusts a client address) and no Server header: less work per request.
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit,
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=30, access_log=False, proxy_headers=False,
                             server_header=False)  # fmt: skip
     # uvicorn answers the requests in flight on SIGTERM, then raises the signal again under the handler found at

@@ -27,6 +27,8 @@ class ServeSettings:
     api_key: str | None = None
     retry_after_s: int = 1
     decode_threads: int = 1
+    body_timeout_s: float = 30.0  # a body must be complete this long after its request began (408 otherwise)
+    max_bodies_bytes: int = 256 * 2**20  # bytes of bodies held at once, over all requests (503 above)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_body_bytes", "max_pixels", "decode_threads"):
@@ -34,3 +36,8 @@ class ServeSettings:
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.max_wait_ms >= 0:
             raise ConfigError(f"max_wait_ms must be >= 0; got {self.max_wait_ms}")
+        if not 0 < self.body_timeout_s < float("inf"):
+            raise ConfigError(f"body_timeout_s must be a finite number > 0; got {self.body_timeout_s}")
+        if self.max_bodies_bytes < self.max_body_bytes:
+            raise ConfigError(f"max_bodies_bytes ({self.max_bodies_bytes}) must hold at least one body of "
+                              f"max_body_bytes ({self.max_body_bytes})")  # fmt: skip
