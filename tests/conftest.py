@@ -112,3 +112,32 @@ def tiny_checkpoint(tmp_path_factory):
         if not path.exists():
             train_tiny(path)
     return path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(url: str, server, seconds: float = 120) -> None:
+    """Wait until ``url``'s ``/healthz`` answers (the engine loads before the port opens); fail with the server's
+    output if ``server`` (a ``Popen``) exits first, and kill it if it does not answer within ``seconds``."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            out = (server.stderr or server.stdout).read()
+            raise AssertionError(f"the server exited {server.returncode}: {out}")
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.3)
+    server.kill()
+    raise AssertionError(f"the server did not start in {seconds} s")

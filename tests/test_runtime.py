@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from conftest import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "examples" / "models"
@@ -136,15 +136,9 @@ def test_verbs_that_need_torch_name_the_extra(runtime_venv, tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "x.onnx").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve_once(runtime_venv: Path, exports: dict, reference: dict) -> None:
     """One request to ``mnv2 serve`` of the exported detector in the runtime venv: the checkpoint's boxes."""
-    port = _free_port()
+    port = free_port()
     model = exports["detection", "tflite"]
     server = subprocess.Popen(
         [str(runtime_venv / "mnv2"), "serve", str(model), "--port", str(port)],
@@ -152,13 +146,7 @@ def _serve_once(runtime_venv: Path, exports: dict, reference: dict) -> None:
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(300):  # the engine loads before the port opens
-            try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()
-                time.sleep(0.2)
+        wait_until_serving(url, server)
         image = EXAMPLES["detection"][1][1]
         req = urllib.request.Request(
             f"{url}/v1/models/{model.stem}:predict", data=image.read_bytes(), headers={"Content-Type": "image/jpeg"}

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
+from conftest import free_port, wait_until_serving
 from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
 from mnv2.deploy.predict import predict as deploy_predict
 from mnv2.errors import ConfigError
@@ -342,29 +343,12 @@ def test_the_next_batch_runs_while_the_last_one_is_finished():
 
 
 # ----------------------------------------------------------------------------------------------- the process
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(args: list[str], port: int, env: dict | None = None) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "mnv2.cli", "serve", *args, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited {proc.returncode}: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("the server did not start in 120 s")
+    wait_until_serving(f"http://127.0.0.1:{port}", proc)
+    return proc
 
 
 @pytest.mark.slow
@@ -513,24 +497,12 @@ def test_slow_clients_do_not_lock_out_the_others():
     import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     model = Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_mnv2.safetensors"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mnv2.cli", "serve", str(model), "--port", str(port), "--engine", "torch",
-         "--threads", "1", "--body-timeout-s", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    server = start_server([str(model), "--engine", "torch", "--threads", "1", "--body-timeout-s", "8"], port)
     url = f"http://127.0.0.1:{port}"
     slow: list[socket.socket] = []
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()
-                time.sleep(0.2)
         head = (f"POST /v1/models/{model.stem}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                 "Content-Length: 100000\r\n\r\n").encode()  # fmt: skip
         for _ in range(150):

@@ -9,6 +9,7 @@ kind, head arguments, fixed input size), read from any model file mnv2 writes, w
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -93,15 +94,30 @@ def decode_metadata(pairs: dict[str, str]) -> dict[str, Any]:
 
 def read_model_metadata(path: str | Path) -> dict[str, Any]:
     """The ``mnv2.*`` metadata of an exported file: in the graph for ONNX, in ``<file>.json`` for TFLite/ExecuTorch.
-    Empty when a non-ONNX file has no such sidecar."""
+    Empty when a non-ONNX file has no such sidecar.
+
+    Read once per file version: opening a model asks for its card, its precision and its output kind, and an ONNX
+    file is read whole to find its metadata (issue 25's review: three reads of the file at every start)."""
     path = Path(path)
     if path.suffix == ".onnx":
         if not path.is_file():
             raise ConfigError(f"ONNX file {str(path)!r} does not exist")
+        source = path
+    else:
+        source = Path(str(path) + ".json")
+        if not source.is_file():
+            return {}
+    stat = source.stat()
+    return dict(_read_metadata(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=32)
+def _read_metadata(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """:func:`read_model_metadata` of one version of a file (the key holds its mtime and size)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
         return decode_metadata(onnx_metadata_props(path))
     sidecar = Path(str(path) + ".json")
-    if not sidecar.is_file():
-        return {}
     try:
         pairs = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:

@@ -276,22 +276,17 @@ RARE_CLASS = 0.05  # a class under this share of the train pixels is one the pla
 def data_report(data, model, config) -> str:
     """Images per split and their sizes, each class's share of the labelled pixels in train and val, and the rare
     classes among them, with what to do about them (issue 24, 1)."""
-    import numpy as np
 
     names = data.class_names
-    counts = getattr(data.report, "counts", {})
     lines = [f"data report ({config.data}):"]
     shares = {}
     for split, batches in (("train", data.train), (data.val_name, data.val)):
         records = batches.dataset.records
         sizes = sorted({(r.width, r.height) for r in records})
         size_text = f"{sizes[0][0]}x{sizes[0][1]}" if len(sizes) == 1 else f"{len(sizes)} sizes"
-        pixels = sum((counts[r.label][: len(names)] for r in records if r.label in counts), np.zeros(len(names)))
-        total = pixels.sum()
-        shares[split] = pixels / total if total else pixels
+        shares[split] = pixel_shares(data, batches)
         per_class = ", ".join(f"{n} {100 * f:.1f} %" for n, f in zip(names, shares[split]))
         lines.append(f"  {split}: {len(records)} images ({size_text}); labelled pixels: {per_class}")
-    shares["train"] = train_pixel_shares(data)
     rare = [(n, f) for n, f in zip(names, shares["train"]) if 0 < f < RARE_CLASS]
     absent = [n for n, f in zip(names, shares["train"]) if f == 0]
     if rare:
@@ -311,11 +306,11 @@ def data_report(data, model, config) -> str:
 MAX_CLASS_WEIGHT = 10.0
 
 
-def train_pixel_shares(data) -> np.ndarray:
-    """Each class's share of the labelled train pixels (from the scan's per-file counts)."""
+def pixel_shares(data, batches) -> np.ndarray:
+    """Each class's share of the labelled pixels of ``batches``' images (from the scan's per-file counts)."""
     counts = getattr(data.report, "counts", {})
     k = len(data.class_names)
-    pixels = sum((counts[r.label][:k] for r in data.train.dataset.records if r.label in counts), np.zeros(k))
+    pixels = sum((counts[r.label][:k] for r in batches.dataset.records if r.label in counts), np.zeros(k))
     return pixels / pixels.sum() if pixels.sum() else pixels
 
 
@@ -337,7 +332,7 @@ def adapt(config, data) -> tuple[Any, list[str]]:
     classes unless ``--class-weighting none`` or the recipe gives ``class_weights``."""
     if getattr(config, "class_weighting", "none") != "auto" or config.class_weights is not None:
         return config, []
-    weights = auto_class_weights(train_pixel_shares(data))
+    weights = auto_class_weights(pixel_shares(data, data.train))
     if weights is None:
         return config, []
     text = ", ".join(f"{n} {w:g}" for n, w in zip(data.class_names, weights))
