@@ -350,23 +350,27 @@ def _obj(name: str, x1, y1, x2, y2) -> str:
            "</bndbox></object>"  # fmt: skip
 
 
-def test_zero_area_and_out_of_image_boxes_are_counted_and_never_nan(tmp_path):
+def test_invalid_boxes_are_dropped_and_counted_in_training_and_never_nan(tmp_path):
+    """A box with no area or outside its image is invalid: training drops and counts it (evaluation refuses it,
+    tests/test_reliability.py); a box one VOC pixel past the edge is clipped (issue 28, 8)."""
     root = _write_voc(tmp_path / "voc", {
         "a": _obj("dog", 10, 10, 30, 30) + _obj("dog", 20, 20, 20, 40),  # second: zero width → dropped
-        "b": _obj("cat", -5, 10, 70, 40) + _obj("cat", 80, 60, 90, 70),  # first clipped; second outside → dropped
+        "b": _obj("cat", 0, 10, 65, 40) + _obj("cat", 80, 60, 90, 70),  # first clipped (64 px); second outside
         "c": "",  # no objects: kept as a background image
-        "d": _obj("cat", 5, 5, 60, 40),
+        "d": _obj("cat", 5, 5, 60, 40) + _obj("cat", -5, 10, 30, 40),  # second: 5 px outside → dropped
     })  # fmt: skip
     names, splits = load_detection_dataset(root)
     assert names == ["cat", "dog"] and list(splits) == ["all"]
+    with pytest.raises(AnnotationError, match=r"a.xml': object 1 \(dog\) box \[20.0, 20.0, 20.0, 40.0\]: no width"):
+        load_detection_dataset(root, invalid="error")
     names, train, val, report = train_val_records(root, val_split=0.25, seed=0)
     assert len(train) == 3 and len(val) == 1
-    assert (report.zero_area, report.outside, report.clipped, report.empty_images) == (1, 1, 1, 1)
+    assert (report.invalid, report.clipped, report.empty_images) == (3, 1, 1)
     message = report.message()
-    assert "dropped 1 zero-area" in message and "1 box(es) outside" in message and "clipped 1" in message
+    assert "dropped 3 invalid box(es), e.g." in message and "clipped 1" in message
     records = {Path(r.path).stem: r for r in train + val}
     assert records["b"].boxes == [[0.0, 10.0, 64.0, 40.0]] and records["b"].labels == [1]
-    assert records["c"].boxes == [] and records["a"].labels == [2]
+    assert records["c"].boxes == [] and records["a"].labels == [2] and len(records["d"].boxes) == 1
     pre = Preprocessing(input_size=64, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
     model = tiny_model(num_classes=2)
     for train_mode in (True, False):

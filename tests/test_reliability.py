@@ -86,6 +86,40 @@ def env(tmp_path_factory):
     (root / "cam_nested" / "classes.json").write_text('{"names": ' + "[" * 100_000 + "]" * 100_000 + "}")
     p["cam_nested"] = root / "cam_nested"
     p["voc"] = fixtures / "detection" / "raccoon"
+    p["raccoon_model"] = Path(__file__).parents[1] / "examples" / "models" / "raccoon_ssdlite_mnv2.safetensors"
+    # ground truth that evaluation must refuse to change in silence (issue 28, 8): val image raccoon-18 (240x156)
+    box = "<xmin>32</xmin><ymin>25</ymin><xmax>201</xmax><ymax>130</ymax>"
+    for name, replacement in {
+        "gt_reversed": "<xmin>201</xmin><ymin>25</ymin><xmax>32</xmax><ymax>130</ymax>",
+        "gt_huge": "<xmin>32</xmin><ymin>25</ymin><xmax>1e308</xmax><ymax>130</ymax>",
+        "gt_negative": "<xmin>-80</xmin><ymin>25</ymin><xmax>201</xmax><ymax>130</ymax>",
+    }.items():
+        shutil.copytree(p["voc"], root / name)
+        xml = root / name / "annotations" / "raccoon-18.xml"
+        xml.write_text(xml.read_text().replace(box.replace("><", ">\n\t\t\t<"), replacement))
+        assert replacement in xml.read_text()
+        p[name] = root / name
+    shutil.copytree(p["voc"], root / "gt_abs_path")
+    xml = root / "gt_abs_path" / "annotations" / "raccoon-18.xml"
+    other = (root / "gt_abs_path" / "images" / "raccoon-12.jpg").resolve()
+    xml.write_text(xml.read_text().replace("<filename>raccoon-18.jpg", f"<filename>{other}"))
+    p["gt_abs_path"] = root / "gt_abs_path"
+
+    def coco(name, edit):
+        d = root / name
+        shutil.copytree(p["voc"] / "images", d / "images")
+        c = {"images": [{"id": 1, "file_name": "raccoon-18.jpg", "width": 240, "height": 156},
+                        {"id": 2, "file_name": "raccoon-12.jpg", "width": 259, "height": 194}],
+             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [32, 25, 169, 105], "iscrowd": 0}],
+             "categories": [{"id": 1, "name": "raccoon"}]}  # fmt: skip
+        edit(c)
+        (d / "val.json").write_text(json.dumps(c))
+        p[name] = d / "val.json"
+
+    coco("coco_dup_ids", lambda c: c["images"].append({"id": 1, "file_name": "raccoon-39.jpg"}))
+    coco("coco_orphan", lambda c: c["annotations"].append({**c["annotations"][0], "id": 2, "image_id": 7}))
+    coco("coco_crowd_text", lambda c: c["annotations"][0].update(iscrowd="no"))
+    coco("coco_escape", lambda c: c["images"][1].update(file_name="../../split/red/0.png"))
     # a label value that is neither a class nor the ignore index (CamVid without classes.json: 11 is the ignore)
     shutil.copytree(fixtures / "segmentation" / "camvid", root / "cam_255")
     (root / "cam_255" / "classes.json").unlink()
@@ -229,6 +263,24 @@ CATALOGUE = [
                                               "{out}"], "neither one of the 11 classes (0-10) nor the ignore index 11"),
     ("label-neither-class-nor-ignore-eval", ["eval", "{camvid_model}", "--data", "{cam_255}", "--confusion", "{out}"],
      "neither one of the 11 classes (0-10) nor the ignore index 11"),
+    # ground truth is never changed in silence (issue 28, 8): an error naming the file and the object
+    ("gt-box-reversed", ["eval", "{raccoon_model}", "--data", "{gt_reversed}", "--confusion", "{out}"],
+     "raccoon-18.xml': object 0 (raccoon) box [201.0, 25.0, 32.0, 130.0]: no width (xmax <= xmin); fix the "
+     "annotation, or pass --drop-invalid"),
+    ("gt-box-huge", ["eval", "{raccoon_model}", "--data", "{gt_huge}", "--confusion", "{out}"],
+     "px outside the 240x156 image"),
+    ("gt-box-negative", ["eval", "{raccoon_model}", "--data", "{gt_negative}", "--confusion", "{out}"],
+     "reaches 80 px outside the 240x156 image"),
+    ("gt-absolute-filename", ["eval", "{raccoon_model}", "--data", "{gt_abs_path}", "--confusion", "{out}"],
+     "is not a path inside"),
+    ("coco-duplicate-image-id", ["eval", "{raccoon_model}", "--data", "{coco_dup_ids}", "--confusion", "{out}"],
+     "image id 1 is listed 2 times"),
+    ("coco-annotation-of-no-image", ["eval", "{raccoon_model}", "--data", "{coco_orphan}", "--confusion", "{out}"],
+     "1 annotation(s) of image id(s) the file does not list, e.g. 7"),
+    ("coco-iscrowd-text", ["eval", "{raccoon_model}", "--data", "{coco_crowd_text}", "--confusion", "{out}"],
+     "has iscrowd 'no'"),
+    ("coco-file-name-escapes", ["eval", "{raccoon_model}", "--data", "{coco_escape}", "--confusion", "{out}"],
+     "'../../split/red/0.png' is not a path inside"),
     # eval
     ("eval-batch-zero", ["eval", "{ckpt}", "--data", "{tv}", "--batch-size", "0"], "--batch-size"),
     ("eval-batch-negative", ["eval", "{ckpt}", "--data", "{tv}", "--batch-size", "-5"], "--batch-size"),
@@ -629,3 +681,17 @@ def test_eval_never_writes_into_the_models_folder_unasked(env, tmp_path, capsys,
     (models / "config.yaml").write_text("lr: 0.1\n")  # now a run directory: its picture goes there
     rc, out, _ = run(["eval", models / "good.safetensors", "--data", env["tv"], "--workers", "0", "--json"], capsys)
     assert Path(json.loads(out)["confusion_png"]) == models / "good.confusion.png"
+
+
+def test_drop_invalid_drops_bad_ground_truth_with_a_count_and_says_so(env, tmp_path, capsys):
+    """Issue 28, 8: with --drop-invalid the invalid box is dropped, counted in --json's ``skipped`` and printed; the
+    metric is then over the remaining ground truth (raccoon-18 has no box left)."""
+    argv = ["eval", str(env["raccoon_model"]), "--confusion", str(tmp_path), "--workers", "0"]
+    assert main([*argv, "--data", str(env["gt_reversed"]), "--drop-invalid", "--json"]) == 0
+    dropped = json.loads(capsys.readouterr().out)
+    assert dropped["skipped"] == {"corrupt": 0, "non_image": 0, "invalid_boxes": 1}
+    assert main([*argv, "--data", str(env["voc"]), "--json"]) == 0
+    clean = json.loads(capsys.readouterr().out)
+    assert clean["skipped"]["invalid_boxes"] == 0 and 0 < dropped["mAP50"] <= clean["mAP50"]
+    assert main([*argv, "--data", str(env["gt_negative"]), "--drop-invalid"]) == 0
+    assert "skipped: 1 invalid-boxes" in capsys.readouterr().out

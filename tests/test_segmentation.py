@@ -89,8 +89,9 @@ def test_the_task_supplies_every_part_and_its_recipe_is_tf_deeplabs():
     assert task.tta_modes == ("none", "flip", "ms_flip") and task.report_file == "iou.png"
     assert (Evaluator.best, Evaluator.columns) == ("mIoU", ("loss", "mIoU", "pixel_acc", "mean_class_acc"))
     c = load_recipe("segmentation")
-    assert (c.task, c.width, c.optimizer, c.momentum, c.nesterov, c.scaled_lr, c.weight_decay, c.dropout) == (
-        "segmentation", 1.0, "sgd", 0.9, False, 0.007, 4e-5, 0.1)  # fmt: skip
+    assert (c.task, c.width, c.optimizer, c.scaled_lr, c.batch_size, c.resolution, c.weight_decay, c.dropout) == (
+        "segmentation", 1.0, "adamw", 0.0005, 8, 320, 4e-5, 0.1)  # fmt: skip
+    assert (c.steps, c.warmup_steps, c.schedule) == (600, 30, "poly")
     model = task.build_model(c, [str(i) for i in range(21)])
     assert model.config.output_stride == 16 and not model.deeplab_config.aspp and model.config.num_classes == 0
 
@@ -509,3 +510,34 @@ def test_a_rare_class_gets_loss_weights_from_the_data_written_into_the_runs_conf
     assert main([*base, "--out", str(tmp_path / "none"), "--class-weighting", "none"]) == 0
     assert "adapted to the data" not in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "none" / "config.yaml").read_text())["class_weights"] is None
+
+
+def test_resize_argmax_in_bands_equals_the_dense_bilinear_resize():
+    from mnv2 import ops
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 37, 53)).astype(np.float32)
+    for size in [(100, 80), (37, 53), (20, 30), (999, 7)]:
+        dense = ops.resize_bilinear(x, size).argmax(0)
+        assert np.array_equal(ops.resize_argmax(x, size, band_bytes=5 * 4 * size[1] * 3), dense), size
+
+
+def test_a_large_image_is_segmented_at_the_work_size_and_labelled_at_its_own(monkeypatch):
+    """Issue 28, 13: a free-size segmenter ran a 12-megapixel upload at full size (3.6 GB, 13.7 s). Above
+    WORK_PIXELS the image is scaled down for the model and its logits resized back in bands: the engine sees the
+    work size, the mask has the photo's size and matches the labels of the photo at its own size."""
+    from mnv2.deploy.predict import Predictor
+    from mnv2.tasks.infer import segmentation as seg
+
+    model = Path(__file__).parents[1] / "examples" / "models" / "camvid_deeplabv3_mnv2.safetensors"
+    photo = Image.open(Path(__file__).parent / "fixtures" / "segmentation" / "camvid" / "val" / "0016E5_07959.png")
+    photo = photo.convert("RGB").resize((480, 360), Image.BILINEAR)  # the fixture is a 120x90 thumbnail
+    p = Predictor.open(model, threads=1)
+    small = p.predict_images([photo])[0]["mask"]  # 480x360: under the limit, run as it is
+    monkeypatch.setattr(seg, "WORK_PIXELS", 480 * 360)
+    seen = []
+    run = p.run
+    monkeypatch.setattr(p, "run", lambda inputs: seen.append(inputs[0].shape) or run(inputs))
+    big = p.predict_images([photo.resize((960, 720), Image.BILINEAR)])[0]
+    assert seen == [(3, 360, 480)] and big["mask"].shape == (720, 960)
+    assert (big["mask"][::2, ::2] == small).mean() > 0.95

@@ -163,6 +163,36 @@ def test_schedules():
     assert lr_factor(modern, 999, 100) < 0.001
 
 
+def test_a_step_budget_gives_small_and_large_sets_the_same_optimizer_steps(tmp_path, image_folder):
+    """Issue 24, 2: the detection and segmentation recipes train for a number of optimizer steps, not epochs, so a
+    set of a hundred images is not left with a few dozen steps; the epochs are written into config.yaml (so the run
+    and --resume reproduce), the warm-up is in steps, and an explicit --epochs wins over the recipe's budget."""
+    import yaml
+
+    from mnv2.engine.config import resolve_steps
+    from mnv2.engine.optim import lr_factor
+
+    seg = load_recipe("segmentation")
+    small, notes = resolve_steps(seg, 11)  # CrackForest: 88 train images, batch 8
+    assert (small.epochs, small.steps, small.warmup_steps) == (55, None, 0)
+    assert small.warmup_epochs == pytest.approx(30 / 11) and "55 epochs of 11 steps" in notes[0]
+    assert lr_factor(small, 14, 11) == pytest.approx(0.5) and lr_factor(small, 29, 11) == pytest.approx(1.0)
+    assert resolve_steps(seg, 45)[0].epochs == 14  # CamVid: 367 images
+    assert resolve_steps(seg, 5000)[0].epochs == 1  # a large set: at least one epoch
+    assert resolve_steps(load_recipe("detection"), 6)[0].epochs == 40  # raccoon: the 40 epochs it was tuned with
+    explicit = apply_overrides(seg, {"epochs": 3})
+    assert explicit.steps is None and resolve_steps(explicit, 11)[0].epochs == 3
+    assert apply_overrides(seg, {"epochs": 3, "steps": 50}).steps == 50
+    with pytest.raises(ConfigError, match="steps must be an integer >= 1"):
+        apply_overrides(seg, {"steps": 0})
+
+    config = tiny(data=str(image_folder), train_limit=16, val_limit=8, batch_size=8, epochs=None, steps=5)
+    train(config, tmp_path / "run", **QUIET)  # 16 images, batch 8: 2 steps an epoch -> 3 epochs
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["epochs"], saved["steps"]) == (3, None)
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 6
+
+
 def test_qat_fine_tunes_the_simulated_int8_model_that_quantize_deploys(tmp_path, capsys):
     from mnv2.cli import main
 

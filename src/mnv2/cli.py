@@ -332,10 +332,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     task = _task_of(args.checkpoint)
     _set_threads()
-    r = evaluate_checkpoint(
-        args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, workers=args.workers,
-        strict=args.strict, confusion_png=args.confusion, tta=args.tta,
-    )  # fmt: skip
+    if args.tile is not None:  # through the inference half, as `predict --tile` answers
+        from mnv2.deploy.tiled_eval import evaluate_tiled
+        from mnv2.engine.evaluate import finish_evaluation
+
+        if args.tta != "none":
+            raise ConfigError("--tile and --tta do not combine: tiles are evaluated as predict answers")
+        metrics, classes, report = evaluate_tiled(
+            args.checkpoint, args.data, tile=args.tile, overlap=args.overlap, split=args.split, workers=args.workers,
+            strict=args.strict, drop_invalid=args.drop_invalid,
+        )  # fmt: skip
+        r = finish_evaluation(args.checkpoint, args.data, task, metrics, classes, report,
+                              confusion_png=args.confusion, tile=args.tile, overlap=args.overlap)  # fmt: skip
+    else:
+        r = evaluate_checkpoint(
+            args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, workers=args.workers,
+            strict=args.strict, confusion_png=args.confusion, tta=args.tta, drop_invalid=args.drop_invalid,
+        )  # fmt: skip
     if r.get("confusion_error"):
         print(f"mnv2: warning: {r['confusion_error']}", file=sys.stderr)
     if r.get("diagnosis"):
@@ -344,11 +357,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(_dumps(r))
         return 0
     tta = f"  ({r['tta']} test-time augmentation)" if r["tta"] != "none" else ""
+    tta += f"  (tiles of {r['tile']} px, overlap {r['overlap']:g})" if r.get("tile") else ""
     print(f"{r['checkpoint']} on {r['data']}: {task.format_metrics(r)}  n={r['n']}{tta}")
     for name, value in r.get("per_class", {}).items():
         print(f"  {name:<20} {'n/a' if value is None else task.format_value(value)}")
     if any(r["skipped"].values()):
-        print(f"skipped: {r['skipped']['corrupt']} corrupt image(s), {r['skipped']['non_image']} non-image file(s)")
+        print("skipped: " + ", ".join(f"{n} {k.replace('_', '-')}" for k, n in r["skipped"].items() if n))
     if r["confusion_png"] is not None:
         print(f"{task.report_file.removesuffix('.png')}: {r['confusion_png']}")
     else:
@@ -372,8 +386,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if p.engine.name == "torch":
         _set_threads()
     options = p.check_options({"topk": args.topk, "min_score": args.min_score})
+    from mnv2.deploy.jobs import JOB_SUFFIX, run_job
+
+    if args.out and args.out.endswith(JOB_SUFFIX):  # a job: one line per image, continued by the same command
+        summary = run_job(p, args.inputs, args.out, progress=sys.stderr.isatty(), tile=args.tile,
+                          overlap=args.overlap, **options)  # fmt: skip
+        print(summary.line())
+        return 0
     output_dir = (args.out or "predictions") if p.inference.writes_files else args.out
-    found = p.predict_files(args.inputs, strict=args.strict, output_dir=output_dir, **options)
+    found = p.predict_files(args.inputs, strict=args.strict, output_dir=output_dir, tile=args.tile,
+                            overlap=args.overlap, **options)  # fmt: skip
     if args.json:
         print(_dumps([p.inference.to_json(r) for r in found]))
     else:
@@ -624,6 +646,16 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=250)
     p.add_argument("--workers", type=_non_negative, default=2)
     p.add_argument("--strict", action="store_true", help="fail on corrupt or non-image files")
+    p.add_argument("--drop-invalid", action="store_true", help="detection: drop ground-truth boxes with no area or "
+                   "outside their image, and count them (default: such a box is an error naming it)")  # fmt: skip
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="detection/segmentation: evaluate predict's tiled inference (tiles of this side)",
+    )
+    p.add_argument("--overlap", type=float, default=0.2, help="with --tile: the tiles' overlap, a fraction of a tile")
     p.add_argument(
         "--confusion",
         default=None,
@@ -649,10 +681,20 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, help="fp32, bf16 (openvino) or int8 (an INT8 file)")
     p.add_argument("--threads", type=_positive, default=None, help="engine intra-op threads (default: all cores)")
     p.add_argument("--strict", action="store_true", help="fail on an undecodable image instead of reporting it")
-    p.add_argument("--out", default=None, metavar="DIR",
+    p.add_argument("--out", default=None, metavar="DIR|FILE.jsonl",
                    help="detection: one PNG per image with the boxes drawn; segmentation: colour mask, overlay and "
-                   "label PNGs (default ./predictions)")  # fmt: skip
+                   "label PNGs (default ./predictions). A .jsonl file: a job, one JSON line per image appended as it "
+                   "is done; the same command again continues it")  # fmt: skip
     p.add_argument("--min-score", type=float, default=None, help="detection: lowest score shown (default 0.3)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="detection/segmentation: cut each image into overlapping tiles of this side (about the "
+        "model's input size) for small objects in large images; default: the whole image at once",
+    )
+    p.add_argument("--overlap", type=float, default=0.2, help="with --tile: the tiles' overlap, a fraction of a tile")
     p.add_argument("--json", action="store_true", help="one JSON list (detection: COCO results-style boxes)")
     p.set_defaults(func=cmd_predict)
 

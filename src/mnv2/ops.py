@@ -98,13 +98,19 @@ def multiclass_nms(
     return bb[top], ss[top], ll[top]
 
 
-def _linear_weights(n_out: int, n_in: int) -> np.ndarray:
-    """``[n_out, n_in]`` bilinear interpolation weights with half-pixel centres (``align_corners=False``)."""
+def _linear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each output position's two input neighbours and the second one's weight, with half-pixel centres
+    (``align_corners=False``)."""
     scale = n_in / n_out
     src = np.clip((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0, None)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = src - i0
+    return i0, i1, src - i0
+
+
+def _linear_weights(n_out: int, n_in: int) -> np.ndarray:
+    """``[n_out, n_in]`` bilinear interpolation weights with half-pixel centres (``align_corners=False``)."""
+    i0, i1, frac = _linear_taps(n_out, n_in)
     w = np.zeros((n_out, n_in), dtype=np.float64)
     rows = np.arange(n_out)
     np.add.at(w, (rows, i0), 1 - frac)
@@ -122,3 +128,24 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return x
     wy, wx = _linear_weights(h, x.shape[-2]), _linear_weights(w, x.shape[-1])
     return np.einsum("oh,chw,pw->cop", wy, x, wx, optimize=True).astype(np.float32, copy=False)
+
+
+def resize_argmax(x: np.ndarray, size: tuple[int, int], band_bytes: int = 32 * 2**20) -> np.ndarray:
+    """The class of each pixel (uint8 ``[H, W]``) of ``x`` ``[C, h, w]`` resized bilinearly to ``size``, as
+    ``resize_bilinear(x, size).argmax(0)`` computes it, but by each output pixel's two neighbours (not dense
+    weight matrices: at 12 megapixels those are ~400 GFLOP) and in bands of output rows of at most ``band_bytes``
+    of float32 logits: an 11-class 12-megapixel image needs 528 MB for its resized logits, a band 32 MB."""
+    x = np.asarray(x, dtype=np.float32)
+    h, w = size
+    if x.shape[-2:] == (h, w):
+        return x.argmax(0).astype(np.uint8)
+    y0, y1, fy = _linear_taps(h, x.shape[-2])
+    x0, x1, fx = _linear_taps(w, x.shape[-1])
+    fy, fx = fy.astype(np.float32)[:, None], fx.astype(np.float32)
+    rows = max(1, band_bytes // max(1, 4 * x.shape[0] * w))
+    out = np.empty((h, w), np.uint8)
+    for r in range(0, h, rows):
+        band = slice(r, r + rows)
+        t = x[:, y0[band]] * (1 - fy[band]) + x[:, y1[band]] * fy[band]  # [C, rows, w_in]
+        out[band] = (t[:, :, x0] * (1 - fx) + t[:, :, x1] * fx).argmax(0)
+    return out

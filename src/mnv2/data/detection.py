@@ -9,10 +9,15 @@ Layouts:
         ``{train,val}/*.json`` (``valid/`` also counts as val).
 
 Class names come from the data, sorted; labels are 1..C (0 is the detector's background). Boxes are checked once,
-when the annotations are read: boxes reaching outside their image are clipped, boxes of zero area and boxes entirely
-outside their image are dropped, and all are counted in the :class:`DetectionReport`; images left without objects
-are kept (they train the background). Annotation files that cannot be parsed raise an :class:`AnnotationError`
-naming the file. Image sizes are read from the images themselves, not trusted from the annotations.
+when the annotations are read, against the image's real size: a box that ends up to :data:`BOX_TOLERANCE_PX` past
+the image is clipped to it (VOC's 1-based pixels); a box with no width or height, or outside its image by more, is
+invalid: an :class:`AnnotationError` naming the file and the object (``invalid="error"``, what evaluation does:
+ground truth is never changed in silence, issue 28), or dropped and counted in the :class:`DetectionReport`
+(``invalid="drop"``: training, and ``mnv2 eval --drop-invalid``). Images left without objects are kept (they train the
+background). Image paths in annotations (VOC ``<filename>``, COCO ``file_name``) must stay inside the image folder.
+Annotation files that cannot be parsed, COCO files with duplicate image ids, annotations of images the file does not
+list and ``iscrowd`` values other than 0/1 raise an :class:`AnnotationError` naming the file. Image sizes are read
+from the images themselves, not trusted from the annotations.
 
 Train augmentation (the SSD paper's, Liu et al. 2016, of which the TF config keeps flip + ``ssd_random_crop``):
 zoom-out expand, SSD random crop (TF ``preprocessor.ssd_random_crop`` defaults), horizontal flip, resize to the
@@ -49,6 +54,10 @@ from mnv2.errors import ConfigError
 # TF preprocessor.ssd_random_crop defaults: one of seven settings drawn per image.
 MIN_OBJECT_COVERED = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 EVAL_SPLITS = ("train", "val")
+# VOC's pixel coordinates are 1-based, so a correct box can end at width + 1; a box reaching further out is wrong,
+# not rounded, and is not clipped into something else (issue 28, 8).
+BOX_TOLERANCE_PX = 1.0
+INVALID_BOXES = ("error", "drop")
 
 
 class AnnotationError(ConfigError):
@@ -59,18 +68,16 @@ class AnnotationError(ConfigError):
 class DetectionReport(ScanReport):
     """What reading a detection dataset changed or skipped (``ScanReport`` adds corrupt and non-image files)."""
 
-    zero_area: int = 0  # boxes dropped: zero or negative width/height
-    outside: int = 0  # boxes dropped: entirely outside their image
-    clipped: int = 0  # boxes reaching outside their image, clipped to it
+    invalid: int = 0  # boxes dropped (invalid="drop"): no width or height, or outside the image
+    invalid_example: str | None = None  # the first of them, as the error would have said it
+    clipped: int = 0  # boxes reaching at most BOX_TOLERANCE_PX outside their image, clipped to it
     empty_images: int = 0  # images without (remaining) objects, kept as background
     crowd: int = 0  # COCO iscrowd boxes: evaluated as crowds, not trained on
 
     def message(self) -> str | None:
         parts = [p for p in [super().message()] if p]
-        if self.zero_area:
-            parts.append(f"dropped {self.zero_area} zero-area box(es)")
-        if self.outside:
-            parts.append(f"dropped {self.outside} box(es) outside their image")
+        if self.invalid:
+            parts.append(f"dropped {self.invalid} invalid box(es), e.g. {self.invalid_example}")
         if self.clipped:
             parts.append(f"clipped {self.clipped} box(es) to their image")
         if self.empty_images:
@@ -78,6 +85,9 @@ class DetectionReport(ScanReport):
         if self.crowd:
             parts.append(f"{self.crowd} crowd box(es) used only in evaluation")
         return "; ".join(parts) or None
+
+    def skipped_counts(self) -> dict:
+        return {**super().skipped_counts(), "invalid_boxes": self.invalid}
 
 
 @dataclass
@@ -93,26 +103,58 @@ class DetectionRecord:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def sanitize_boxes(boxes: list[list[float]], width: int, height: int, report: DetectionReport) -> list[int]:
-    """Clip ``boxes`` (in place) to the image; return the indices of those left with positive area.
+def _box_problem(b: list[float], width: int, height: int) -> str | None:
+    if not b[2] > b[0]:
+        return "no width (xmax <= xmin)"
+    if not b[3] > b[1]:
+        return "no height (ymax <= ymin)"
+    over = max(-b[0], -b[1], b[2] - width, b[3] - height)
+    if over > BOX_TOLERANCE_PX:
+        return f"reaches {over:.4g} px outside the {width}x{height} image"
+    return None
 
-    Counted in ``report``: ``zero_area`` (no width or height as annotated: dropped), ``outside`` (no overlap with the
-    image: dropped), ``clipped`` (partly outside: clipped, kept).
+
+def sanitize_boxes(
+    boxes: list[list[float]], width: int, height: int, report: DetectionReport, *, invalid: str = "drop",
+    source: str = "", names: list[str] | None = None,
+) -> list[int]:  # fmt: skip
+    """Check ``boxes`` against their ``width`` x ``height`` image; return the indices of those kept.
+
+    A box within :data:`BOX_TOLERANCE_PX` of the image is clipped to it (in place; counted as ``clipped``). Any
+    other box with no area or outside the image is invalid: with ``invalid="error"`` an :class:`AnnotationError`
+    naming ``source`` and the object, with ``"drop"`` dropped and counted in ``report.invalid``.
     """
     keep = []
     for i, b in enumerate(boxes):
-        if not (b[2] > b[0] and b[3] > b[1]):
-            report.zero_area += 1
+        problem = _box_problem(b, width, height)
+        if problem is not None:
+            what = (
+                f"{source!r}: object {i}{f' ({names[i]})' if names else ''} box {[round(v, 2) for v in b]}: {problem}"
+            )
+            if invalid == "error":
+                raise AnnotationError(f"{what}; fix the annotation, or pass --drop-invalid to drop such boxes "
+                                      "(counted in the report)")  # fmt: skip
+            report.invalid += 1
+            report.invalid_example = report.invalid_example or what
             continue
         clipped = [min(max(b[0], 0.0), width), min(max(b[1], 0.0), height),
                    min(max(b[2], 0.0), width), min(max(b[3], 0.0), height)]  # fmt: skip
-        if not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
-            report.outside += 1
-            continue
         report.clipped += clipped != list(b)
         boxes[i] = clipped
         keep.append(i)
     return keep
+
+
+def _inside(folder: Path, name: str, source: Path, field_name: str) -> Path:
+    """``folder / name`` when ``name`` is a relative path that stays in ``folder`` (an annotation must not point an
+    evaluation at another image: an absolute path or ``..`` is refused, issue 28, 8)."""
+    p = Path(name)
+    if p.is_absolute() or ".." in p.parts or not name.strip():
+        raise AnnotationError(
+            f"{str(source)!r}: {field_name} {name!r} is not a path inside {str(folder)!r} (absolute "
+            "paths and '..' are refused: an annotation names its image relative to the image folder)"
+        )
+    return folder / p
 
 
 def _number(node: ET.Element, tag: str, path: Path, index: int) -> float:
@@ -186,12 +228,12 @@ def is_voc(root: Path) -> bool:
 
 
 def load_voc(
-    root: str | Path, strict: bool = False, report: DetectionReport | None = None
+    root: str | Path, strict: bool = False, report: DetectionReport | None = None, invalid: str = "drop"
 ) -> tuple[list[str], dict[str, list[DetectionRecord]]]:
     """Read a VOC folder: ``(class_names, {"train": [...], "val": [...]} or {"all": [...]})``.
 
     With split lists the splits are theirs (a missing list is the other's complement); without, every annotation
-    file is one record in ``"all"``.
+    file is one record in ``"all"``. ``invalid``: what an invalid box is (:func:`sanitize_boxes`).
     """
     root = Path(root)
     report = report if report is not None else DetectionReport()
@@ -234,7 +276,8 @@ def load_voc(
             if size is None:
                 continue
             boxes = [list(b) for _, b in objects]
-            keep = sanitize_boxes(boxes, size[0], size[1], report)
+            keep = sanitize_boxes(boxes, size[0], size[1], report, invalid=invalid, source=str(xmls[stem]),
+                                  names=[name for name, _ in objects])  # fmt: skip
             rec = DetectionRecord(str(path), size[0], size[1], [boxes[i] for i in keep],
                                   [index[objects[i][0]] for i in keep], [False] * len(keep))  # fmt: skip
             report.empty_images += not rec.boxes
@@ -245,7 +288,7 @@ def load_voc(
 
 
 def _voc_image(img_dir: Path, stem: str, filename: str | None, xml: Path) -> Path:
-    candidates = [img_dir / filename] if filename else []
+    candidates = [_inside(img_dir, filename, xml, "<filename>")] if filename else []
     candidates += [img_dir / f"{stem}{ext}" for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)]
     for p in candidates:
         if p.is_file():
@@ -271,7 +314,7 @@ def _coco_image_dir(path: Path) -> Path:
 
 def load_coco(
     path: str | Path, image_dir: str | Path | None = None, strict: bool = False,
-    report: DetectionReport | None = None,
+    report: DetectionReport | None = None, invalid: str = "drop",
 ) -> tuple[list[str], list[DetectionRecord]]:  # fmt: skip
     """Read a COCO annotation file: ``(class_names, records)``. ``bbox`` is ``[x, y, w, h]`` in pixels; crowd boxes
     (``iscrowd: 1``) are kept with their flag (evaluation ignores detections on them; training leaves them out)."""
@@ -299,12 +342,22 @@ def load_coco(
             raise AnnotationError(f"{str(path)!r}: annotation {a.get('id')} has bbox {bbox!r}, not 4 finite numbers")
         if cat not in cat_names:
             raise AnnotationError(f"{str(path)!r}: annotation {a.get('id')} has unknown category_id {cat}")
+        if a.get("iscrowd", 0) not in (0, 1) or isinstance(a.get("iscrowd", 0), float):  # True/False are 1/0
+            raise AnnotationError(f"{str(path)!r}: annotation {a.get('id')} has iscrowd {a['iscrowd']!r}; COCO's "
+                                  "iscrowd is 0 or 1")  # fmt: skip
         by_image.setdefault(image_id, []).append(a)
+    ids = [_coco_field(im, "id", int, path, "an image") for im in images]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise AnnotationError(f"{str(path)!r}: image id {dup} is listed {ids.count(dup)} times (ids must be unique)")
+    if orphans := sorted(set(by_image) - set(ids)):
+        raise AnnotationError(f"{str(path)!r}: {sum(len(by_image[i]) for i in orphans)} annotation(s) of image id(s) "
+                              f"the file does not list, e.g. {orphans[0]}")  # fmt: skip
     image_dir = Path(image_dir) if image_dir is not None else _coco_image_dir(path)
     records = []
     for im in tqdm(images, desc=f"check {path.name}", leave=False, disable=len(images) < 500):
-        image_id = _coco_field(im, "id", int, path, "an image")
-        p = image_dir / _coco_field(im, "file_name", str, path, "an image")
+        image_id = im["id"]
+        p = _inside(image_dir, _coco_field(im, "file_name", str, path, "an image"), path, "file_name")
         if not p.is_file():
             raise ConfigError(f"{str(path)!r}: image {str(p)!r} does not exist")
         size = _image_size(p, strict, report)
@@ -314,7 +367,8 @@ def load_coco(
         boxes = [
             [float(x), float(y), float(x) + float(w), float(y) + float(h)] for x, y, w, h in (a["bbox"] for a in objs)
         ]
-        keep = sanitize_boxes(boxes, size[0], size[1], report)
+        keep = sanitize_boxes(boxes, size[0], size[1], report, invalid=invalid, source=f"{path} (image {image_id})",
+                              names=[cat_names[a["category_id"]] for a in objs])  # fmt: skip
         crowd = [bool(objs[i].get("iscrowd", 0)) for i in keep]
         report.crowd += sum(crowd)
         rec = DetectionRecord(str(p), size[0], size[1], [boxes[i] for i in keep],
@@ -336,21 +390,24 @@ def _coco_split_files(root: Path) -> dict[str, Path]:
 
 
 def load_detection_dataset(
-    data: str | Path, strict: bool = False, report: DetectionReport | None = None
+    data: str | Path, strict: bool = False, report: DetectionReport | None = None, invalid: str = "drop"
 ) -> tuple[list[str], dict[str, list[DetectionRecord]]]:
-    """Any supported layout → ``(class_names, splits)``; splits are ``train``/``val`` or ``all``."""
+    """Any supported layout → ``(class_names, splits)``; splits are ``train``/``val`` or ``all``. ``invalid``: what
+    an invalid box is, ``"drop"`` (counted in ``report``) or ``"error"`` (:func:`sanitize_boxes`)."""
     root = Path(data)
     report = report if report is not None else DetectionReport()
+    if invalid not in INVALID_BOXES:
+        raise ConfigError(f"invalid must be one of {INVALID_BOXES}, got {invalid!r}")
     if not root.exists():
         raise ConfigError(f"data path {str(root)!r} does not exist")
     if root.suffix.lower() == ".json":
-        names, records = load_coco(root, strict=strict, report=report)
+        names, records = load_coco(root, strict=strict, report=report, invalid=invalid)
         return names, {"all": records}
     if is_voc(root):
-        return load_voc(root, strict, report)
+        return load_voc(root, strict, report, invalid)
     files = _coco_split_files(root) if root.is_dir() else {}
     if files:
-        loaded = {s: load_coco(p, strict=strict, report=report) for s, p in files.items()}
+        loaded = {s: load_coco(p, strict=strict, report=report, invalid=invalid) for s, p in files.items()}
         names = sorted({n for names, _ in loaded.values() for n in names})
         out = {}
         for s, (split_names, records) in loaded.items():
@@ -567,11 +624,20 @@ class DetectionDataset(torch.utils.data.Dataset):
             boxes, labels = boxes[~crowd], labels[~crowd]
             x, nboxes, labels = self.transform(image, boxes, labels)
             return x, {"boxes": nboxes, "labels": labels}
+        return eval_tensor(image, self.pre), self._target(r, boxes, labels, crowd)
+
+    @staticmethod
+    def _target(r: DetectionRecord, boxes, labels, crowd) -> dict:
         scale = torch.tensor([r.width, r.height, r.width, r.height], dtype=torch.float32)
-        x = eval_tensor(image, self.pre)
-        target = {"boxes": boxes / scale, "labels": labels, "iscrowd": crowd,
-                  "size": torch.tensor([r.height, r.width])}  # fmt: skip
-        return x, target
+        return {"boxes": boxes / scale, "labels": labels, "iscrowd": crowd, "size": torch.tensor([r.height, r.width])}
+
+    def raw(self, i: int) -> tuple[Image.Image, dict]:
+        """Image ``i`` decoded (RGB, upright) and its eval target: for evaluating the inference half, tiles
+        included (``mnv2 eval --tile``)."""
+        r = self.records[i]
+        boxes = torch.tensor(r.boxes, dtype=torch.float32).reshape(-1, 4)
+        target = self._target(r, boxes, torch.tensor(r.labels, dtype=torch.long), torch.tensor(r.iscrowd, dtype=bool))
+        return load_image(r.path), target
 
 
 def collate(batch: list) -> tuple[torch.Tensor, list[dict]]:
@@ -617,12 +683,13 @@ def build_detection_data(
 
 def build_detection_eval_data(
     data: str, pre: Preprocessing, batch_size: int, *, split: str | None = None, workers: int = 2,
-    strict: bool = False, limit: int | None = None, seed: int = 0, **_,
+    strict: bool = False, limit: int | None = None, seed: int = 0, invalid: str = "error", **_,
 ) -> tuple[DetectionBatches, list[str], DetectionReport]:  # fmt: skip
     """Eval batches, class names and report of ``data``: ``split`` (``train``/``val``), else its val split, else
-    every image."""
+    every image. An invalid box is an error unless ``invalid="drop"`` (the metric must not be computed on ground
+    truth changed in silence)."""
     report = DetectionReport()
-    names, splits = load_detection_dataset(data, strict, report)
+    names, splits = load_detection_dataset(data, strict, report, invalid)
     if split is not None and split not in splits:
         raise ConfigError(f"{str(data)!r} has no {split!r} split (it has: {', '.join(splits)})")
     records = splits[split] if split is not None else splits.get("val", splits.get("all", []))

@@ -33,6 +33,10 @@ class ScanReport:
             parts.append(f"ignored {len(self.non_image)} non-image file(s), e.g. {self.non_image[0]}")
         return "; ".join(parts) or None
 
+    def skipped_counts(self) -> dict:
+        """What was skipped or dropped, as numbers (``mnv2 eval --json``'s ``skipped``)."""
+        return {"corrupt": len(self.corrupt), "non_image": len(self.non_image)}
+
 
 def _class_dirs(root: Path) -> list[Path]:
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -570,6 +570,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return self.transform(image, mask)
         return normalize(image.float().div_(255), self.pre), mask
 
+    def raw(self, i: int):
+        """Image ``i`` decoded (RGB, upright) and its mask: for evaluating the inference half, tiles included
+        (``mnv2 eval --tile``)."""
+        r = self.records[i]
+        im = load_image(r.image)
+        return im, load_mask(r.label, self.spec, self.num_classes, im.size, r.image)
+
 
 def pad_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack ``(image, mask)`` pairs, padding each at the bottom and right to the batch's largest size: images with

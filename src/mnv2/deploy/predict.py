@@ -19,6 +19,7 @@ import numpy as np
 
 from mnv2.data.images import ImageError, image_paths, load_image
 from mnv2.errors import ConfigError
+from mnv2.tasks.infer.tiles import DEFAULT_OVERLAP
 
 
 @dataclass
@@ -69,6 +70,23 @@ class Predictor:
     def results(self, outputs, images: list, **options) -> list[dict]:
         return self.inference.results(outputs, images, self.info, **options)
 
+    def check_tiles(self, tile: int | None, overlap: float) -> None:
+        """Refuse bad ``--tile``/``--overlap`` values, and tiles for a task that answers for the whole image."""
+        from mnv2.tasks.infer import tiles
+
+        tiles.check(tile, overlap)
+        if tile is not None and self.inference.merge_tiles is None:
+            raise ConfigError(f"--tile is for detection and segmentation models; this {self.inference.name} model "
+                              "answers for the whole image")  # fmt: skip
+
+    def predict_tiled(self, image, tile: int, overlap: float, **options) -> dict:
+        """One result for a decoded image cut into ``tile`` x ``tile`` tiles overlapping by ``overlap`` (a fraction of
+        a tile), run in batches and merged by the task (``Inference.merge_tiles``: boxes in image pixels without the
+        duplicates of the overlaps; segmentation logits blended)."""
+        from mnv2.tasks.infer.tiles import run_tiled
+
+        return run_tiled(self.inference, self.info, self.run, image, tile, overlap, **options)
+
     def predict_images(self, images: list, **options) -> list[dict]:
         """Results of decoded RGB PIL images (batched by shape, in order)."""
         options = self.check_options(options)
@@ -86,12 +104,14 @@ class Predictor:
 
     def predict_files(
         self, inputs: Iterable[str | Path], *, batch_size: int | None = None, strict: bool = False,
-        output_dir: str | Path | None = None, **options: Any,
+        output_dir: str | Path | None = None, tile: int | None = None, overlap: float = DEFAULT_OVERLAP, **options: Any,
     ) -> Iterator[dict]:  # fmt: skip
         """Results of every image in ``inputs`` (files and directories, searched recursively), in input order, as
         they are done: ``path`` plus the task's fields. Undecodable files get an ``error`` entry (or raise with
-        ``strict``). With ``output_dir``, the task's pictures are written there (their paths in the result)."""
+        ``strict``). With ``output_dir``, the task's pictures are written there (their paths in the result). With
+        ``tile``, each image is cut into tiles (:meth:`predict_tiled`)."""
         options = self.check_options(options)
+        self.check_tiles(tile, overlap)
         batch_size = batch_size or self.inference.batch_size
         out_dir = Path(output_dir) if output_dir is not None else None
         if out_dir is not None:
@@ -117,6 +137,13 @@ class Predictor:
                     raise
                 yield from flush()
                 yield {"path": str(p), "error": str(e)}
+                continue
+            if tile is not None:
+                r = self.predict_tiled(im, tile, overlap, **options)
+                result = {"path": str(p), **r}
+                if out_dir is not None:
+                    result.update(self.inference.write(im, r, self.info, out_dir, self._stem(Path(p).stem)))
+                yield result
                 continue
             x = self.prepare(im)
             if pending and (pending[0][2].shape != x.shape or len(pending) >= batch_size):

@@ -68,7 +68,11 @@ class TrainConfig:
     bn_momentum: float | None = flag(None, "BatchNorm running-statistics momentum, PyTorch convention (new = (1-m) old "
                                      "+ m batch); default: the recipe's, else the model's or --init's")  # fmt: skip
     # optimisation
-    epochs: int = flag(10, "epochs (on --resume: a larger value extends the run)", resume=True)
+    epochs: int = flag(10, "epochs (on --resume: a larger value extends the run); given, it overrides the recipe's "
+                       "--steps", resume=True)  # fmt: skip
+    steps: int | None = flag(None, "optimizer steps to train for: --epochs is derived from the train set's size (the "
+                             "detection and segmentation recipes give a budget, so a small set still gets enough "
+                             "steps); written into config.yaml as epochs")  # fmt: skip
     batch_size: int = flag(128, "global batch size (split over processes)")
     optimizer: str = flag("sgd", "optimizer", choices=OPTIMIZERS)
     lr: float = flag(0.1, "learning rate per --lr-batch images (scaled linearly)")
@@ -80,6 +84,7 @@ class TrainConfig:
     rmsprop_eps: float = 1.0  # TF-slim --opt_epsilon=1.0 inside the sqrt; torch adds eps outside: sqrt(1.0) = 1.0
     schedule: str = flag("onecycle", "learning-rate schedule", choices=SCHEDULES)
     warmup_epochs: float = 0.0
+    warmup_steps: int = 0  # linear warm-up in optimizer steps (recipes that train by --steps); becomes warmup_epochs
     decay_rate: float = 0.98  # exp schedule: ×0.98 per decay_epochs (paper §6.1)
     decay_epochs: float = 1.0
     min_lr_ratio: float = 0.0
@@ -158,7 +163,8 @@ class TrainConfig:
         ints = {  # name: (lowest value, None allowed)
             "epochs": (1, False), "batch_size": (1, False), "eval_batch_size": (1, False), "lr_batch": (1, False),
             "workers": (0, False), "threads": (1, True), "resolution": (MIN_INPUT_SIZE, False),
-            "train_limit": (1, True), "val_limit": (1, True), "seed": (0, False),
+            "train_limit": (1, True), "val_limit": (1, True), "seed": (0, False), "steps": (1, True),
+            "warmup_steps": (0, False),
         }  # fmt: skip
         for name, (low, optional) in ints.items():
             v = getattr(self, name)
@@ -211,6 +217,25 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
         return strict_from_dict(cls, values, source)
+
+
+def resolve_steps(config: TrainConfig, steps_per_epoch: int) -> tuple[TrainConfig, list[str]]:
+    """Turn the step budget into whole epochs for this train set (issue 24: a recipe tuned on a large set gives a
+    200-image set a few hundred steps in as many epochs; here every set gets the budget's steps), and
+    ``warmup_steps`` into ``warmup_epochs``. The result holds epochs only, so ``config.yaml`` and ``--resume``
+    reproduce the run whatever the data becomes."""
+    spe = max(1, steps_per_epoch)
+    notes = []
+    if config.steps is not None:
+        epochs = max(1, math.ceil(config.steps / spe))
+        warm = f", linear warm-up over the first {config.warmup_steps}" if config.warmup_steps else ""
+        notes.append(f"{epochs} epochs of {spe} steps for a budget of {config.steps} optimizer steps{warm} "
+                     "(--epochs N overrides it)")  # fmt: skip
+        config = dataclasses.replace(config, epochs=epochs, steps=None)
+    if config.warmup_steps:
+        warmup = min(config.warmup_steps, config.epochs * spe) / spe
+        config = dataclasses.replace(config, warmup_epochs=warmup, warmup_steps=0)
+    return config, notes
 
 
 def check_augment(aug: AugmentConfig, where: str = "") -> None:
@@ -276,6 +301,8 @@ def load_recipe(name_or_path: str) -> TrainConfig:
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """Return ``config`` with the non-``None`` ``overrides`` applied (validated again)."""
     values = config.to_dict()
+    if overrides.get("epochs") is not None and overrides.get("steps") is None:
+        values["steps"] = None  # an explicit --epochs is what the user asked for, not the recipe's step budget
     for k, v in overrides.items():
         if v is None:
             continue

@@ -18,7 +18,7 @@ from mnv2.weights.checkpoint import load_checkpoint
 
 def evaluate_checkpoint(
     checkpoint: str | Path, data: str, *, split: str | None = None, batch_size: int = 250, workers: int = 2,
-    strict: bool = False, confusion_png: str | Path | None = None, tta: str = "none",
+    strict: bool = False, confusion_png: str | Path | None = None, tta: str = "none", drop_invalid: bool = False,
 ) -> dict:  # fmt: skip
     """Evaluate ``checkpoint`` on ``data`` with its task's evaluator (classification: ``fashion-mnist``'s test split,
     an image folder or an ``.npz``).
@@ -26,15 +26,18 @@ def evaluate_checkpoint(
     ``tta="flip"`` averages each image's class probabilities with its mirror image's; a checkpoint trained without
     horizontal flips gets a warning, since mirrored inputs were never in its training data.
 
+    Invalid ground truth (a detection box with no area or outside its image) is an error naming the file and the
+    object, unless ``drop_invalid``: then it is dropped and counted in ``skipped``.
+
     Returns the task's metrics (classification: ``top1``, ``top5`` (percent), ``n``, ``loss``, ``per_class``), plus
-    ``skipped`` (corrupt/non-image files) and ``confusion_png`` (the report picture written).
+    ``skipped`` (corrupt/non-image files, dropped boxes) and ``confusion_png`` (the report picture written).
     """
     model = load_checkpoint(checkpoint)
     meta = model.meta
     task = get_task(meta.task)
     batches, classes, report = task.load_eval_data(
         data, meta.preprocessing, batch_size, split=split, workers=workers, strict=strict,
-        in_chans=meta.model_config.in_chans, **eval_data_options(meta),
+        in_chans=meta.model_config.in_chans, invalid="drop" if drop_invalid else "error", **eval_data_options(meta),
     )  # fmt: skip
     if classes is None:  # arrays (.npz) carry labels only
         classes = list(meta.class_names or [str(i) for i in range(meta.model_config.num_classes)])
@@ -50,6 +53,15 @@ def evaluate_checkpoint(
             stacklevel=2,
         )
     result = evaluate(model, batches, task, classes, tta=tta)
+    return finish_evaluation(checkpoint, data, task, result, classes, report, confusion_png=confusion_png, tta=tta)
+
+
+def finish_evaluation(
+    checkpoint: str | Path, data: str, task, result: dict, classes: list[str], report: ScanReport, *,
+    confusion_png: str | Path | None = None, tta: str = "none", **extra,
+) -> dict:  # fmt: skip
+    """An evaluation's result as ``mnv2 eval`` reports it: the metrics (tensors dropped), the diagnosis of a
+    degenerate model, the report picture written (or why not), what the data reader skipped, and ``extra``."""
     diagnosis = task.diagnose(result) if task.diagnose is not None else None
     png = report_path(checkpoint, confusion_png, task.report_file)
     title = f"{Path(checkpoint).name} on {data}: {task.format_metrics(result)}"
@@ -63,7 +75,7 @@ def evaluate_checkpoint(
         written, why = None, f"{str(png)!r} not written: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
     result = {k: v for k, v in result.items() if not isinstance(v, torch.Tensor)}
     result.update(tta=tta, confusion_png=written, skipped=_skipped(report), checkpoint=str(checkpoint), data=data,
-                  diagnosis=diagnosis)  # fmt: skip
+                  diagnosis=diagnosis, **extra)  # fmt: skip
     if why:
         result["confusion_error"] = why
     return result
@@ -91,4 +103,4 @@ def _trained_with_flips(meta) -> bool:
 
 
 def _skipped(report: ScanReport) -> dict:
-    return {"corrupt": len(report.corrupt), "non_image": len(report.non_image)}
+    return report.skipped_counts()

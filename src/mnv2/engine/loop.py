@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from mnv2.cpu import auto_threads
 from mnv2.data.loaders import epoch_seed
 from mnv2.engine import finetune, qat
-from mnv2.engine.config import RESUME_FLAGS, TrainConfig
+from mnv2.engine.config import RESUME_FLAGS, TrainConfig, resolve_steps
 from mnv2.engine.optim import ModelEma, build_optimizer, lr_factor
 from mnv2.engine.plots import plot_curves
 from mnv2.errors import ConfigError, Mnv2Error
@@ -327,11 +327,14 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
     data = task.build_data(config, _data_preprocessing(task, config), rank=rank, world=world, pin=device.type == "cuda")
     if data.report.message() and rank == 0:
         log(f"data: {data.report.message()}")
-    if task.adapt is not None:  # defaults chosen from the data, saved with the run (config.yaml) so it reproduces
-        config, notes = task.adapt(config, data)
-        for note in notes:
-            if rank == 0:
-                log(f"adapted to the data: {note}")
+    # defaults chosen from the data, saved with the run (config.yaml) so it reproduces (issue 24, 2)
+    config, notes = resolve_steps(config, len(data.train))
+    if task.adapt is not None:
+        config, more = task.adapt(config, data)
+        notes += more
+    for note in notes:
+        if rank == 0:
+            log(f"adapted to the data: {note}")
     model, pre = build_model(task, config, data)
     if config.qat:  # simulate the deployed INT8 model (mnv2 quantize) while fine-tuning
         model = qat.prepare_qat(model)

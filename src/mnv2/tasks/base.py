@@ -8,7 +8,7 @@ new task is one new module in ``mnv2/tasks/`` plus one line in ``mnv2.tasks.TASK
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -85,6 +85,11 @@ class Task:
             the model (detection: boxes decoded in the graph), and the output kind the file's metadata records
             (the inference half reads it back from ``info["output"]``; the torch engine runs the same module);
             ``None``: the model as it is.
+        update_with_result: ``(evaluator, result, target) -> None``: feed one image's inference-half result (a
+            tiled prediction, ``mnv2 eval --tile``) and its eval target to the evaluator; ``None``: the task has no
+            tiled evaluation.
+        result_options: the inference options an evaluation asks of ``Inference.merge_tiles`` (every detection,
+            segmentation's blended logits).
     """
 
     name: str
@@ -109,6 +114,8 @@ class Task:
     min_batch: int = 1
     adapt: Callable[..., tuple[Any, list[str]]] | None = None
     data_report: Callable[..., str] | None = None
+    update_with_result: Callable[[Any, dict, Any], None] | None = None
+    result_options: dict = field(default_factory=dict)
 
 
 def with_bn_momentum(backbone, config):

@@ -440,6 +440,18 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
+def update_with_result(evaluator: Evaluator, result: dict, target: dict) -> None:
+    """One image's COCO-style detections (the inference half's, e.g. tiled) into the evaluator, as ``infer``'s
+    outputs: corner boxes normalised by the image's size."""
+    w, h = result["width"], result["height"]
+    dets = result["detections"]
+    boxes = torch.tensor([[x / w, y / h, (x + bw) / w, (y + bh) / h] for x, y, bw, bh in (d["bbox"] for d in dets)],
+                         dtype=torch.float64).reshape(-1, 4)  # fmt: skip
+    scores = torch.tensor([d["score"] for d in dets], dtype=torch.float64)
+    labels = torch.tensor([d["category_id"] for d in dets], dtype=torch.long)
+    evaluator.update({"detections": [{"boxes": boxes, "scores": scores, "labels": labels}]}, [target])
+
+
 TASK = Task(
     name=NAME,
     build_data=build_data,
@@ -462,4 +474,6 @@ TASK = Task(
     format_metrics=format_metrics,
     export_module=export_module,
     format_value=_pct,
+    update_with_result=update_with_result,
+    result_options={"min_score": 0.0},  # every detection NMS keeps, as evaluation's infer gives them
 )

@@ -400,6 +400,12 @@ def plot_report(result: dict, class_names: list[str], path: str | Path, title: s
     return Path(path)
 
 
+def update_with_result(evaluator: Evaluator, result: dict, target) -> None:
+    """One image's blended logits (``Inference.merge_tiles`` with ``scores=True``) and its mask into the
+    evaluator."""
+    evaluator.update(torch.from_numpy(result["scores"])[None], torch.as_tensor(target)[None])
+
+
 TASK = Task(
     name=NAME,
     build_data=build_data,
@@ -422,4 +428,6 @@ TASK = Task(
     report_file="iou.png",
     format_metrics=format_metrics,
     format_value=format_value,
+    update_with_result=update_with_result,
+    result_options={"scores": True},
 )

@@ -37,6 +37,9 @@ class Inference:
         palette: ``(info) -> uint8 [C, 3]`` class colours of a task whose results hold a ``mask``; else None.
         class_axis: ``(axis, extra)``: the output's axis that holds one value per class, plus ``extra`` others
             (detection: 4 box coordinates before the class scores), checked against the card.
+        merge_tiles: ``(outputs, windows, image, info, **options) -> dict``: one result for the whole image from its
+            tiles' outputs (one array per tile, batch axis kept; ``mnv2.tasks.infer.tiles``); ``None``: the task
+            has no tiled inference (classification answers for the whole image).
     """
 
     name: str
@@ -52,6 +55,7 @@ class Inference:
     fixed_size: bool = True
     palette: Callable[[dict], Any] | None = None
     class_axis: tuple[int, int] = (-1, 0)
+    merge_tiles: Callable[..., dict] | None = None
 
 
 def class_names(info: dict, first: int = 0) -> list[str]:

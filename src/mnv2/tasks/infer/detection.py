@@ -110,7 +110,64 @@ def format_line(r: dict) -> str:
     return f"{r['path']}: " + ", ".join(items)
 
 
+# Tiles overlap, so an object near a border is seen by two or more tiles: whole by one, perhaps cut by another.
+# Boxes from different tiles are one object when one box lies mostly inside the other (intersection over the
+# smaller box's area, SAHI's "IOS" match metric, at its 0.5); the box a tile saw whole wins, then the higher score.
+TILE_EDGE_PX = 2.0  # a box this close to an inner tile border may be an object the tile cut
+TILE_MATCH_IOS = 0.5
+
+
+class _Size:
+    def __init__(self, w: int, h: int) -> None:
+        self.size = (w, h)
+
+
+def merge_tiles(outputs: list, windows: list, image, info: dict, *, min_score: float = PREDICT_MIN_SCORE,
+                **_: Any) -> dict:  # fmt: skip
+    """One result for ``image`` from its tiles' decoded outputs: each tile's detections (NMS as :func:`results`)
+    moved into image pixels, then merged per class: uncut boxes before boxes cut by their tile's inner border, best
+    score first; a box is dropped when a kept box of its class overlaps it at the head's NMS IoU (a duplicate from
+    the overlap) or covers half of the smaller of the two (:data:`TILE_MATCH_IOS`) while coming from another tile
+    or the box being cut by its tile (the same object, seen whole elsewhere)."""
+    W, H = image.size
+    iou = _nms_settings(tuple(sorted((k, _hashable(v)) for k, v in info["head"].items())))["iou_threshold"]
+    cands = []  # (cut, -score, tile, box [x1, y1, x2, y2], det)
+    for t, (out, (x0, y0, x1, y1)) in enumerate(zip(outputs, windows)):
+        (r,) = results(out, [_Size(x1 - x0, y1 - y0)], info, min_score=min_score)
+        inner = (x0 > 0, y0 > 0, x1 < W, y1 < H)  # which of the tile's borders lie inside the image
+        e = TILE_EDGE_PX
+        for d in r["detections"]:
+            bx, by, bw, bh = d["bbox"]
+            cut = (inner[0] and bx <= e) or (inner[1] and by <= e) or (inner[2] and bx + bw >= x1 - x0 - e) or (
+                inner[3] and by + bh >= y1 - y0 - e)  # fmt: skip
+            cands.append((cut, -d["score"], t, [bx + x0, by + y0, bx + bw + x0, by + bh + y0], d))
+    cands.sort(key=lambda c: (c[0], c[1]))
+    kept: list[tuple[int, list[float], dict]] = []
+    for cut, _, t, box, d in cands:
+        area = max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
+        duplicate = False
+        for kt, kb, kd in kept:
+            if kd["category_id"] != d["category_id"]:
+                continue
+            inter = max(min(box[2], kb[2]) - max(box[0], kb[0]), 0) * max(min(box[3], kb[3]) - max(box[1], kb[1]), 0)
+            karea = (kb[2] - kb[0]) * (kb[3] - kb[1])
+            union = area + karea - inter
+            smaller = min(area, karea)
+            matched = (kt != t or cut) and smaller > 0 and inter / smaller >= TILE_MATCH_IOS
+            if (union > 0 and inter / union > iou) or matched:
+                duplicate = True
+                break
+        if not duplicate:
+            x1b, y1b, x2b, y2b = box
+            kept.append(
+                (t, box, {**d, "bbox": [round(x1b, 2), round(y1b, 2), round(x2b - x1b, 2), round(y2b - y1b, 2)]})
+            )
+    found = sorted((d for *_, d in kept), key=lambda d: -d["score"])
+    return {"width": W, "height": H, "detections": found}
+
+
 INFERENCE = Inference(
     name=NAME, prepare=prepare, results=results, to_json=to_json, draw=draw, write=write, format_line=format_line,
     options={"min_score": PREDICT_MIN_SCORE}, batch_size=16, writes_files=True, class_axis=(-1, 4),
+    merge_tiles=merge_tiles,
 )  # fmt: skip

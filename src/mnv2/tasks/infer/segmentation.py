@@ -18,6 +18,11 @@ from mnv2.tasks.infer import Inference, class_names, save_png
 
 NAME = "segmentation"
 OVERLAY_ALPHA = 0.5
+# The most pixels a free-size model runs on; a larger image is scaled down to it and its logits are resized back
+# (bilinear, in bands: ops.resize_argmax). At full size a 12-megapixel photo took 3.6 GB and 13.7 s on the 2-core
+# machine (issue 28, 13): the activations grow with the pixels. 1920x1080 is finer than any set the examples were
+# trained on (CamVid 480x360) and keeps a request within the memory the README states (BENCHMARKS.md).
+WORK_PIXELS = 1920 * 1080
 
 
 def class_colors(info: dict, num_classes: int | None = None) -> np.ndarray:
@@ -28,15 +33,26 @@ def class_colors(info: dict, num_classes: int | None = None) -> np.ndarray:
     return np.asarray(colors, dtype=np.uint8)[:n]
 
 
+def work_size(height: int, width: int, info: dict) -> tuple[int, int]:
+    """``(height, width)`` the model runs an image of that size at: a fixed-size export's (``info["input_hw"]``),
+    else the image's own, scaled down to :data:`WORK_PIXELS` when larger (aspect kept)."""
+    if info.get("input_hw"):
+        return tuple(info["input_hw"])
+    if height * width <= WORK_PIXELS:
+        return height, width
+    s = (WORK_PIXELS / (height * width)) ** 0.5
+    return max(1, int(height * s)), max(1, int(width * s))
+
+
 def prepare(image, info: dict) -> np.ndarray:
-    """The RGB PIL image at full resolution, normalised; padded (bottom, right) to the model's 32 px minimum. An
-    exported graph of one size (``info["input_hw"]``, e.g. 360x480) gets the image resized to it (bilinear), and
-    :func:`results` resizes its logits back."""
+    """The RGB PIL image at full resolution (up to :data:`WORK_PIXELS`), normalised; padded (bottom, right) to the
+    model's 32 px minimum. An exported graph of one size (``info["input_hw"]``, e.g. 360x480), or a larger image, is
+    resized to its :func:`work_size` (bilinear), and :func:`results` resizes the logits back."""
     from PIL import Image
 
     image = image.convert("RGB")
-    if info.get("input_hw") and tuple(info["input_hw"]) != (image.height, image.width):
-        h, w = info["input_hw"]
+    h, w = work_size(image.height, image.width, info)
+    if (h, w) != (image.height, image.width):
         image = image.resize((w, h), Image.BILINEAR)
     x = normalize_array_(to_array(image), info["preprocessing"])
     h, w = x.shape[-2:]
@@ -54,14 +70,12 @@ def results(outputs, images: list, info: dict, **_: Any) -> list[dict]:
     if logits.ndim != 4 or logits.shape[1] != len(names):
         raise ConfigError(f"the model gives outputs of shape {list(logits.shape)}; its card names {len(names)} "
                           "classes (expected [N, classes, H, W])")  # fmt: skip
-    fixed = info.get("input_hw")
     out = []
     for i, im in enumerate(images):
         w, h = im.size
-        if fixed:
-            lab = ops.resize_bilinear(logits[i], (h, w)).argmax(0).astype(np.uint8)
-        else:
-            lab = logits[i].argmax(0).astype(np.uint8)[:h, :w]  # drop prepare's padding
+        wh, ww = work_size(h, w, info)
+        # drop prepare's padding, then back to the image's size (bilinear, as the model's own upsampling)
+        lab = ops.resize_argmax(logits[i][:, :wh, :ww], (h, w))
         counts = np.bincount(lab.ravel(), minlength=len(names))
         fractions = {n: round(float(c) / lab.size, 6) for n, c in zip(names, counts)}
         out.append({"width": w, "height": h, "fractions": fractions, "mask": lab})
@@ -69,7 +83,7 @@ def results(outputs, images: list, info: dict, **_: Any) -> list[dict]:
 
 
 def to_json(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "mask"}
+    return {k: v for k, v in result.items() if k not in ("mask", "scores")}
 
 
 def overlay(image, mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
@@ -99,8 +113,35 @@ def format_line(r: dict) -> str:
     return text + (f" -> {r['overlay']}" if "overlay" in r else "")
 
 
+def merge_tiles(outputs: list, windows: list, image, info: dict, *, scores: bool = False, **_: Any) -> dict:
+    """One result for ``image`` from its tiles' logits: each tile's logits at its window's size (a fixed-size
+    export's resized back, bilinear), blended where tiles overlap with weights that fall towards a tile's inner
+    borders (``tiles.blend_weights``), then the class of each pixel. One tile covering the image gives exactly the
+    untiled result. ``scores``: the blended logits too (``[C, H, W]``, for evaluation)."""
+    from mnv2.tasks.infer.tiles import blend_weights
+
+    names = class_names(info)
+    W, H = image.size
+    acc = np.zeros((len(names), H, W), np.float32)
+    norm = np.zeros((H, W), np.float32)
+    for out, win in zip(outputs, windows):
+        x0, y0, x1, y1 = win
+        h, w = y1 - y0, x1 - x0
+        logits = np.asarray(out[0] if isinstance(out, tuple) else out, dtype=np.float32)[0]
+        wh, ww = work_size(h, w, info)
+        tile = ops.resize_bilinear(logits[:, :wh, :ww], (h, w))
+        weight = blend_weights(h, w, win, W, H)
+        acc[:, y0:y1, x0:x1] += tile * weight
+        norm[y0:y1, x0:x1] += weight
+    acc /= norm
+    lab = acc.argmax(0).astype(np.uint8)
+    counts = np.bincount(lab.ravel(), minlength=len(names))
+    fractions = {n: round(float(c) / lab.size, 6) for n, c in zip(names, counts)}
+    return {"width": W, "height": H, "fractions": fractions, "mask": lab, **({"scores": acc} if scores else {})}
+
+
 INFERENCE = Inference(
     name=NAME, prepare=prepare, results=results, to_json=to_json, draw=draw, write=write, format_line=format_line,
     options={}, batch_size=4, writes_files=True, fixed_size=False, palette=class_colors,
-    class_axis=(1, 0),
+    class_axis=(1, 0), merge_tiles=merge_tiles,
 )  # fmt: skip
