@@ -379,22 +379,37 @@ def _task_of(path: str):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from mnv2.deploy.jobs import JOB_SUFFIX, run_job
     from mnv2.deploy.predict import Predictor
+    from mnv2.deploy.video import is_video_source, run_video
 
+    videos = [s for s in args.inputs if is_video_source(s)]
+    images = [s for s in args.inputs if not is_video_source(s)]
+    if videos and args.out and args.out.endswith(JOB_SUFFIX):
+        raise ConfigError(f"a video's results go to DIR/<name>.jsonl: give --out a folder, not {args.out!r}")
+    if videos and args.tile is not None:
+        raise ConfigError("--tile is for still images; video frames run whole")
     # default engine: torch for a checkpoint; for an exported file the fastest of its own engines, torch-free
     p = Predictor.open(args.checkpoint, args.engine, args.precision, args.threads)
     if p.engine.name == "torch":
         _set_threads()
     options = p.check_options({"topk": args.topk, "min_score": args.min_score})
-    from mnv2.deploy.jobs import JOB_SUFFIX, run_job
-
     if args.out and args.out.endswith(JOB_SUFFIX):  # a job: one line per image, continued by the same command
-        summary = run_job(p, args.inputs, args.out, progress=sys.stderr.isatty(), tile=args.tile,
+        summary = run_job(p, images, args.out, progress=sys.stderr.isatty(), tile=args.tile,
                           overlap=args.overlap, **options)  # fmt: skip
         print(summary.line())
         return 0
+    for source in videos:  # DIR/<stem>.jsonl and the annotated DIR/<stem>.mp4
+        summary = run_video(p, source, args.out or "predictions", video=not args.no_video,
+                            vid_stride=args.vid_stride, max_reconnects=args.max_reconnects,
+                            progress=sys.stderr.isatty(), **options)  # fmt: skip
+        print(summary.line(), flush=True)
+        if summary.error:
+            raise ConfigError(summary.error)
+    if not images:
+        return 0
     output_dir = (args.out or "predictions") if p.inference.writes_files else args.out
-    found = p.predict_files(args.inputs, strict=args.strict, output_dir=output_dir, tile=args.tile,
+    found = p.predict_files(images, strict=args.strict, output_dir=output_dir, tile=args.tile,
                             overlap=args.overlap, **options)  # fmt: skip
     if args.json:
         print(_dumps([p.inference.to_json(r) for r in found]))
@@ -672,7 +687,9 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="class names and probabilities for images")
     p.add_argument("checkpoint", help="mnv2 checkpoint (.safetensors), or an .onnx/.tflite from mnv2 export/quantize")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
+    p.add_argument("inputs", nargs="+", metavar="SOURCE",
+                   help="image files and folders; video files (mp4, mkv, avi, mov, webm), a camera (/dev/videoN) or a "
+                   "stream (rtsp://, http(s):// MJPEG or HLS): DIR/<name>.jsonl and DIR/<name>.mp4")  # fmt: skip
     p.add_argument("--topk", type=_positive, default=5)
     p.add_argument(
         "--engine", default=None, help="auto (fastest installed), onnxruntime, openvino, litert or torch "
@@ -696,6 +713,14 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--overlap", type=float, default=0.2, help="with --tile: the tiles' overlap, a fraction of a tile")
     p.add_argument("--json", action="store_true", help="one JSON list (detection: COCO results-style boxes)")
+    p.add_argument("--no-video", action="store_true", help="video sources: write the JSONL only, no annotated mp4")
+    p.add_argument("--vid-stride", type=_positive, default=1, help="video files: process every Nth frame")
+    p.add_argument(
+        "--max-reconnects",
+        type=_non_negative,
+        default=5,
+        help="live streams: reopen a lost stream this many times (back-off 1, 2, 4 ... s)",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("convert", help="import Keras / torchvision / timm / Hugging Face weights as an mnv2 checkpoint")

@@ -180,14 +180,64 @@ def check_graph(inference, info: dict, in_shape: list, out_shape: list, where: s
     return info
 
 
+class Result(dict):
+    """One image's or video frame's answer: the task's fields as a dict (``path`` or ``source``/``frame``/``time_s``,
+    then ``top``, ``detections`` or ``fractions`` and ``mask``), plus the picture of it."""
+
+    def __init__(self, fields: dict, predictor: Predictor, image=None) -> None:
+        super().__init__(fields)
+        self._predictor, self._image = predictor, image
+
+    def plot(self) -> np.ndarray:
+        """The results drawn over the image (uint8 RGB ``[H, W, 3]``): boxes and labels, the mask overlay, or the
+        top classes."""
+        image = self._image if self._image is not None else load_image(self["path"])
+        return np.asarray(self._predictor.inference.draw(image, self, self._predictor.info))
+
+    def to_json(self) -> dict:
+        """The fields as ``--json`` prints them (a segmentation mask dropped)."""
+        return self._predictor.inference.to_json(dict(self))
+
+    def save(self, path: str | Path) -> Path:
+        """:meth:`plot` written as a PNG."""
+        from mnv2.tasks.infer import save_png
+
+        return Path(save_png(self.plot(), Path(path)))
+
+
 def predict(
-    source: str | Path, inputs: list[str], engine: str | None = None, precision: str | None = None, *,
-    threads: int | None = None, batch_size: int | None = None, strict: bool = False,
-    output_dir: str | Path | None = None, **options: Any,
-) -> list[dict]:  # fmt: skip
-    """The task's results of image files with ``source`` (a checkpoint, or an ONNX or TFLite file from
-    ``mnv2 export``/``mnv2 quantize``) run by ``engine``; preprocessing, class names and task come from the file's
-    own card (``engine`` ``None``: torch for a checkpoint, ``auto`` for an exported file, as ``mnv2 predict``). Results
-    are JSON-ready except a segmentation ``mask`` array."""
-    p = Predictor.open(source, engine, precision, threads)
-    return list(p.predict_files(inputs, batch_size=batch_size, strict=strict, output_dir=output_dir, **options))
+    model: str | Path, source: str | Path | Iterable[str | Path], engine: str | None = None,
+    precision: str | None = None, *, stream: bool = False, threads: int | None = None, batch_size: int | None = None,
+    strict: bool = False, output_dir: str | Path | None = None, tile: int | None = None,
+    overlap: float = DEFAULT_OVERLAP, vid_stride: int = 1, **options: Any,
+) -> list[Result] | Iterator[Result]:  # fmt: skip
+    """The task's answers for ``source`` with ``model`` (a checkpoint, or an ONNX or TFLite file from ``mnv2 export``
+    or ``mnv2 quantize``) run by ``engine``; preprocessing, class names and task come from the file's own card
+    (``engine`` ``None``: torch for a checkpoint, ``auto`` for an exported file, as ``mnv2 predict``).
+
+    ``source``: image files and folders, video files, a camera (``/dev/videoN``) or a stream URL, or a list of them.
+    ``stream=True`` yields one :class:`Result` per image or frame as it is done (a camera never ends);
+    ``stream=False`` returns the list, and refuses a live source. Results are dicts (JSON-ready but for a
+    segmentation ``mask``) with ``.plot()``, ``.to_json()`` and ``.save(path)``."""
+    from mnv2.deploy.video import is_live, is_video_source, iter_frames
+
+    sources = [str(source)] if isinstance(source, (str, Path)) else [str(s) for s in source]
+    if not stream and any(is_live(s) for s in sources):
+        raise ConfigError("a camera or a stream never ends: call predict(..., stream=True) and iterate")
+    p = Predictor.open(model, engine, precision, threads)
+
+    def results() -> Iterator[Result]:  # in the sources' order; image files and folders batched together
+        images: list[str] = []
+        for s in [*sources, None]:
+            if (s is None or is_video_source(s)) and images:
+                found = p.predict_files(images, batch_size=batch_size, strict=strict, output_dir=output_dir,
+                                        tile=tile, overlap=overlap, **options)  # fmt: skip
+                yield from (Result(r, p) for r in found)
+                images = []
+            if s is not None and is_video_source(s):
+                for frame, r in iter_frames(p, s, vid_stride=vid_stride, **options):
+                    yield Result({"source": s, "frame": frame.index, "time_s": frame.time_s, **r}, p, frame.image)
+            elif s is not None:
+                images.append(s)
+
+    return results() if stream else list(results())
