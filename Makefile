@@ -13,9 +13,9 @@ PYTEST_WORKERS ?= 2
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
-	bash scripts/setup-system.sh dataset-fashion-mnist chromium
+	bash scripts/setup-system.sh dataset-fashion-mnist chromium libgl1
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -e ".[train,runtime,dev,deploy,formats,peers,serve,video]"
+	$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -e ".[train,runtime,dev,deploy,formats,peers,serve,video,track]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

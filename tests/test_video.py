@@ -215,3 +215,24 @@ def test_the_python_api_streams_results_that_plot_and_save(street, tmp_path):
     assert isinstance(photos, list) and "mask" not in photos[0].to_json() and photos[0].plot().shape == (90, 120, 3)
     with pytest.raises(ConfigError, match="never ends"):
         mnv2.predict(DETECTOR, "/dev/video0")
+
+
+def test_track_keeps_one_id_for_one_raccoon_panned_across_frames(tmp_path, capsys):
+    photo = Image.open(DATA / "raccoon" / "images" / "raccoon-5.jpg").convert("RGB")  # one raccoon
+    photo = photo.resize((320, round(320 * photo.height / photo.width)))
+    frames = []
+    for i in range(15):  # the raccoon crosses the frame, 20 px a frame
+        canvas = Image.new("RGB", (640, 480), (110, 120, 100))
+        canvas.paste(photo, (20 * i, 100))
+        frames.append(np.asarray(canvas))
+    clip = write_clip(tmp_path / "pan.mp4", frames)
+    argv = ["predict", str(DETECTOR), str(clip), "--out", str(tmp_path), "--threads", "1", "--min-score", "0.5"]
+    assert main([*argv, "--track"]) == 0
+    rows = lines(tmp_path / "pan.jsonl")
+    ids = [d["track_id"] for r in rows for d in r["detections"]]
+    assert len(rows) == 15 and len(ids) >= 14 and len(set(ids)) == 1  # one raccoon, one id
+    xs = [r["detections"][0]["bbox"][0] for r in rows if r["detections"]]
+    assert xs[-1] - xs[0] > 200  # and it moves right with the raccoon
+    capsys.readouterr()
+    assert main(["predict", str(CLASSIFIER), str(clip), "--out", str(tmp_path / "c"), "--track"]) == 2
+    assert "--track follows objects from frame to frame: it is for detection models" in capsys.readouterr().err

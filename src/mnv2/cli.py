@@ -401,7 +401,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     for source in videos:  # DIR/<stem>.jsonl and the annotated DIR/<stem>.mp4
         summary = run_video(p, source, args.out or "predictions", video=not args.no_video,
-                            vid_stride=args.vid_stride, max_reconnects=args.max_reconnects,
+                            vid_stride=args.vid_stride, max_reconnects=args.max_reconnects, track=args.track,
                             progress=sys.stderr.isatty(), **options)  # fmt: skip
         print(summary.line(), flush=True)
         if summary.error:
@@ -715,6 +715,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON list (detection: COCO results-style boxes)")
     p.add_argument("--no-video", action="store_true", help="video sources: write the JSONL only, no annotated mp4")
     p.add_argument("--vid-stride", type=_positive, default=1, help="video files: process every Nth frame")
+    p.add_argument("--track", action="store_true", help="video, detection: a track_id per box, stable across frames "
+                   "(ByteTrack; pip install 'mnv2[track]')")  # fmt: skip
     p.add_argument(
         "--max-reconnects",
         type=_non_negative,

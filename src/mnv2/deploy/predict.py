@@ -209,7 +209,7 @@ def predict(
     model: str | Path, source: str | Path | Iterable[str | Path], engine: str | None = None,
     precision: str | None = None, *, stream: bool = False, threads: int | None = None, batch_size: int | None = None,
     strict: bool = False, output_dir: str | Path | None = None, tile: int | None = None,
-    overlap: float = DEFAULT_OVERLAP, vid_stride: int = 1, **options: Any,
+    overlap: float = DEFAULT_OVERLAP, vid_stride: int = 1, track: bool = False, **options: Any,
 ) -> list[Result] | Iterator[Result]:  # fmt: skip
     """The task's answers for ``source`` with ``model`` (a checkpoint, or an ONNX or TFLite file from ``mnv2 export``
     or ``mnv2 quantize``) run by ``engine``; preprocessing, class names and task come from the file's own card
@@ -218,7 +218,8 @@ def predict(
     ``source``: image files and folders, video files, a camera (``/dev/videoN``) or a stream URL, or a list of them.
     ``stream=True`` yields one :class:`Result` per image or frame as it is done (a camera never ends);
     ``stream=False`` returns the list, and refuses a live source. Results are dicts (JSON-ready but for a
-    segmentation ``mask``) with ``.plot()``, ``.to_json()`` and ``.save(path)``."""
+    segmentation ``mask``) with ``.plot()``, ``.to_json()`` and ``.save(path)``. ``track``: a detector's boxes in
+    a video get a ``track_id`` stable across frames (ByteTrack, ``mnv2[track]``)."""
     from mnv2.deploy.video import is_live, is_video_source, iter_frames
 
     sources = [str(source)] if isinstance(source, (str, Path)) else [str(s) for s in source]
@@ -235,7 +236,7 @@ def predict(
                 yield from (Result(r, p) for r in found)
                 images = []
             if s is not None and is_video_source(s):
-                for frame, r in iter_frames(p, s, vid_stride=vid_stride, **options):
+                for frame, r in iter_frames(p, s, vid_stride=vid_stride, track=track, **options):
                     yield Result({"source": s, "frame": frame.index, "time_s": frame.time_s, **r}, p, frame.image)
             elif s is not None:
                 images.append(s)

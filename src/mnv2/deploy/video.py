@@ -304,14 +304,17 @@ class _Writer(threading.Thread):
 
 
 def iter_frames(predictor, source: str, *, vid_stride: int = 1, max_reconnects: int = MAX_RECONNECTS,
-                stop: threading.Event | None = None, log=None, **options) -> Iterator[tuple[Frame, dict]]:  # fmt: skip
+                track: bool = False, stop: threading.Event | None = None, log=None,
+                **options) -> Iterator[tuple[Frame, dict]]:  # fmt: skip
     """``(frame, result)`` of every processed frame of ``source`` with ``predictor``: files batch by batch, live
-    sources one newest frame at a time. ``stop`` ends it early (the reader closes its source)."""
-    yield from _Job(predictor, source, vid_stride, max_reconnects, stop or threading.Event(), log, options).frames()
+    sources one newest frame at a time; ``track``: each object's ``track_id`` (the task's tracker). ``stop`` ends it
+    early (the reader closes its source)."""
+    job = _Job(predictor, source, vid_stride, max_reconnects, stop or threading.Event(), log, options, track)
+    yield from job.frames()
 
 
 class _Job:
-    def __init__(self, predictor, source, stride, max_reconnects, stop, log, options) -> None:
+    def __init__(self, predictor, source, stride, max_reconnects, stop, log, options, track=False) -> None:
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ConfigError(f"--vid-stride must be an integer >= 1, got {stride!r}")
         if isinstance(max_reconnects, bool) or not isinstance(max_reconnects, int) or max_reconnects < 0:
@@ -326,6 +329,13 @@ class _Job:
                               max_reconnects=max_reconnects, stop=stop, log=self.log, opened=opened)  # fmt: skip
         self.engine_s = 0.0
         self.rate_hint = float(opened.streams.video[0].average_rate or 25.0)
+        self.track = None
+        if track:
+            if predictor.inference.tracker is None:
+                opened.close()
+                raise ConfigError(f"--track follows objects from frame to frame: it is for detection models, not "
+                                  f"{predictor.inference.name}")  # fmt: skip
+            self.track = predictor.inference.tracker(self.rate_hint / (1 if self.live else stride))
 
     def frames(self) -> Iterator[tuple[Frame, dict]]:
         self.reader.start()
@@ -353,6 +363,8 @@ class _Job:
                     found = self.p.results(self.p.run([f.x for f in pending]), [f.image for f in pending],
                                            **self.options)  # fmt: skip
                     self.engine_s += time.perf_counter() - t0
+                    if self.track is not None:  # in frame order, one frame at a time
+                        found = [self.track(r) for r in found]
                     yield from zip(pending, found)
             if self.reader.error is not None:
                 raise self.reader.error
@@ -365,7 +377,7 @@ class _Job:
 
 def run_video(
     predictor, source: str, out_dir: str | Path, *, video: bool = True, vid_stride: int = 1,
-    max_reconnects: int = MAX_RECONNECTS, progress: bool = True, log=None, **options: Any,
+    max_reconnects: int = MAX_RECONNECTS, track: bool = False, progress: bool = True, log=None, **options: Any,
 ) -> VideoSummary:  # fmt: skip
     """``mnv2 predict MODEL SOURCE --out DIR``: ``DIR/<stem>.jsonl`` and (``video``) ``DIR/<stem>.mp4`` for one video
     source. SIGTERM (in the main thread) and Ctrl-C stop it with both files closed and valid. Returns the summary
@@ -374,7 +386,7 @@ def run_video(
     from tqdm.auto import tqdm
 
     stop = threading.Event()
-    job = _Job(predictor, source, vid_stride, max_reconnects, stop, log, options)
+    job = _Job(predictor, source, vid_stride, max_reconnects, stop, log, options, track)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = stem_of(source)

@@ -40,6 +40,8 @@ class Inference:
         merge_tiles: ``(outputs, windows, image, info, **options) -> dict``: one result for the whole image from its
             tiles' outputs (one array per tile, batch axis kept; ``mnv2.tasks.infer.tiles``); ``None``: the task
             has no tiled inference (classification answers for the whole image).
+        tracker: ``(fps) -> (result -> result)``: a tracker for one video (detection: ByteTrack), which adds a
+            ``track_id`` to each object of each frame's result, stable across frames; ``None``: nothing to track.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Inference:
     palette: Callable[[dict], Any] | None = None
     class_axis: tuple[int, int] = (-1, 0)
     merge_tiles: Callable[..., dict] | None = None
+    tracker: Callable[[float], Callable[[dict], dict]] | None = None
 
 
 def class_names(info: dict, first: int = 0) -> list[str]:

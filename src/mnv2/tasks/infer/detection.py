@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +167,36 @@ def merge_tiles(outputs: list, windows: list, image, info: dict, *, min_score: f
     return {"width": W, "height": H, "detections": found}
 
 
+def tracker(fps: float) -> Callable[[dict], dict]:
+    """ByteTrack (Zhang et al. 2022; supervision's implementation, ``mnv2[track]``) for one video at ``fps``: each
+    frame's result gets a ``track_id`` on every box the tracker follows, the same id for one object across frames;
+    a box it does not follow (a one-frame blip under its activation threshold) keeps no id."""
+    try:
+        import supervision as sv
+    except ImportError:
+        raise ConfigError("--track needs supervision's ByteTrack: pip install 'mnv2[track]'") from None
+    track = sv.ByteTrack(frame_rate=max(1, round(fps)))
+
+    def update(result: dict) -> dict:
+        dets = result["detections"]
+        if not dets:
+            track.update_with_detections(sv.Detections.empty())  # time passes for the tracks it holds
+            return result
+        xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)], np.float32)
+        found = track.update_with_detections(sv.Detections(
+            xyxy=xyxy, confidence=np.array([d["score"] for d in dets], np.float32),
+            class_id=np.array([d["category_id"] for d in dets]), data={"index": np.arange(len(dets))},
+        ))  # fmt: skip
+        # the tracked boxes come back as a subset of ours (none while no track is active yet): our index says which
+        ids = dict(zip(np.asarray(found.data.get("index", [])).tolist(), np.asarray(found.tracker_id).tolist()))
+        tracked = [{**d, "track_id": int(ids[i])} if i in ids else d for i, d in enumerate(dets)]
+        return {**result, "detections": tracked}
+
+    return update
+
+
 INFERENCE = Inference(
     name=NAME, prepare=prepare, results=results, to_json=to_json, draw=draw, write=write, format_line=format_line,
     options={"min_score": PREDICT_MIN_SCORE}, batch_size=16, writes_files=True, class_axis=(-1, 4),
-    merge_tiles=merge_tiles,
+    merge_tiles=merge_tiles, tracker=tracker,
 )  # fmt: skip
