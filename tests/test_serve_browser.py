@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,55 @@ def test_page_draws_each_task_for_an_uploaded_photo(tmp_path):
         server.terminate()
         server.wait(60)
     assert (shots / "serve-detector.png").stat().st_size > 10_000
+
+
+def test_live_mode_keeps_sending_camera_frames_and_drawing_their_results(tmp_path):
+    """Issue 26, 6: Chromium's fake camera plays a clip of real raccoon photos; in live mode the page sends the
+    newest frame after each answer and draws the boxes over it with the answers per second."""
+    import av
+    from playwright.sync_api import sync_playwright
+
+    clip = tmp_path / "cam.y4m"
+    with av.open(str(clip), "w", format="yuv4mpegpipe") as out:
+        stream = out.add_stream("rawvideo", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        for photo in PHOTOS[:4]:
+            frame = np.asarray(Image.open(photo).convert("RGB").resize((640, 480)))
+            for _ in range(10):  # one second a photo
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode(None))
+    detector = Path(__file__).parents[1] / "examples" / "models" / "raccoon_ssdlite_mnv2.safetensors"
+    port = free_port()
+    server = start_server([str(detector), "--engine", "torch", "--threads", "1"], port)
+    shots = SCREENSHOTS or tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=[
+                "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-video-capture={clip}"])  # fmt: skip
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+            page.click("#camera")
+            page.wait_for_selector("#live", state="visible")
+            page.click("#live")
+            page.wait_for_function("Number(document.querySelector('#result').dataset.liveFrames || 0) >= 8",
+                                   timeout=90_000)  # fmt: skip
+            deadline = time.time() + 60  # the fake camera's first frames can be black while it starts
+            while time.time() < deadline:
+                pixels = canvas_pixels(page)
+                if (np.abs(pixels.astype(int) - BOX_RGB).sum(-1) == 0).sum() > 100:
+                    break
+                time.sleep(0.5)
+            assert pixels.shape[:2] == (675, 900)  # the camera's 640x480 frame, fitted to the view
+            assert (np.abs(pixels.astype(int) - BOX_RGB).sum(-1) == 0).sum() > 100  # with the raccoon's box
+            assert " fps" in page.inner_text("#latency") and "live" in page.inner_text("#latency")
+            page.screenshot(path=str(shots / "serve-live.png"), full_page=True)
+            before = int(page.get_attribute("#result", "data-live-frames"))
+            page.wait_for_function(f"Number(document.querySelector('#result').dataset.liveFrames) > {before + 3}")
+            page.click("#live")  # stop
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(60)
