@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
 	bash scripts/setup-system.sh dataset-fashion-mnist chromium libgl1
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -e ".[train,runtime,dev,deploy,formats,peers,serve,video,track]"
+	$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -e ".[train,runtime,dev,deploy,formats,peers,serve,video,track,ray]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

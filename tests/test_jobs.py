@@ -158,3 +158,24 @@ def test_a_file_that_is_not_a_job_is_never_appended_to(tmp_path, capsys):
     assert main(["predict", str(CLASSIFIER), str(PHOTOS / "raccoon-1.jpg"), "--out", str(out)]) == 2
     _one_error_line(capsys.readouterr().err, "line 1 is not a result line of an mnv2 job")
     assert out.read_text() == '{"a": 1}\n'
+
+
+def test_the_ray_path_on_a_local_cluster_writes_and_continues_the_local_file(tmp_path):
+    """Issue 27, 3: `--ray ADDRESS` runs the job's model on a Ray cluster's actors (`local`: one started for the job,
+    every port on 127.0.0.1) and writes the same file as the local path; a cut file is continued the same way."""
+    folder = tmp_path / "photos"
+    for i, p in enumerate(sorted(PHOTOS.glob("*.jpg"))[:40]):
+        (folder / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / f"d{i % 3}" / p.name)
+    (folder / "d0" / "broken.jpg").write_bytes(b"not a jpeg")
+    local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    subprocess.run(job(CLASSIFIER, [folder], local), check=True, capture_output=True)
+    argv = job(CLASSIFIER, [folder], remote, "--ray", "local")
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300).stdout
+    assert "40 done, 1 failed, 0 skipped" in out
+    assert remote.read_text() == local.read_text()
+    text = remote.read_text().splitlines(keepends=True)
+    remote.write_text("".join(text[:15]) + text[15][:20])  # a job cut mid-line
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300).stdout
+    assert "repaired a torn last line" in out and "15 skipped" in out
+    assert remote.read_text() == local.read_text()

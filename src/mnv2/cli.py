@@ -387,6 +387,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = [s for s in args.inputs if not is_video_source(s)]
     if videos and args.out and args.out.endswith(JOB_SUFFIX):
         raise ConfigError(f"a video's results go to DIR/<name>.jsonl: give --out a folder, not {args.out!r}")
+    if args.ray is not None and not (args.out and args.out.endswith(JOB_SUFFIX)):
+        raise ConfigError("--ray runs a job: give --out FILE.jsonl")
     if videos and args.tile is not None:
         raise ConfigError("--tile is for still images; video frames run whole")
     # default engine: torch for a checkpoint; for an exported file the fastest of its own engines, torch-free
@@ -396,7 +398,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = p.check_options({"topk": args.topk, "min_score": args.min_score})
     if args.out and args.out.endswith(JOB_SUFFIX):  # a job: one line per image, continued by the same command
         summary = run_job(p, images, args.out, progress=sys.stderr.isatty(), tile=args.tile,
-                          overlap=args.overlap, **options)  # fmt: skip
+                          overlap=args.overlap, ray=args.ray, **options)  # fmt: skip
         print(summary.line())
         return 0
     for source in videos:  # DIR/<stem>.jsonl and the annotated DIR/<stem>.mp4
@@ -713,6 +715,9 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--overlap", type=float, default=0.2, help="with --tile: the tiles' overlap, a fraction of a tile")
     p.add_argument("--json", action="store_true", help="one JSON list (detection: COCO results-style boxes)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS|auto|local",
+                   help="with --out FILE.jsonl: run the job's model on this Ray cluster's actors (pip install "
+                   "'mnv2[ray]'); the file is written and continued here as without it")  # fmt: skip
     p.add_argument("--no-video", action="store_true", help="video sources: write the JSONL only, no annotated mp4")
     p.add_argument("--vid-stride", type=_positive, default=1, help="video files: process every Nth frame")
     p.add_argument("--track", action="store_true", help="video, detection: a track_id per box, stable across frames "

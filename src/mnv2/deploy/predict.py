@@ -30,6 +30,7 @@ class Predictor:
     inference: Any
     info: dict
     engine: Any
+    source: str = ""  # the model file it was opened from
     used_stems: set[str] = field(default_factory=set)
 
     @classmethod
@@ -48,7 +49,7 @@ class Predictor:
         shapes = run.io_shapes()
         if shapes is not None:
             info = check_graph(inference, info, *shapes, str(source))
-        return cls(inference, info, run)
+        return cls(inference, info, run, str(source))
 
     def check_options(self, options: dict) -> dict:
         """The task's options from ``options`` (the others dropped), defaults filled in; every given value is checked,

@@ -346,8 +346,9 @@ def diagnose(metrics: dict) -> str | None:
     names = list(metrics["per_class_iou"])
     return confusion_diagnosis(
         metrics["confusion"], names, "pixel",
-        "likely causes: a rare class the loss can ignore (give class_weights in a recipe), too few optimizer steps "
-        "(more --epochs or a smaller --batch-size), or a learning rate too low or too high (--lr)",
+        "likely causes: a rare class the loss can ignore (--class-weighting auto, the default, weights classes under "
+        "5 % of the pixels; class_weights in a recipe sets them), too few optimizer steps (a larger --steps or "
+        "--epochs, or a smaller --batch-size), or a learning rate too low or too high (--lr)",
     )  # fmt: skip
 
 
