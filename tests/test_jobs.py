@@ -4,6 +4,7 @@ same command continues a job that was killed, without duplicating or losing an i
 from __future__ import annotations
 
 import errno
+import os
 import json
 import shutil
 import signal
@@ -179,3 +180,36 @@ def test_the_ray_path_on_a_local_cluster_writes_and_continues_the_local_file(tmp
     out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300).stdout
     assert "repaired a torn last line" in out and "15 skipped" in out
     assert remote.read_text() == local.read_text()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 kB tmpfs (the tests run as root, as CI does): a disk that fills, or is remounted read-only."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small disk needs root (CI runs as root)")
+def test_a_real_full_or_read_only_disk_is_one_line_and_the_file_stays_whole(small_disk, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted(PHOTOS.glob("*.jpg"))[:70]:
+        shutil.copy(p, folder / p.name)
+    out = small_disk / "r.jsonl"
+    argv = ["predict", str(DETECTOR), str(folder), "--out", str(out), "--threads", "1"]
+    assert main(argv) == 2  # 70 lines of ~200 bytes, written 16 at a time, do not fit in 12 kB
+    _one_error_line(capsys.readouterr().err, "No space left on device")
+    kept = out.read_text()
+    assert kept.endswith("\n") and 0 < len(lines(out)) < 70  # whole lines only
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    assert main(argv) == 2
+    _one_error_line(capsys.readouterr().err, "Read-only file system")
+    assert out.read_text() == kept  # untouched
+    subprocess.run(["mount", "-o", "remount,rw,size=1m", str(small_disk)], check=True)
+    assert main(argv) == 0  # the same command continues it
+    assert len(lines(out)) == 70 and len({r["path"] for r in lines(out)}) == 70

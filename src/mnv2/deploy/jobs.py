@@ -75,16 +75,18 @@ def read_done(path: Path) -> tuple[set[tuple[str, str]], int, bool]:
     done: set[tuple[str, str]] = set()
     if not path.exists():
         return done, 0, False
-    torn = False
-    with open(path, "rb+") as f:
+    with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
-        if size:
-            f.seek(max(0, size - 1))
-            if f.read(1) != b"\n":  # a crash mid-line: keep what ends in a newline
-                f.seek(0)
-                data = f.read()
-                f.truncate(data.rfind(b"\n") + 1)
-                torn = True
+        f.seek(max(0, size - 1))
+        torn = size > 0 and f.read(1) != b"\n"
+        if torn:  # a crash mid-line: keep what ends in a newline
+            f.seek(0)
+            keep = f.read().rfind(b"\n") + 1
+    if torn:
+        try:
+            os.truncate(path, keep)
+        except OSError as e:
+            raise ConfigError(f"cannot repair the torn last line of {str(path)!r}: {e.strerror or e}") from None
     lines = 0
     with open(path, encoding="utf-8", errors="strict") as f:
         for n, text in enumerate(f, 1):
