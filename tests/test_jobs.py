@@ -4,8 +4,8 @@ same command continues a job that was killed, without duplicating or losing an i
 from __future__ import annotations
 
 import errno
-import os
 import json
+import os
 import shutil
 import signal
 import subprocess
