@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--engine", default=None)
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--ray", action="store_true", help="also time one site's images here and on a local Ray cluster")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "archive"
@@ -77,6 +78,16 @@ def main() -> None:
         wall = time.perf_counter() - t0
         summary = proc.stdout.read().strip()
         steady = (args.images - 1000) / (time.perf_counter() - t1000) if t1000 else float("nan")
+        ray = {}
+        if args.ray:  # the same job over one site's images, here and on a local Ray cluster (actors on this machine)
+            site = root / "site0"
+            n = sum(1 for _ in site.rglob("*.jpg"))
+            for name, extra in (("local", []), ("ray", ["--ray", "local"])):
+                res = Path(tmp) / f"{name}.jsonl"
+                t = time.perf_counter()
+                subprocess.run([*cmd[:3], str(site), "--out", str(res), *cmd[6:], *extra], check=True,
+                               capture_output=True)  # fmt: skip
+                ray[name] = (n, time.perf_counter() - t, res.read_bytes())
     off = offline(args.model, args.engine, args.threads)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, {args.threads} engine threads, "
           f"model {Path(args.model).name}, engine {args.engine or 'default'}")  # fmt: skip
@@ -84,6 +95,11 @@ def main() -> None:
     print(f"job: {args.images} images in {wall:.1f} s; after the first 1,000 (startup excluded): {steady:.1f} img/s")
     print(f"offline batch throughput, same engine, prepared photos in memory: {off:.1f} img/s")
     print(f"job / offline: {steady / off:.0%}")
+    if ray:
+        (n, local_s, a), (_, ray_s, b) = ray["local"], ray["ray"]
+        print(f"{n} images, local job {n / local_s:.1f} img/s, on a local Ray cluster {n / ray_s:.1f} img/s "
+              f"(wall, cluster start included); overhead {1000 * (ray_s - local_s) / n:.1f} ms an image; "
+              f"files {'identical' if a == b else 'DIFFERENT'}")  # fmt: skip
     print("resident memory of the job: " + ", ".join(
         f"after {m:,} images {v:.0f} MB" for m, v in marks.items() if v is not None))  # fmt: skip
 

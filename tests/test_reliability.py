@@ -87,7 +87,7 @@ def env(tmp_path_factory):
     p["cam_nested"] = root / "cam_nested"
     p["voc"] = fixtures / "detection" / "raccoon"
     p["raccoon_model"] = Path(__file__).parents[1] / "examples" / "models" / "raccoon_ssdlite_mnv2.safetensors"
-    # ground truth that evaluation must refuse to change in silence (issue 28, 8): val image raccoon-18 (240x156)
+    # ground truth that evaluation must refuse to change in silence (issue 28, 8): raccoon-18 (240x156), a train image
     box = "<xmin>32</xmin><ymin>25</ymin><xmax>201</xmax><ymax>130</ymax>"
     for name, replacement in {
         "gt_reversed": "<xmin>201</xmin><ymin>25</ymin><xmax>32</xmax><ymax>130</ymax>",
@@ -264,12 +264,12 @@ CATALOGUE = [
     ("label-neither-class-nor-ignore-eval", ["eval", "{camvid_model}", "--data", "{cam_255}", "--confusion", "{out}"],
      "neither one of the 11 classes (0-10) nor the ignore index 11"),
     # ground truth is never changed in silence (issue 28, 8): an error naming the file and the object
-    ("gt-box-reversed", ["eval", "{raccoon_model}", "--data", "{gt_reversed}", "--confusion", "{out}"],
+    ("gt-box-reversed", ["eval", "{raccoon_model}", "--data", "{gt_reversed}", "--split", "train", "--confusion", "{out}"],
      "raccoon-18.xml': object 0 (raccoon) box [201.0, 25.0, 32.0, 130.0]: no width (xmax <= xmin); fix the "
      "annotation, or pass --drop-invalid"),
-    ("gt-box-huge", ["eval", "{raccoon_model}", "--data", "{gt_huge}", "--confusion", "{out}"],
+    ("gt-box-huge", ["eval", "{raccoon_model}", "--data", "{gt_huge}", "--split", "train", "--confusion", "{out}"],
      "px outside the 240x156 image"),
-    ("gt-box-negative", ["eval", "{raccoon_model}", "--data", "{gt_negative}", "--confusion", "{out}"],
+    ("gt-box-negative", ["eval", "{raccoon_model}", "--data", "{gt_negative}", "--split", "train", "--confusion", "{out}"],
      "reaches 80 px outside the 240x156 image"),
     ("gt-absolute-filename", ["eval", "{raccoon_model}", "--data", "{gt_abs_path}", "--confusion", "{out}"],
      "is not a path inside"),
@@ -685,8 +685,9 @@ def test_eval_never_writes_into_the_models_folder_unasked(env, tmp_path, capsys,
 
 def test_drop_invalid_drops_bad_ground_truth_with_a_count_and_says_so(env, tmp_path, capsys):
     """Issue 28, 8: with --drop-invalid the invalid box is dropped, counted in --json's ``skipped`` and printed; the
-    metric is then over the remaining ground truth (raccoon-18 has no box left)."""
-    argv = ["eval", str(env["raccoon_model"]), "--confusion", str(tmp_path), "--workers", "0"]
+    metric is then over the remaining ground truth (raccoon-18 has no box left). A split that holds no invalid box
+    is evaluated as it is: an invalid box elsewhere (another split) changes nothing there."""
+    argv = ["eval", str(env["raccoon_model"]), "--confusion", str(tmp_path), "--workers", "0", "--split", "train"]
     assert main([*argv, "--data", str(env["gt_reversed"]), "--drop-invalid", "--json"]) == 0
     dropped = json.loads(capsys.readouterr().out)
     assert dropped["skipped"] == {"corrupt": 0, "non_image": 0, "invalid_boxes": 1}
@@ -695,3 +696,6 @@ def test_drop_invalid_drops_bad_ground_truth_with_a_count_and_says_so(env, tmp_p
     assert clean["skipped"]["invalid_boxes"] == 0 and 0 < dropped["mAP50"] <= clean["mAP50"]
     assert main([*argv, "--data", str(env["gt_negative"]), "--drop-invalid"]) == 0
     assert "skipped: 1 invalid-boxes" in capsys.readouterr().out
+    val = [*argv[:-2], "--json", "--split", "val"]
+    assert main([*val, "--data", str(env["gt_reversed"])]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"]["invalid_boxes"] == 0

@@ -100,9 +100,13 @@ class DetectionRecord:
     boxes: list[list[float]] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     iscrowd: list[bool] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # its invalid boxes, dropped (``invalid="drop"``), as said
 
 
 # ----------------------------------------------------------------------------------------------- reading
+INVALID_ADVICE = "fix the annotation, or pass --drop-invalid to drop such boxes (counted in the report)"
+
+
 def _box_problem(b: list[float], width: int, height: int) -> str | None:
     if not b[2] > b[0]:
         return "no width (xmax <= xmin)"
@@ -116,13 +120,14 @@ def _box_problem(b: list[float], width: int, height: int) -> str | None:
 
 def sanitize_boxes(
     boxes: list[list[float]], width: int, height: int, report: DetectionReport, *, invalid: str = "drop",
-    source: str = "", names: list[str] | None = None,
+    source: str = "", names: list[str] | None = None, dropped: list[str] | None = None,
 ) -> list[int]:  # fmt: skip
     """Check ``boxes`` against their ``width`` x ``height`` image; return the indices of those kept.
 
     A box within :data:`BOX_TOLERANCE_PX` of the image is clipped to it (in place; counted as ``clipped``). Any
     other box with no area or outside the image is invalid: with ``invalid="error"`` an :class:`AnnotationError`
-    naming ``source`` and the object, with ``"drop"`` dropped and counted in ``report.invalid``.
+    naming ``source`` and the object, with ``"drop"`` dropped, counted in ``report.invalid`` and said in
+    ``dropped``.
     """
     keep = []
     for i, b in enumerate(boxes):
@@ -132,10 +137,11 @@ def sanitize_boxes(
                 f"{source!r}: object {i}{f' ({names[i]})' if names else ''} box {[round(v, 2) for v in b]}: {problem}"
             )
             if invalid == "error":
-                raise AnnotationError(f"{what}; fix the annotation, or pass --drop-invalid to drop such boxes "
-                                      "(counted in the report)")  # fmt: skip
+                raise AnnotationError(f"{what}; {INVALID_ADVICE}")
             report.invalid += 1
             report.invalid_example = report.invalid_example or what
+            if dropped is not None:
+                dropped.append(what)
             continue
         clipped = [min(max(b[0], 0.0), width), min(max(b[1], 0.0), height),
                    min(max(b[2], 0.0), width), min(max(b[3], 0.0), height)]  # fmt: skip
@@ -275,11 +281,11 @@ def load_voc(
             size = _image_size(path, strict, report)
             if size is None:
                 continue
-            boxes = [list(b) for _, b in objects]
+            boxes, dropped = [list(b) for _, b in objects], []
             keep = sanitize_boxes(boxes, size[0], size[1], report, invalid=invalid, source=str(xmls[stem]),
-                                  names=[name for name, _ in objects])  # fmt: skip
+                                  names=[name for name, _ in objects], dropped=dropped)  # fmt: skip
             rec = DetectionRecord(str(path), size[0], size[1], [boxes[i] for i in keep],
-                                  [index[objects[i][0]] for i in keep], [False] * len(keep))  # fmt: skip
+                                  [index[objects[i][0]] for i in keep], [False] * len(keep), dropped)  # fmt: skip
             report.empty_images += not rec.boxes
             records.append(rec)
         out[split] = records
@@ -367,12 +373,13 @@ def load_coco(
         boxes = [
             [float(x), float(y), float(x) + float(w), float(y) + float(h)] for x, y, w, h in (a["bbox"] for a in objs)
         ]
+        dropped: list[str] = []
         keep = sanitize_boxes(boxes, size[0], size[1], report, invalid=invalid, source=f"{path} (image {image_id})",
-                              names=[cat_names[a["category_id"]] for a in objs])  # fmt: skip
+                              names=[cat_names[a["category_id"]] for a in objs], dropped=dropped)  # fmt: skip
         crowd = [bool(objs[i].get("iscrowd", 0)) for i in keep]
         report.crowd += sum(crowd)
         rec = DetectionRecord(str(p), size[0], size[1], [boxes[i] for i in keep],
-                              [index[cat_names[objs[i]["category_id"]]] for i in keep], crowd)  # fmt: skip
+                              [index[cat_names[objs[i]["category_id"]]] for i in keep], crowd, dropped)  # fmt: skip
         report.empty_images += not any(not c for c in rec.iscrowd)
         records.append(rec)
     return class_names, records
@@ -686,10 +693,12 @@ def build_detection_eval_data(
     strict: bool = False, limit: int | None = None, seed: int = 0, invalid: str = "error", **_,
 ) -> tuple[DetectionBatches, list[str], DetectionReport]:  # fmt: skip
     """Eval batches, class names and report of ``data``: ``split`` (``train``/``val``), else its val split, else
-    every image. An invalid box is an error unless ``invalid="drop"`` (the metric must not be computed on ground
-    truth changed in silence)."""
+    every image. An invalid box of the evaluated images is an error unless ``invalid="drop"`` (the metric must not
+    be computed on ground truth changed in silence); the report counts those images' dropped boxes."""
+    if invalid not in INVALID_BOXES:
+        raise ConfigError(f"invalid must be one of {INVALID_BOXES}, got {invalid!r}")
     report = DetectionReport()
-    names, splits = load_detection_dataset(data, strict, report, invalid)
+    names, splits = load_detection_dataset(data, strict, report, "drop")
     if split is not None and split not in splits:
         raise ConfigError(f"{str(data)!r} has no {split!r} split (it has: {', '.join(splits)})")
     records = splits[split] if split is not None else splits.get("val", splits.get("all", []))
@@ -698,4 +707,8 @@ def build_detection_eval_data(
     if limit is not None and limit < len(records):
         keep = set(random.Random(seed).sample(range(len(records)), limit))
         records = [r for i, r in enumerate(records) if i in keep]
+    dropped = [m for r in records for m in r.dropped]  # the evaluated images' only: the other splits do not count
+    if dropped and invalid == "error":
+        raise AnnotationError(f"{dropped[0]}; {INVALID_ADVICE}")
+    report.invalid, report.invalid_example = len(dropped), dropped[0] if dropped else None
     return DetectionBatches(DetectionDataset(records, pre, False), batch_size, False, workers), names, report
