@@ -264,12 +264,14 @@ CATALOGUE = [
     ("label-neither-class-nor-ignore-eval", ["eval", "{camvid_model}", "--data", "{cam_255}", "--confusion", "{out}"],
      "neither one of the 11 classes (0-10) nor the ignore index 11"),
     # ground truth is never changed in silence (issue 28, 8): an error naming the file and the object
-    ("gt-box-reversed", ["eval", "{raccoon_model}", "--data", "{gt_reversed}", "--split", "train", "--confusion", "{out}"],
+    ("gt-box-reversed", ["eval", "{raccoon_model}", "--data", "{gt_reversed}", "--split", "train", "--confusion",
+                         "{out}"],
      "raccoon-18.xml': object 0 (raccoon) box [201.0, 25.0, 32.0, 130.0]: no width (xmax <= xmin); fix the "
      "annotation, or pass --drop-invalid"),
     ("gt-box-huge", ["eval", "{raccoon_model}", "--data", "{gt_huge}", "--split", "train", "--confusion", "{out}"],
      "px outside the 240x156 image"),
-    ("gt-box-negative", ["eval", "{raccoon_model}", "--data", "{gt_negative}", "--split", "train", "--confusion", "{out}"],
+    ("gt-box-negative", ["eval", "{raccoon_model}", "--data", "{gt_negative}", "--split", "train", "--confusion",
+                         "{out}"],
      "reaches 80 px outside the 240x156 image"),
     ("gt-absolute-filename", ["eval", "{raccoon_model}", "--data", "{gt_abs_path}", "--confusion", "{out}"],
      "is not a path inside"),
