@@ -159,6 +159,9 @@ def test_a_file_that_is_not_a_job_is_never_appended_to(tmp_path, capsys):
     assert main(["predict", str(CLASSIFIER), str(PHOTOS / "raccoon-1.jpg"), "--out", str(out)]) == 2
     _one_error_line(capsys.readouterr().err, "line 1 is not a result line of an mnv2 job")
     assert out.read_text() == '{"a": 1}\n'
+    out.write_bytes(b"\xff\xfe not text\n")  # not UTF-8 either
+    assert main(["predict", str(CLASSIFIER), str(PHOTOS / "raccoon-1.jpg"), "--out", str(out)]) == 2
+    _one_error_line(capsys.readouterr().err, "line 1 is not a result line of an mnv2 job")
 
 
 def test_the_ray_path_on_a_local_cluster_writes_and_continues_the_local_file(tmp_path):

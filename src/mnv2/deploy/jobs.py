@@ -75,29 +75,40 @@ def read_done(path: Path) -> tuple[set[tuple[str, str]], int, bool]:
     done: set[tuple[str, str]] = set()
     if not path.exists():
         return done, 0, False
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - 1))
-        torn = size > 0 and f.read(1) != b"\n"
-        if torn:  # a crash mid-line: keep what ends in a newline
-            f.seek(0)
-            keep = f.read().rfind(b"\n") + 1
-    if torn:
+    keep = _complete_length(path)
+    torn = keep != path.stat().st_size
+    if torn:  # a crash mid-line: keep what ends in a newline
         try:
             os.truncate(path, keep)
         except OSError as e:
             raise ConfigError(f"cannot repair the torn last line of {str(path)!r}: {e.strerror or e}") from None
     lines = 0
-    with open(path, encoding="utf-8", errors="strict") as f:
-        for n, text in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
             try:
-                row = json.loads(text)
+                row = json.loads(raw.decode("utf-8"))
                 done.add((row["root"], row["path"]))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
                 raise ConfigError(f"{str(path)!r} line {n} is not a result line of an mnv2 job; give another --out "
                                   "(a job continues only its own results file)") from None  # fmt: skip
             lines += 1
     return done, lines, torn
+
+
+def _complete_length(path: Path, chunk: int = 1 << 20) -> int:
+    """The length of ``path`` up to and including its last newline, read from the end (a results file of millions
+    of lines is not read whole for this)."""
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            i = f.read(pos - start).rfind(b"\n")
+            if i >= 0:
+                return start + i + 1
+            pos = start
+        return 0
 
 
 def _decode(predictor, path: Path, prepare: bool) -> tuple[Any, Any] | str:
