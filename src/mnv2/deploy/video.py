@@ -337,42 +337,78 @@ class _Job:
                                   f"{predictor.inference.name}")  # fmt: skip
             self.track = predictor.inference.tracker(self.rate_hint / (1 if self.live else stride))
 
+    def _batches(self) -> Iterator[list[Frame]]:
+        """The reader's frames in batches: a file's up to the task's batch (of one size; a frame of another size
+        starts the next), a live source's one newest frame at a time; what is there when the reader lags. Nothing
+        after a stop: the reader may drop a queued frame to deliver its end marker."""
+        batch = 1 if self.live else self.p.inference.batch_size
+        carry: Frame | None = None
+        done = False
+        while not done:
+            pending: list[Frame] = [carry] if carry is not None else []
+            carry = None
+            while len(pending) < batch:
+                try:
+                    item = self.reader.frames.get(timeout=0.1 if pending else None)
+                except queue.Empty:  # the reader is slower than the engine: run what we have
+                    break
+                if self.stop.is_set():  # stopping: the frames still queued are not run (the outputs end in order)
+                    return
+                if item is None:
+                    done = True
+                    break
+                if pending and item.x.shape != pending[0].x.shape:
+                    carry = item
+                    break
+                pending.append(item)
+            if pending:
+                yield pending
+
+    def _engine(self, ran: queue.Queue) -> None:
+        """The engine's thread: runs batch after batch and hands the outputs on, so the task's results (NMS, a
+        mask's resize) and tracking of one batch run while the engine computes the next."""
+        try:
+            for pending in self._batches():
+                if self.stop.is_set():
+                    return
+                t0 = time.perf_counter()
+                outputs = self.p.run([f.x for f in pending])
+                self.engine_s += time.perf_counter() - t0
+                while not self.stop.is_set():
+                    try:
+                        ran.put((pending, outputs), timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+        except BaseException as e:  # raised in the consumer
+            self.engine_error = e
+        finally:
+            with contextlib.suppress(queue.Full):
+                ran.put(None, timeout=1.0 if not self.stop.is_set() else 0.0)
+
     def frames(self) -> Iterator[tuple[Frame, dict]]:
         self.reader.start()
-        batch = 1 if self.live else self.p.inference.batch_size
-        carry: Frame | None = None  # a frame of another size, which starts the next batch
+        ran: queue.Queue = queue.Queue(maxsize=2)  # engine outputs waiting for their results
+        self.engine_error: BaseException | None = None
+        engine = threading.Thread(target=self._engine, args=(ran,), daemon=True, name="mnv2-video-engine")
+        engine.start()
         try:
-            done = False
-            while not done:
-                pending: list[Frame] = [carry] if carry is not None else []
-                carry = None
-                while len(pending) < batch:
-                    try:
-                        item = self.reader.frames.get(timeout=0.1 if pending else None)
-                    except queue.Empty:  # the reader is slower than the engine: run what we have
-                        break
-                    if item is None:
-                        done = True
-                        break
-                    if pending and item.x.shape != pending[0].x.shape:
-                        carry = item
-                        break
-                    pending.append(item)
-                if pending:
-                    t0 = time.perf_counter()
-                    found = self.p.results(self.p.run([f.x for f in pending]), [f.image for f in pending],
-                                           **self.options)  # fmt: skip
-                    self.engine_s += time.perf_counter() - t0
-                    if self.track is not None:  # in frame order, one frame at a time
-                        found = [self.track(r) for r in found]
-                    yield from zip(pending, found)
-            if self.reader.error is not None:
-                raise self.reader.error
+            while (item := ran.get()) is not None:
+                pending, outputs = item
+                found = self.p.results(outputs, [f.image for f in pending], **self.options)
+                if self.track is not None:  # in frame order, one frame at a time
+                    found = [self.track(r) for r in found]
+                yield from zip(pending, found)
+            for error in (self.engine_error, self.reader.error):
+                if error is not None:
+                    raise error
         finally:
             self.stop.set()
-            while self.reader.is_alive():  # unblock a reader waiting to put, then let it close its source
+            while engine.is_alive() or self.reader.is_alive():  # unblock both, then let the reader close its source
                 with contextlib.suppress(queue.Empty):
-                    self.reader.frames.get(timeout=0.05)
+                    ran.get(timeout=0.02)
+                with contextlib.suppress(queue.Empty):
+                    self.reader.frames.get(timeout=0.02)
 
 
 def run_video(
