@@ -297,6 +297,17 @@ CATALOGUE = [
     ("eval-tta", ["eval", "{ckpt}", "--data", "{tv}", "--tta", "zoom"], "zoom"),
     # predict
     ("predict-topk-zero", ["predict", "{ckpt}", "{img}", "--topk", "0"], "--topk"),
+    # sources, jobs and tiles (issues 26, 27)
+    ("predict-ray-without-job", ["predict", "{ckpt}", "{img}", "--ray", "local"], "--ray runs a job"),
+    ("predict-vid-stride-zero", ["predict", "{ckpt}", "{root}/clip.mp4", "--vid-stride", "0"], "--vid-stride"),
+    ("predict-reconnects-negative", ["predict", "{ckpt}", "{root}/clip.mp4", "--max-reconnects", "-1"],
+     "--max-reconnects"),
+    ("predict-video-tiles", ["predict", "{ckpt}", "{root}/clip.mp4", "--tile", "320"], "--tile is for still images"),
+    ("predict-video-to-job-file", ["predict", "{ckpt}", "{root}/clip.mp4", "--out", "{out}/r.jsonl"],
+     "give --out a folder"),
+    ("predict-classifier-tiles", ["predict", "{ckpt}", "{img}", "--tile", "64"], "--tile is for detection"),
+    ("predict-job-folder-missing", ["predict", "{ckpt}", "{img}", "--out", "{out}/r.jsonl"], "does not exist"),
+    ("train-steps-zero", T("--steps", "0"), "steps must be an integer >= 1"),
     ("predict-threads-negative", ["predict", "{ckpt}", "{img}", "--threads", "-1"], "--threads"),
     ("predict-short-names", ["predict", "{short_names}", "{img}"], "names 2 classes"),
     ("predict-nan-weights", ["predict", "{nan}", "{img}"], "NaN or inf"),
