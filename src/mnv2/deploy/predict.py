@@ -124,11 +124,14 @@ class Predictor:
                 return
             found = self.results(self.run([x for *_, x in pending]), [im for _, im, _ in pending], **options)
             for (p, im, _), r in zip(pending, found):
-                result = {"path": str(p), **r}
-                if out_dir is not None:
-                    result.update(self.inference.write(im, r, self.info, out_dir, self._stem(Path(p).stem)))
-                yield result
+                yield answer(p, im, r)
             pending.clear()
+
+        def answer(p: Path, im, r: dict) -> dict:  # the result of one image, its pictures written
+            result = {"path": str(p), **r}
+            if out_dir is not None:
+                result.update(self.inference.write(im, r, self.info, out_dir, self._stem(Path(p).stem)))
+            return result
 
         for p in image_paths([str(i) for i in inputs]):
             try:
@@ -140,11 +143,7 @@ class Predictor:
                 yield {"path": str(p), "error": str(e)}
                 continue
             if tile is not None:
-                r = self.predict_tiled(im, tile, overlap, **options)
-                result = {"path": str(p), **r}
-                if out_dir is not None:
-                    result.update(self.inference.write(im, r, self.info, out_dir, self._stem(Path(p).stem)))
-                yield result
+                yield answer(p, im, self.predict_tiled(im, tile, overlap, **options))
                 continue
             x = self.prepare(im)
             if pending and (pending[0][2].shape != x.shape or len(pending) >= batch_size):

@@ -260,7 +260,6 @@ class _Writer(threading.Thread):
         self.items: queue.Queue = queue.Queue(maxsize=64)
         self.jsonl_path, self.video_path, self.draw, self.rate = jsonl, video, draw, rate
         self.error: BaseException | None = None
-        self.seconds = 0.0
 
     def run(self) -> None:
         av = _av() if self.video_path is not None else None
@@ -269,7 +268,6 @@ class _Writer(threading.Thread):
         with open(self.jsonl_path, "w", encoding="utf-8") as jsonl:
             try:
                 while (item := self.items.get()) is not None:
-                    t_item = time.perf_counter()
                     frame, row, result = item
                     jsonl.write(json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n")
                     jsonl.flush()
@@ -291,7 +289,6 @@ class _Writer(threading.Thread):
                         vf.pts, last_pts = pts, pts
                         for packet in stream.encode(vf):
                             out.mux(packet)
-                    self.seconds += time.perf_counter() - t_item
             except BaseException as e:
                 self.error = e
                 while self.items.get() is not None:  # drain, so the producer never blocks on a dead writer
