@@ -12,9 +12,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from mnv2.deploy.onnx_export import ExportOptions, export_onnx, ort_session
-from mnv2.deploy.quantize import float_tail, quantize_onnx_static
-from mnv2.deploy.quantize_tasks import _batches, _detection_metrics
+from mnv2.deploy.exporters.onnx import ExportOptions, export_onnx, ort_session
+from mnv2.deploy.quantize import float_tail, onnx_runner, quantize_onnx_static, read_batches, task_metrics
 from mnv2.tasks import get_task
 from mnv2.weights.checkpoint import load_checkpoint
 
@@ -60,8 +59,12 @@ def main() -> None:
     meta, task = model.meta, get_task("detection")
     train, _, _ = task.load_eval_data(args.data, meta.preprocessing, 8, split="train", workers=0)
     val, _, _ = task.load_eval_data(args.data, meta.preprocessing, 8, split="val", workers=0)
-    x_cal, _, _ = _batches(train, None, args.num_calibration)
-    x_val, t_val, _ = _batches(val, None)
+    x_cal, _, _ = read_batches(train, None, args.num_calibration)
+    x_val, t_val, _ = read_batches(val, None)
+
+    def metrics(path: Path) -> dict:
+        return task_metrics(task, onnx_runner(ort_session(path)), x_val, t_val, meta, meta.class_names).metrics
+
     with tempfile.TemporaryDirectory() as d:
         fp32 = Path(d) / "fp32.onnx"
         export_onnx(model, fp32, ExportOptions(fold_bn=True, dynamic_batch=True))
@@ -73,10 +76,10 @@ def main() -> None:
                 return [k for k, v in regions(graph).items() if v == r] + (float_tail(graph) if r != "none" else [])
 
             quantize_onnx_static(fp32, out, x_cal, args.method, batch=8, keep_float=keep)
-            m = _detection_metrics(ort_session(out), x_val, t_val, meta)
+            m = metrics(out)
             label = r if r == "none" else f"{r} + decoding"
             print(f"| {label} | {m['mAP']:.3f} | {m['mAP50']:.3f} | {m['mAP75']:.3f} |", flush=True)
-        m = _detection_metrics(ort_session(fp32), x_val, t_val, meta)
+        m = metrics(fp32)
         print(f"| fp32 | {m['mAP']:.3f} | {m['mAP50']:.3f} | {m['mAP75']:.3f} |")
 
 

@@ -31,7 +31,7 @@ def rss_mb(pid: int) -> float:
 
 def offline(model: str, engine: str | None, threads: int, n: int = 256) -> float:
     from mnv2.data.images import load_image
-    from mnv2.deploy.predict import Predictor
+    from mnv2.deploy.runtime.predict import Predictor
 
     p = Predictor.open(model, engine, threads=threads)
     xs = [p.prepare(load_image(PHOTOS[i % len(PHOTOS)])) for i in range(n)]

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.deploy.engines import LiteRtEngine
-from mnv2.deploy.formats import export_other
-from mnv2.deploy.onnx_export import ExportOptions
+from mnv2.deploy.exporters.edge import export_other
+from mnv2.deploy.exporters.onnx import ExportOptions
 from mnv2.deploy.quantize import quantize_tflite_static
+from mnv2.deploy.runtime.engines import LiteRtEngine
 from mnv2.models.fold import fold_batchnorm
 from mnv2.models.registry import mobilenet_v2
 from mnv2.weights.checkpoint import CheckpointMeta

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mnv2 import create_model
-from mnv2.deploy.onnx_export import ExportOptions, export_onnx, ort_session
+from mnv2.deploy.exporters.onnx import ExportOptions, export_onnx, ort_session
 from mnv2.deploy.quantize import quantize_onnx_static
 
 

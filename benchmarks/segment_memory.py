@@ -5,9 +5,10 @@
         [--old-src /tmp/old/src]
 
 The photo is scaled up to 40 megapixels (the server's default limit), 12 (4000x3000) and 2; for each, a child
-process opens the model (``mnv2.deploy.predict.Predictor``, what ``mnv2 serve`` and ``mnv2 predict`` run), predicts
-the photo once, and reports its peak resident memory (``ru_maxrss``) and the prediction's wall time. ``--old-src``
-runs the same child against another checkout's ``src`` (the code before a change) in the same run.
+process opens the model (``mnv2.deploy.runtime.predict.Predictor``, what ``mnv2 serve`` and ``mnv2 predict``
+run), predicts the photo once, and reports its peak resident memory (``ru_maxrss``) and the prediction's wall
+time. ``--old-src`` runs the same child against another checkout's ``src`` (the code before a change) in the same
+run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 from PIL import Image
-from mnv2.deploy.predict import Predictor
+from mnv2.deploy.runtime.predict import Predictor
 model, image = sys.argv[1], sys.argv[2]
 p = Predictor.open(model, threads=int(sys.argv[3]))
 im = Image.open(image).convert("RGB")

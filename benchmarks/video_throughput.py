@@ -27,8 +27,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from mnv2.deploy.predict import Predictor
-from mnv2.deploy.video import iter_frames, run_video
+from mnv2.deploy.runtime.predict import Predictor
+from mnv2.deploy.runtime.video import iter_frames, run_video
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -47,8 +47,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import keras
 
-    from mnv2.deploy.engines import load_engine
     from mnv2.deploy.quantize import quantize
+    from mnv2.deploy.runtime.engines import load_engine
     from mnv2.weights.convert import convert
 
     out = Path(args.out)

@@ -14,6 +14,7 @@ from torch import nn
 
 from mnv2.data.detection import (
     AnnotationError,
+    DetectionAugment,
     DetectionDataset,
     build_detection_data,
     collate,
@@ -515,8 +516,8 @@ def test_model_api_checkpoint_head_freeze_and_init_from_a_classifier(tmp_path):
 def test_predict_returns_coco_style_detections_and_draws_them(tmp_path):
     model = tiny_model().eval()
     pre = Preprocessing(input_size=128, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
-    from mnv2.deploy.engines import TorchEngine
-    from mnv2.deploy.predict import Predictor
+    from mnv2.deploy.runtime.engines import TorchEngine
+    from mnv2.deploy.runtime.predict import Predictor
 
     module, kind = task.export_module(model, (128, 128))  # what the torch engine runs for a checkpoint
     info = {"preprocessing": pre, "class_names": ["raccoon"], "head": model.head_config, "output": kind}
@@ -568,7 +569,7 @@ def test_export_onnx_and_tflite_decode_boxes_in_the_graph_and_predict_as_torch(t
     """`mnv2 export` of a detector: boxes decoded in the graph ([1, A, 4 + C], parity-checked), NMS on the host;
     `mnv2 predict` on the exported files (ONNX Runtime, LiteRT) gives the checkpoint's detections."""
     from mnv2.cli import main
-    from mnv2.deploy.engines import clear_cache, load_engine
+    from mnv2.deploy.runtime.engines import clear_cache, load_engine
     from mnv2.weights.checkpoint import CheckpointMeta, save_checkpoint
 
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
@@ -634,7 +635,7 @@ def test_export_onnx_and_tflite_decode_boxes_in_the_graph_and_predict_as_torch(t
     other = tmp_path / "det96.onnx"
     assert main(["export", str(ckpt), "--out", str(other), "--input-size", "96"]) == 0
     capsys.readouterr()
-    from mnv2.deploy.card import read_card
+    from mnv2.deploy.runtime.card import read_card
 
     assert read_card(other)[1]["preprocessing"].input_size == 96
     assert main(["predict", str(other), *images, "--min-score", "0", "--json", "--out", str(tmp_path / "d96")]) == 0
@@ -642,10 +643,11 @@ def test_export_onnx_and_tflite_decode_boxes_in_the_graph_and_predict_as_torch(t
 
 
 def test_quantize_a_detector_reports_the_map_drop_and_the_int8_file_predicts(tmp_path, capsys):
-    """`mnv2 quantize` of a detector: INT8 QDQ ONNX calibrated on the train split, COCO metrics of fp32 and INT8
-    on the val split in the report; the file runs in `mnv2 predict` (host NMS) like the fp32 export."""
+    """`mnv2 quantize` of a detector: INT8 QDQ ONNX calibrated on the train split, the method chosen by the task's
+    own metric (mAP50), COCO metrics of fp32 and INT8 on the val split in the report; the file runs in `mnv2 predict`
+    (host NMS) like the fp32 export."""
     from mnv2.cli import main
-    from mnv2.deploy.quantize_tasks import quantize_task
+    from mnv2.deploy.quantize import quantize
     from mnv2.weights.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
@@ -654,15 +656,16 @@ def test_quantize_a_detector_reports_the_map_drop_and_the_int8_file_predicts(tmp
     meta = CheckpointMeta(model.config, pre, ["raccoon"], task="detection", head=model.head_config)
     ckpt = save_checkpoint(tmp_path / "det.safetensors", model, meta)
     out = tmp_path / "det-int8.onnx"
-    report = quantize_task(load_checkpoint(ckpt), out, str(RACCOON), num_selection=1, method="auto", workers=0)
+    report = quantize(load_checkpoint(ckpt), out, str(RACCOON), num_selection=1, method="auto", workers=0)
     n_train, n_val = (len((RACCOON / f"{s}.txt").read_text().split()) for s in ("train", "val"))
     assert (report.n_calibration, report.n_selection, report.n_eval) == (n_train - 1, 1, n_val)
-    assert set(report.candidates) == {"percentile", "entropy", "distribution", "minmax"}
-    assert report.method in report.candidates
+    assert {c.method for c in report.candidates} == {"percentile", "entropy", "distribution", "minmax"}
+    assert report.method in {c.method for c in report.candidates}
     for m in (report.fp32, report.int8):
         assert set(m) == {"mAP", "mAP50", "mAP75"} and all(0 <= v <= 1 for v in m.values())
-    assert report.drop["mAP50"] == pytest.approx(100 * (report.fp32["mAP50"] - report.int8["mAP50"]), abs=0.01)
-    assert report.metric == "mAP" and report.input_hw == [128, 128]
+    assert report.drops["mAP50"] == pytest.approx(100 * (report.fp32["mAP50"] - report.int8["mAP50"]), abs=0.01)
+    assert report.metric == "mAP50" and report.input_hw == [128, 128]  # the detection evaluator's `best`
+    assert report.drop == report.drops["mAP50"] and report.int8_mAP50 == report.int8["mAP50"]
     # the box decoding stayed fp32: no quantize/dequantize pair on the graph's output
     import onnx
 
@@ -773,3 +776,113 @@ def test_eval_of_a_split_without_boxes_reports_undefined_metrics_as_null_and_n_a
     assert r["mAP"] is None and r["mAP50"] is None and r["mAP75"] is None
     assert main(args) == 0
     assert "mAP n/a mAP50 n/a mAP75 n/a" in capsys.readouterr().out
+
+
+def _square_boxes(side: float, n: int = 200) -> torch.Tensor:
+    """``n`` square boxes of ``side`` (a fraction of the image) at random places, as normalised corners."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.rand(n, 2, generator=g) * (1 - side) + side / 2
+    return torch.cat([centres - side / 2, centres + side / 2], 1)
+
+
+def test_the_anchor_fit_covers_boxes_of_a_known_size_and_leaves_covered_ones_alone():
+    """Boxes of 38 px at 320 px (0.12 of the side): TF's anchors (the smallest 32 px, then 64 px at stride 16)
+    match under 90 % of them at IoU 0.5; the fit lowers the scales until at least 98 % are matched, as YOLO's
+    autoanchor does. Boxes of 96 px are all matched already, and the head is left as it is (issue 24, 2)."""
+    from mnv2.models.ssdlite import ANCHOR_FIT_TARGET, anchor_coverage, fit_anchor_scales
+
+    head = SSDLiteConfig(num_classes=1)
+    small = _square_boxes(0.12)
+    fitted, before, after = fit_anchor_scales(small, 320, head)
+    assert before < 0.9 and after >= ANCHOR_FIT_TARGET
+    assert fitted.min_scale < head.min_scale and fitted.lowest_scale == fitted.min_scale / 2
+    assert anchor_coverage(small, 320, fitted) == after  # the coverage the fit reports is the fitted head's
+    large = _square_boxes(0.3)
+    assert fit_anchor_scales(large, 320, head) == (head, 1.0, 1.0)
+
+
+def test_training_fits_the_anchors_writes_them_into_the_config_and_the_model_uses_them(tmp_path):
+    """The detection task's adapt step on a set of 38-px boxes: anchor_scales in the config (config.yaml), the
+    built model's anchors from them, and ``--anchor-fit none`` keeping TF's."""
+    from mnv2.engine.config import apply_overrides, load_recipe
+
+    data = _voc_boxes(tmp_path / "voc", 38)
+    for i, xml in enumerate(sorted((data / "annotations").glob("*.xml"))):  # 38-px boxes at 20 places an image
+        corners = (_square_boxes(0.12, 20 + i) * 320).round().int().tolist()[i:]
+        objects = "".join(
+            f"<object><name>cell</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}"
+            f"</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+            for x0, y0, x1, y1 in corners
+        )
+        text = xml.read_text()
+        xml.write_text(text[: text.index("<object>")] + objects + "</annotation>")
+    config = apply_overrides(load_recipe("detection"), {"data": str(data), "width": 0.35, "workers": 0})
+    bundle = task.TASK.build_data(config, task.default_preprocessing(config))
+    adapted, notes = task.adapt(config, bundle)
+    assert adapted.anchor_scales is not None and adapted.anchor_scales[1] < 0.2
+    assert len(notes) == 1 and "anchor scales fitted to the boxes" in notes[0] and "--anchor-fit none" in notes[0]
+    model = task.TASK.build_model(adapted, bundle.class_names)
+    assert model.ssd_config.min_scale == adapted.anchor_scales[1]
+    assert task.adapt(adapted, bundle) == (adapted, [])  # a config that has scales keeps them
+    off = apply_overrides(config, {"anchor_fit": "none"})
+    assert task.adapt(off, bundle) == (off, [])
+
+
+# ----------------------------------------------------------------------------------------------- tiles in training
+def _big_voc(root: Path, n: int = 3, size: int = 960, side: int = 30) -> Path:
+    """``n`` ``size``-px images, each with nine ``side``-px boxes on a grid (small objects in large images)."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    places = [(x, y) for x in (100, 450, 800) for y in (120, 470, 820)]
+    for i in range(n):
+        Image.new("RGB", (size, size), (30 * i, 90, 200)).save(root / "images" / f"im{i}.jpg")
+        objects = "".join(
+            f"<object><name>speck</name><difficult>0</difficult><bndbox><xmin>{x}</xmin><ymin>{y}</ymin>"
+            f"<xmax>{x + side}</xmax><ymax>{y + side}</ymax></bndbox></object>"
+            for x, y in places
+        )
+        (root / "annotations" / f"im{i}.xml").write_text(
+            f"<annotation><filename>im{i}.jpg</filename><size><width>{size}</width><height>{size}</height>"
+            f"<depth>3</depth></size>{objects}</annotation>"
+        )
+    (root / "train.txt").write_text("\n".join(f"im{i}.jpg" for i in range(n - 1)))
+    (root / "val.txt").write_text(f"im{n - 1}.jpg")
+    return root
+
+
+def test_training_on_tiles_sees_small_objects_at_the_tiles_scale_and_validates_on_every_tile(tmp_path):
+    """``--tile 320`` on 960-px images with 30-px boxes (issue 24, 4): a train sample is one 320-px tile resized to
+    the input, so a box spans about 30/320 of it (not 30/960 as from the whole image); validation cuts each image
+    into ``predict --tile``'s grid (16 tiles at overlap 0.2), and every box lies whole in at least one tile."""
+    from mnv2.data.detection import crop_to_window
+    from mnv2.engine.config import apply_overrides, load_recipe
+    from mnv2.ops import tile_windows
+
+    data = _big_voc(tmp_path / "voc")
+    config = apply_overrides(load_recipe("detection"), {"data": str(data), "width": 0.35, "workers": 0, "tile": 320,
+                                                        "resolution": 128})  # fmt: skip
+    bundle = task.TASK.build_data(config, task.default_preprocessing(config))
+    train, val = bundle.train.dataset, bundle.val.dataset
+    no_aug = DetectionDataset(train.records, train.pre, True, DetectionAugment(expand_prob=0, crop_skip=1, hflip=0,
+                                                                               photometric=0), tile=320)  # fmt: skip
+    torch.manual_seed(0)
+    sides = []
+    for i in range(8):
+        x, t = no_aug[i % len(no_aug)]
+        assert x.shape == (3, 128, 128) and ((t["boxes"] >= 0) & (t["boxes"] <= 1)).all()
+        sides += (t["boxes"][:, 2] - t["boxes"][:, 0]).tolist()
+    assert sides and all(abs(s - 30 / 320) < 0.02 or s < 30 / 320 for s in sides)  # whole or cut by the border
+    assert max(sides) > 2.5 * 30 / 960
+    assert len(val) == 16 and len(tile_windows(960, 960, 320, 0.2)) == 16
+    whole = 0
+    for i in range(len(val)):
+        _, t = val[i]
+        assert t["size"].tolist() == [320, 320]
+        whole += int(((t["boxes"][:, 2] - t["boxes"][:, 0]) * 320 > 29.5).sum())
+    assert whole >= 9  # each of the image's nine boxes whole in some tile
+    # a box with under half its area in the window is dropped, one with more is clipped to it
+    image, boxes = torch.zeros(3, 100, 100, dtype=torch.uint8), torch.tensor([[40.0, 40, 60, 60], [70, 0, 90, 20]])
+    crop, kept, labels = crop_to_window(image, boxes, torch.tensor([1, 2]), (0, 0, 75, 50))
+    assert crop.shape == (3, 50, 75) and labels.tolist() == [1] and kept.tolist() == [[40.0, 40, 60, 50]]
+    with pytest.raises(ConfigError, match="--tile in training is for detection"):
+        get_task("segmentation").build_data(apply_overrides(load_recipe("segmentation"), {"tile": 320}), None)

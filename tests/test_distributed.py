@@ -44,14 +44,14 @@ def _worker(rank: int, world: int, port: int, data: str, out: str, recipe: str =
     captured = {}
     import mnv2.engine.loop as loop
 
-    original = loop.build_model
+    original = loop.build_run_model
 
     def build_and_keep(*args, **kwargs):
         model, pre = original(*args, **kwargs)
         captured["model"] = model
         return model, pre
 
-    loop.build_model = build_and_keep
+    loop.build_run_model = build_and_keep
     result = train(config, out, log=lambda *_: None)
     params = {k: v.detach().clone() for k, v in captured["model"].named_parameters()}
     torch.save({"result": result, "params": params}, os.path.join(out, f"rank{rank}.pt"))

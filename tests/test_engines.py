@@ -8,7 +8,7 @@ import torch
 
 from deploy_data import batches
 from mnv2.cli import main
-from mnv2.deploy.engines import clear_cache, installed_engines, load_engine, pick_engine
+from mnv2.deploy.runtime.engines import clear_cache, installed_engines, load_engine, pick_engine
 from mnv2.errors import ConfigError
 from mnv2.weights.checkpoint import load_checkpoint
 

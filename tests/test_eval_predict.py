@@ -9,7 +9,7 @@ from PIL import Image
 from mnv2 import CheckpointMeta, Preprocessing, load_checkpoint, mobilenet_v2, save_checkpoint
 from mnv2.cli import main
 from mnv2.data.images import eval_image, load_image
-from mnv2.deploy.predict import predict
+from mnv2.deploy.runtime.predict import predict
 from mnv2.engine.evaluate import evaluate_checkpoint
 from mnv2.errors import ConfigError
 
@@ -151,7 +151,7 @@ def test_predict_with_an_engine_matches_torch(checkpoint, image_folder, tmp_path
 
 @pytest.mark.isolated  # converts with litert-torch in-process; see the marker's note in pyproject.toml
 def test_predict_runs_exported_onnx_and_tflite_files_and_refuses_baked_ones(checkpoint, image_folder, tmp_path, capsys):
-    from mnv2.deploy.engines import clear_cache
+    from mnv2.deploy.runtime.engines import clear_cache
 
     clear_cache()
     files = [str(f) for f in sorted((image_folder / "val" / "green").iterdir())]

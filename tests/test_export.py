@@ -14,7 +14,7 @@ from deploy_data import CLASS_NAMES, PRE, batches, make_images, preprocess
 from mnv2.cli import main
 from mnv2.data import Preprocessing
 from mnv2.deploy import ExportError, ExportOptions, export, fold_batchnorm, read_onnx_metadata
-from mnv2.deploy.onnx_export import check_parity
+from mnv2.deploy.exporters.onnx import check_parity
 from mnv2.errors import ConfigError
 from mnv2.models import mobilenet_v2
 from mnv2.models.fold import count_batchnorms

@@ -120,7 +120,7 @@ def test_a_results_file_that_cannot_be_opened_or_written_is_one_line_and_stays_w
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, mode, *a, **kw)
 
-    monkeypatch.setattr("mnv2.deploy.jobs.open", read_only, raising=False)
+    monkeypatch.setattr("mnv2.deploy.runtime.jobs.open", read_only, raising=False)
     assert main(argv) == 2
     _one_error_line(capsys.readouterr().err, "Read-only file system")
     assert not out.exists() or out.read_text() == ""
@@ -143,7 +143,7 @@ def test_a_results_file_that_cannot_be_opened_or_written_is_one_line_and_stays_w
         f = real_open(path, mode, *a, **kw)
         return Full(f) if str(path) == str(out) and "a" in mode else f
 
-    monkeypatch.setattr("mnv2.deploy.jobs.open", full_disk, raising=False)
+    monkeypatch.setattr("mnv2.deploy.runtime.jobs.open", full_disk, raising=False)
     assert main([*argv, "--topk", "2"]) == 2
     _one_error_line(capsys.readouterr().err, "No space left on device")
     text = out.read_text()

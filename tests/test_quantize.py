@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from deploy_data import accuracy, batches, make_images
 from mnv2.cli import main
 from mnv2.deploy import read_onnx_metadata
-from mnv2.deploy.engines import load_engine
-from mnv2.deploy.onnx_export import read_model_metadata
+from mnv2.deploy.exporters.onnx import read_model_metadata
 from mnv2.deploy.quantize import (
     AUTO_ORDER,
     TFLITE_AUTO_ORDER,
@@ -20,6 +19,7 @@ from mnv2.deploy.quantize import (
     check_tflite_bias_scales,
     quantize,
 )
+from mnv2.deploy.runtime.engines import load_engine
 from mnv2.engine.qat import convert_qat, prepare_qat
 from mnv2.errors import ConfigError
 from mnv2.weights.checkpoint import load_checkpoint

@@ -516,12 +516,12 @@ def test_io_errors_are_one_line(env, tmp_path, capsys, monkeypatch):
 
 
 def test_a_bug_is_one_line_asking_for_a_report(env, capsys, monkeypatch):
-    import mnv2.cli
+    import mnv2.cli.models
 
     def boom(args):
         raise RuntimeError("unexpected\nstate")
 
-    monkeypatch.setattr(mnv2.cli, "cmd_models", boom)
+    monkeypatch.setattr(mnv2.cli.models, "run", boom)  # the verb's function, as the parser finds it
     rc, _, err = run(["models"], capsys)
     assert rc == EXIT_BUG == 70
     lines = err.strip().splitlines()

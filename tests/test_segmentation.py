@@ -291,7 +291,7 @@ def test_test_time_augmentation_returns_log_probabilities_at_the_input_size():
 
 
 def test_train_one_epoch_then_eval_and_predict_end_to_end(tmp_path):
-    from mnv2.deploy.predict import predict
+    from mnv2.deploy.runtime.predict import predict
     from mnv2.engine.evaluate import evaluate_checkpoint
     from mnv2.engine.loop import train
     from mnv2.weights.checkpoint import load_checkpoint
@@ -347,8 +347,8 @@ def _segmenter_checkpoint(path: Path, config: dict | None = None) -> Path:
 
 def test_a_segmenter_exports_at_its_images_size_and_answers_as_torch(tmp_path, capsys):
     from mnv2.cli import main
-    from mnv2.deploy.predict import predict
-    from mnv2.deploy.predict import predict as engine_predict
+    from mnv2.deploy.runtime.predict import predict
+    from mnv2.deploy.runtime.predict import predict as engine_predict
 
     ckpt = _segmenter_checkpoint(tmp_path / "seg.safetensors")
     torch_out = predict(ckpt, [str(CAMVID / "val")], output_dir=tmp_path / "torch")
@@ -395,7 +395,7 @@ def test_quantize_a_segmenter_reports_the_miou_drop_and_the_int8_file_predicts(t
     assert (report["n_calibration"], report["n_eval"], report["method"]) == (3, 1, "minmax")
     for m in (report["fp32"], report["int8"]):
         assert set(m) == {"mIoU", "pixel_acc"} and all(0 <= v <= 1 for v in m.values())
-    assert report["drop"]["mIoU"] == pytest.approx(100 * (report["fp32"]["mIoU"] - report["int8"]["mIoU"]), abs=0.01)
+    assert report["drops"]["mIoU"] == pytest.approx(100 * (report["fp32"]["mIoU"] - report["int8"]["mIoU"]), abs=0.01)
     assert main(["predict", "--out", str(tmp_path / "drawn"), str(out), str(CAMVID / "val"), "--json"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
     assert (r["width"], r["height"]) == (120, 90) and sum(r["fractions"].values()) == pytest.approx(1, abs=1e-4)
@@ -526,7 +526,7 @@ def test_a_large_image_is_segmented_at_the_work_size_and_labelled_at_its_own(mon
     """Issue 28, 13: a free-size segmenter ran a 12-megapixel upload at full size (3.6 GB, 13.7 s). Above
     WORK_PIXELS the image is scaled down for the model and its logits resized back in bands: the engine sees the
     work size, the mask has the photo's size and matches the labels of the photo at its own size."""
-    from mnv2.deploy.predict import Predictor
+    from mnv2.deploy.runtime.predict import Predictor
     from mnv2.tasks.infer import segmentation as seg
 
     model = Path(__file__).parents[1] / "examples" / "models" / "camvid_deeplabv3_mnv2.safetensors"

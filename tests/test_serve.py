@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 
 from conftest import free_port, wait_until_serving
 from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
-from mnv2.deploy.predict import predict as deploy_predict
+from mnv2.deploy.runtime.predict import predict as deploy_predict
 from mnv2.errors import ConfigError
 from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
 from mnv2.models.mobilenetv2 import MobileNetV2Config

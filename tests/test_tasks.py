@@ -134,7 +134,7 @@ def test_runtime_engines_do_not_import_training(tiny_checkpoint, tmp_path):
 
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "x.png")
     code = (
-        "import sys; from mnv2.deploy.predict import predict; "
+        "import sys; from mnv2.deploy.runtime.predict import predict; "
         f"r = predict({str(tiny_checkpoint)!r}, [{str(tmp_path / 'x.png')!r}], 'torch', topk=1); "
         "assert r[0]['top'], r; "
         "bad = [m for m in ('kornia', 'matplotlib', 'mnv2.engine', 'mnv2.engine.loop') if m in sys.modules]; "

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mnv2.cli import main
 from mnv2.data.detection import parse_voc_xml
-from mnv2.deploy.predict import Predictor
+from mnv2.deploy.runtime.predict import Predictor
 from mnv2.tasks.infer import tiles
 
 ROOT = Path(__file__).parents[1]

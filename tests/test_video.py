@@ -74,7 +74,7 @@ def test_a_video_file_gives_one_line_per_frame_and_a_playable_annotated_mp4(stre
     assert [r["time_s"] for r in rows] == pytest.approx([i / 10 for i in range(12)])
     assert video_info(tmp_path / "street.mp4") == (12, 480, 360, 10.0)
     # each frame's result is the image path's on the same decoded frame
-    from mnv2.deploy.predict import Predictor
+    from mnv2.deploy.runtime.predict import Predictor
 
     p = Predictor.open(SEGMENTER, threads=1)
     want = p.predict_images(decoded(street))

@@ -1,6 +1,6 @@
 """mnv2: MobileNetV2 (Sandler et al., CVPR 2018, arXiv:1801.04381) as practical software.
 
-The names below are loaded on first use (PEP 562), so ``import mnv2.deploy.engines`` or ``mnv2 --help`` does not
+The names below are loaded on first use (PEP 562), so ``import mnv2.deploy.runtime.engines`` or ``mnv2 --help`` does not
 pull in the training engine, the converters or torch's distributed package.
 """
 
@@ -20,8 +20,8 @@ _EXPORTS = {
     "Mnv2Error": "mnv2.errors",
     "create_model": "mnv2.weights.hub",
     "list_pretrained": "mnv2.weights.hub",
-    "StreamingMobileNetV2": "mnv2.deploy.memory_efficient",
-    "streaming": "mnv2.deploy.memory_efficient",
+    "StreamingMobileNetV2": "mnv2.models.streaming",
+    "streaming": "mnv2.models.streaming",
     "FeatureInfo": "mnv2.models",
     "MobileNetV2": "mnv2.models",
     "MobileNetV2Config": "mnv2.models",
@@ -30,8 +30,8 @@ _EXPORTS = {
     "mobilenet_v2": "mnv2.models",
     "model_info": "mnv2.models",
     "TASKS": "mnv2.tasks",
-    "Predictor": "mnv2.deploy.predict",
-    "predict": "mnv2.deploy.predict",
+    "Predictor": "mnv2.deploy.runtime.predict",
+    "predict": "mnv2.deploy.runtime.predict",
     "get_task": "mnv2.tasks",
 }
 

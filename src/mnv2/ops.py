@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mnv2.errors import ConfigError
+
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Softmax in float32 along ``axis`` (max subtracted first: finite for any finite logits)."""
@@ -149,3 +151,31 @@ def resize_argmax(x: np.ndarray, size: tuple[int, int], band_bytes: int = 32 * 2
         t = x[:, y0[band]] * (1 - fy[band]) + x[:, y1[band]] * fy[band]  # [C, rows, w_in]
         out[band] = (t[:, :, x0] * (1 - fx) + t[:, :, x1] * fx).argmax(0)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- tiles
+DEFAULT_OVERLAP = 0.2  # SAHI's default overlap ratio: an object up to a fifth of a tile lies whole in some tile
+
+
+def tile_check(size: int | None, overlap: float) -> None:
+    """Refuse a tile size under the model's 32 px minimum or an overlap outside [0, 0.9]."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 32):
+        raise ConfigError(f"--tile must be a whole number of pixels >= 32, got {size!r}")
+    if not (isinstance(overlap, (int, float)) and 0 <= overlap <= 0.9):
+        raise ConfigError(f"--overlap must be a fraction of the tile in [0, 0.9], got {overlap!r}")
+
+
+def _tile_starts(n: int, size: int, overlap: float) -> list[int]:
+    if n <= size:
+        return [0]
+    step = max(1, int(size * (1 - overlap)))
+    starts = list(range(0, n - size, step))
+    return [*starts, n - size]  # the last tile ends at the image's edge
+
+
+def tile_windows(width: int, height: int, size: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` of ``size`` x ``size`` tiles (the image's own side where it is smaller) covering the
+    image, row by row, neighbours overlapping by at least ``overlap`` of a tile; the last of a row or column is
+    aligned with the image's edge."""
+    return [(x, y, min(x + size, width), min(y + size, height))
+            for y in _tile_starts(height, size, overlap) for x in _tile_starts(width, size, overlap)]  # fmt: skip

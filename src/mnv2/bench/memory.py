@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from mnv2.bench.profile import summarize
-from mnv2.deploy.memory_efficient import SPLITS_FULL, check_splits, slice_width
 from mnv2.models.mobilenetv2 import MobileNetV2
+from mnv2.models.streaming import SPLITS_FULL, check_splits, slice_width
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 TABLE3_BYTES = BYTES_PER_ELEMENT["fp16"]  # Table 3: "16-bit floats"

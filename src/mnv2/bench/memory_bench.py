@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from mnv2.bench.memory import PeakMeasurement, label_modules, measure_peak, memory_report
-from mnv2.deploy.memory_efficient import SPLITS_FULL, check_splits, streaming
 from mnv2.models import mobilenet_v2
 from mnv2.models.mobilenetv2 import MobileNetV2, check_resolution
+from mnv2.models.streaming import SPLITS_FULL, check_splits, streaming
 
 DEFAULT_WIDTHS = (0.35, 1.0)
 DEFAULT_SPLITS: tuple[int | str, ...] = (1, 2, 4, 6, SPLITS_FULL)

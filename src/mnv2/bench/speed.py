@@ -144,8 +144,8 @@ def build_candidates(
 ) -> list[Candidate]:
     """Every engine and peer that can run here, each with a factory ``batch -> run``."""
     from mnv2.data.preprocessing import Preprocessing
-    from mnv2.deploy.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, converting_engines
-    from mnv2.deploy.onnx_export import ExportOptions, export_onnx, ort_session
+    from mnv2.deploy.exporters.onnx import ExportOptions, export_onnx, ort_session
+    from mnv2.deploy.runtime.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, converting_engines
     from mnv2.models import create_model
     from mnv2.models.fold import fold_batchnorm
     from mnv2.weights.checkpoint import CheckpointMeta
@@ -191,10 +191,10 @@ def build_candidates(
     if "litert" in installed:
 
         def litert():
-            from mnv2.deploy.formats import export_other
+            from mnv2.deploy.exporters.edge import export_other
 
             tfl = workdir / "mnv2-fp32-b1.tflite"
-            export_other("tflite", fold_batchnorm(model), tfl, ExportOptions(dynamic_batch=False), meta=meta)
+            export_other("tflite", fold_batchnorm(model), tfl, ExportOptions.for_format("tflite"), meta=meta)
             return LiteRtEngine(tfl, threads)
 
         out.append(Candidate("mnv2 litert", False, "fp32", once(litert), "XNNPACK, BN folded"))
@@ -342,10 +342,10 @@ def run_bench(
                 times = _blocks(runs, inputs[b], n, warmup=3 if b == 1 else 1, slow_ms=slow_ms * b)
                 for key, ts in times.items():
                     lat.setdefault(key, {}).setdefault(b, []).append(ts)
-    return summarize(cands, lat, batch, rounds, madds=madds, peak_gflops=peak, peak_threads=threads, peak_n=peak_n)
+    return summarize_runs(cands, lat, batch, rounds, madds=madds, peak_gflops=peak, peak_threads=threads, peak_n=peak_n)
 
 
-def summarize(
+def summarize_runs(
     cands: list[Candidate],
     lat,
     batch: int,

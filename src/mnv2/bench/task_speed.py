@@ -20,9 +20,6 @@ import torch
 from mnv2.bench.speed import _blocks, measure_matmul_peak
 from mnv2.errors import ConfigError
 
-# The paper's settings: detection at 320 (Table 6), segmentation at 512x512 (Table 7) and CamVid's 480x360.
-TASK_SIZES = {"detection": [(320, 320)], "segmentation": [(512, 512), (360, 480)]}
-
 
 @dataclass
 class TaskBenchRecord:
@@ -44,27 +41,17 @@ class TaskBenchRecord:
 
 
 def build_task_model(task: str, height: int, width: int):
-    """The task's paper model (random weights) and its checkpoint metadata for one input size."""
+    """The task's paper model (``Task.paper``, random weights) and its checkpoint metadata for one input size."""
     from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
-    from mnv2.models.mobilenetv2 import MobileNetV2Config
+    from mnv2.engine.config import paper_model
+    from mnv2.tasks import get_inference, get_task
     from mnv2.weights.checkpoint import CheckpointMeta
 
     torch.manual_seed(0)
-    if task == "detection":
-        from mnv2.models.ssdlite import SSDLite, SSDLiteConfig
-
-        if height != width:
-            raise ConfigError("the detector is benchmarked at square sizes (its anchors are laid out for one)")
-        model = SSDLite(MobileNetV2Config(width_mult=1.0, padding="tf"), SSDLiteConfig(num_classes=90))
-        names = [str(i + 1) for i in range(90)]
-    elif task == "segmentation":
-        from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
-
-        model = DeepLabV3(MobileNetV2Config(width_mult=1.0, output_stride=16, num_classes=0, padding="tf"),
-                          DeepLabConfig(num_classes=21))  # fmt: skip
-        names = [str(i) for i in range(21)]
-    else:
-        raise ConfigError(f"--task {task!r}: the task bench knows detection and segmentation")
+    if height != width and get_inference(task).fixed_size:
+        raise ConfigError(f"a {task} model is benchmarked at square sizes (its input has one size)")
+    model, _ = paper_model(task, padding="tf")  # the TF models' "SAME" padding, as published
+    names = [str(i) for i in range(get_task(task).paper.num_classes)]
     pre = Preprocessing(input_size=min(height, width), crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
     meta = CheckpointMeta(model.config, pre, names, task=task, head=model.head_config)
     model.meta = meta
@@ -79,9 +66,9 @@ def _madds(model: torch.nn.Module, height: int, width: int) -> int:
 
 def _engines(model, meta, height: int, width: int, threads: int, workdir: Path, only: list[str] | None) -> dict:
     """name -> run(x) for every installed engine that runs this model at this size."""
-    from mnv2.deploy.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, converting_engines
-    from mnv2.deploy.formats import export_other
-    from mnv2.deploy.onnx_export import ExportOptions, export_onnx
+    from mnv2.deploy.exporters.edge import export_other
+    from mnv2.deploy.exporters.onnx import ExportOptions, export_onnx
+    from mnv2.deploy.runtime.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, converting_engines
 
     runs = {"torch": TorchEngine(model, "bench", threads)}
     size = (height, width)  # a fixed-size graph, TF padding as the paper's models (--input-size WxH in the CLI)
@@ -89,14 +76,14 @@ def _engines(model, meta, height: int, width: int, threads: int, workdir: Path, 
     installed = converting_engines()
     want = [e for e in ("onnxruntime", "openvino", "litert") if e in installed and (not only or e in only)]
     if {"onnxruntime", "openvino"} & set(want):
-        export_onnx(model, onnx_path, ExportOptions(dynamic_batch=False, input_size=size), meta=meta)
+        export_onnx(model, onnx_path, ExportOptions.for_format("tflite", input_size=size), meta=meta)
         if "onnxruntime" in want:
             runs["onnxruntime"] = OrtEngine(onnx_path, "fp32", threads)
         if "openvino" in want:
             runs["openvino"] = OpenVinoEngine(onnx_path, "fp32", threads)
     if "litert" in want:
         tfl = workdir / f"{meta.task}-{height}x{width}.tflite"
-        export_other("tflite", model, tfl, ExportOptions(dynamic_batch=False, input_size=size), meta=meta)
+        export_other("tflite", model, tfl, ExportOptions.for_format("tflite", input_size=size), meta=meta)
         runs["litert"] = LiteRtEngine(tfl, threads)
     return {k: v for k, v in runs.items() if not only or k in only}
 
@@ -113,9 +100,12 @@ def run_task_bench(
     """Batch-1 latency of ``task``'s paper model on every installed engine, at each of ``sizes`` (H, W)."""
     if rounds < 1 or iters < 1 or threads < 1:
         raise ConfigError("rounds, iters and threads must all be >= 1")
-    sizes = sizes or TASK_SIZES.get(task)
-    if sizes is None:
-        raise ConfigError(f"--task {task!r}: the task bench knows {', '.join(TASK_SIZES)}")
+    from mnv2.tasks import get_task
+
+    paper = get_task(task).paper
+    if paper is None or paper.recipe is None:
+        raise ConfigError(f"--task {task!r}: the task bench times the models a recipe builds (detection, segmentation)")
+    sizes = sizes or list(paper.sizes)
     torch.set_num_threads(threads)
     if progress:
         progress(f"fp32 matmul peak on {threads} threads")

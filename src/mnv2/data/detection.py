@@ -1,12 +1,15 @@
-"""Detection data (§6.2): Pascal VOC folders and COCO JSON, SSD train augmentation, epoch-seeded batches.
+"""Detection data (§6.2): Pascal VOC folders, COCO JSON and YOLO, SSD train augmentation, epoch-seeded batches.
 
-Layouts:
-  VOC   ``root/{images|JPEGImages}/`` and ``root/{annotations|Annotations}/*.xml``; optional split lists
-        ``train.txt`` / ``val.txt`` of image names, with or without extension (at the root or in
-        ``ImageSets/Main/``); without them the annotated images are split by a seeded ``val_split``.
+Layouts (each split the data defines is a split, :mod:`mnv2.data.splits`):
+  VOC   ``root/{images|JPEGImages}/`` and ``root/{annotations|Annotations}/*.xml``; optional split lists of image
+        names, with or without extension: ``ImageSets/Main/<split>.txt`` for any split, or ``train.txt`` /
+        ``val.txt`` / ``test.txt`` … at the root; without them the annotated images are split by a seeded
+        ``val_split``.
   COCO  an annotation ``.json`` file (images in ``images/`` beside it, beside it, or in ``../<split>`` for
-        ``annotations/instances_<split>.json``), or a folder with ``annotations/instances_{train,val}*.json`` or
-        ``{train,val}/*.json`` (``valid/`` also counts as val).
+        ``annotations/instances_<split>.json``), or a folder with ``annotations/instances_<split>*.json`` or
+        ``{train,val,test}/*.json`` (``valid/`` also counts as val).
+  YOLO  a ``data.yaml`` (or the folder holding it) with ``names`` and ``train``/``val``/``test`` image folders
+        and ``labels/*.txt`` beside ``images/`` (:mod:`mnv2.data.yolo`, as Ultralytics and Roboflow write it).
 
 Class names come from the data, sorted; labels are 1..C (0 is the detector's background). Boxes are checked once,
 when the annotations are read, against the image's real size: a box that ends up to :data:`BOX_TOLERANCE_PX` past
@@ -31,29 +34,39 @@ normalised box coordinates are fractions of the original image.
 
 from __future__ import annotations
 
+import functools
 import math
-import random
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 from mnv2.data.batches import LoaderBatches
+from mnv2.data.coco import coco_image_dir, coco_split_files
 from mnv2.data.folder import ScanReport
 from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.data.tensors import normalize
+from mnv2.data.splits import (
+    ALL,
+    TRAIN_NAMES,
+    VAL_NAMES,
+    eval_split_name,
+    limit_samples,
+    train_split_name,
+    train_val,
+    val_split_name,
+)
+from mnv2.data.tensors import normalize, to_uint8_tensor
 from mnv2.data.textfiles import read_json, read_list
 from mnv2.errors import ConfigError
+from mnv2.ops import DEFAULT_OVERLAP, tile_windows
 
 # TF preprocessor.ssd_random_crop defaults: one of seven settings drawn per image.
 MIN_OBJECT_COVERED = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
-EVAL_SPLITS = ("train", "val")
 # VOC's pixel coordinates are 1-based, so a correct box can end at width + 1; a box reaching further out is wrong,
 # not rounded, and is not clipped into something else (issue 28, 8).
 BOX_TOLERANCE_PX = 1.0
@@ -217,11 +230,18 @@ def _find_dir(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
 
-def _split_list(root: Path, split: str) -> list[str] | None:
-    for p in (root / f"{split}.txt", root / "ImageSets" / "Main" / f"{split}.txt"):
-        if p.is_file():
-            return read_list(p, AnnotationError)
-    return None
+def split_lists(root: Path) -> dict[str, Path]:
+    """The split lists of a VOC folder, ``{split: list file}``: every ``ImageSets/Main/<split>.txt`` (not VOC's
+    per-class ``<class>_<split>.txt`` lists), and ``<split>.txt`` at the root for the split names of
+    :mod:`mnv2.data.splits` (a root holds other text files too), which wins over the ``ImageSets`` one."""
+    main = root / "ImageSets" / "Main"
+    found = {p.stem: p for p in sorted(main.glob("*.txt"))} if main.is_dir() else {}
+    per_class = {s for s in found if any(s.endswith(f"_{other}") for other in found if other != s)}
+    found = {s: p for s, p in found.items() if s not in per_class}
+    for name in (*TRAIN_NAMES, *VAL_NAMES):
+        if (root / f"{name}.txt").is_file():
+            found[name] = root / f"{name}.txt"
+    return found
 
 
 def _stem(name: str) -> str:
@@ -236,10 +256,13 @@ def is_voc(root: Path) -> bool:
 def load_voc(
     root: str | Path, strict: bool = False, report: DetectionReport | None = None, invalid: str = "drop"
 ) -> tuple[list[str], dict[str, list[DetectionRecord]]]:
-    """Read a VOC folder: ``(class_names, {"train": [...], "val": [...]} or {"all": [...]})``.
+    """Read a VOC folder: ``(class_names, {split: [...]})`` with a split per list (:func:`split_lists`), or
+    ``{"all": [...]}``.
 
-    With split lists the splits are theirs (a missing list is the other's complement); without, every annotation
-    file is one record in ``"all"``. ``invalid``: what an invalid box is (:func:`sanitize_boxes`).
+    Without a train list, the images no validation (or test) list names are ``train``; without a validation list,
+    the images the train list does not name are ``val``. Without any train or validation list every annotation file
+    is one record in ``"all"`` (other lists are splits beside it). ``invalid``: what an invalid box is
+    (:func:`sanitize_boxes`).
     """
     root = Path(root)
     report = report if report is not None else DetectionReport()
@@ -251,45 +274,47 @@ def load_voc(
     xmls = {p.stem: p for p in sorted(ann_dir.glob("*.xml"))}
     if not xmls:
         raise ConfigError(f"no .xml annotation files in {str(ann_dir)!r}")
-    lists = {s: _split_list(root, s) for s in EVAL_SPLITS}
-    if lists["train"] is None and lists["val"] is None:
-        splits = {"all": list(xmls)}
-    else:
-        named = {s: [_stem(n) for n in names] for s, names in lists.items() if names is not None}
-        for s, stems in named.items():
-            missing = [n for n in stems if n not in xmls]
-            if missing:
-                raise ConfigError(f"{s}.txt in {str(root)!r} names {len(missing)} image(s) without an annotation "
-                                  f"file in {str(ann_dir)!r}, e.g. {missing[0]}.xml")  # fmt: skip
-        for s, other in (("train", "val"), ("val", "train")):
-            if s not in named:
-                taken = set(named[other])
-                named[s] = [n for n in xmls if n not in taken]
-        splits = named
+    splits = {s: [_stem(n) for n in read_list(p, AnnotationError)] for s, p in split_lists(root).items()}
+    for s, stems in splits.items():
+        missing = [n for n in stems if n not in xmls]
+        if missing:
+            raise ConfigError(f"{s}.txt in {str(root)!r} names {len(missing)} image(s) without an annotation "
+                              f"file in {str(ann_dir)!r}, e.g. {missing[0]}.xml")  # fmt: skip
+    train_name = train_split_name(splits)
+    # a test list is no validation list here: without a val list, val is what the train list leaves out, as it was
+    # before test lists were read
+    val_name = val_split_name([s for s in splits if s != "test"])
+    if train_name is None and val_split_name(splits) is None:
+        splits = {ALL: list(xmls), **splits}
+    elif train_name is not None and val_name is None:
+        taken = set(splits[train_name])
+        splits["val"] = [n for n in xmls if n not in taken]
+    elif train_name is None:
+        taken = {n for s in VAL_NAMES for n in splits.get(s, ())}
+        splits["train"] = [n for n in xmls if n not in taken]
     parsed = {stem: parse_voc_xml(xmls[stem]) for stems in splits.values() for stem in stems}
     class_names = sorted({name for _, objects in parsed.values() for name, _ in objects})
     index = {name: i + 1 for i, name in enumerate(class_names)}
-    out: dict[str, list[DetectionRecord]] = {}
-    total = sum(len(v) for v in splits.values())
-    bar = tqdm(total=total, desc=f"check {root.name}", leave=False, disable=total < 500)
-    for split, stems in splits.items():
-        records = []
-        for stem in stems:
-            bar.update()
-            filename, objects = parsed[stem]
-            path = _voc_image(img_dir, stem, filename, xmls[stem])
-            size = _image_size(path, strict, report)
-            if size is None:
-                continue
-            boxes, dropped = [list(b) for _, b in objects], []
-            keep = sanitize_boxes(boxes, size[0], size[1], report, invalid=invalid, source=str(xmls[stem]),
-                                  names=[name for name, _ in objects], dropped=dropped)  # fmt: skip
-            rec = DetectionRecord(str(path), size[0], size[1], [boxes[i] for i in keep],
-                                  [index[objects[i][0]] for i in keep], [False] * len(keep), dropped)  # fmt: skip
-            report.empty_images += not rec.boxes
-            records.append(rec)
-        out[split] = records
+    done: dict[str, DetectionRecord | None] = {}  # an image in several lists (VOC's trainval) is read once
+    bar = tqdm(total=len(parsed), desc=f"check {root.name}", leave=False, disable=len(parsed) < 500)
+    for stem in (stem for stems in splits.values() for stem in stems):
+        if stem in done:
+            continue
+        bar.update()
+        filename, objects = parsed[stem]
+        path = _voc_image(img_dir, stem, filename, xmls[stem])
+        size = _image_size(path, strict, report)
+        if size is None:
+            done[stem] = None
+            continue
+        boxes, dropped = [list(b) for _, b in objects], []
+        keep = sanitize_boxes(boxes, size[0], size[1], report, invalid=invalid, source=str(xmls[stem]),
+                              names=[name for name, _ in objects], dropped=dropped)  # fmt: skip
+        done[stem] = DetectionRecord(str(path), size[0], size[1], [boxes[i] for i in keep],
+                                     [index[objects[i][0]] for i in keep], [False] * len(keep), dropped)  # fmt: skip
+        report.empty_images += not keep
     bar.close()
+    out = {s: [r for r in (done[stem] for stem in stems) if r is not None] for s, stems in splits.items()}
     return class_names, out
 
 
@@ -306,16 +331,6 @@ def _coco_field(obj, key: str, kind, path: Path, what: str):
     if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], kind):
         raise AnnotationError(f"{str(path)!r}: {what} needs a {key!r} field ({getattr(kind, '__name__', kind)})")
     return obj[key]
-
-
-def _coco_image_dir(path: Path) -> Path:
-    """Where a COCO file's images are: ``images/`` beside it, ``../<split>/`` for ``instances_<split>.json``,
-    ``../images/``, else beside it."""
-    split = path.stem.removeprefix("instances_")
-    for d in (path.parent / "images", path.parent.parent / split, path.parent.parent / "images"):
-        if d.is_dir():
-            return d
-    return path.parent
 
 
 def load_coco(
@@ -359,7 +374,7 @@ def load_coco(
     if orphans := sorted(set(by_image) - set(ids)):
         raise AnnotationError(f"{str(path)!r}: {sum(len(by_image[i]) for i in orphans)} annotation(s) of image id(s) "
                               f"the file does not list, e.g. {orphans[0]}")  # fmt: skip
-    image_dir = Path(image_dir) if image_dir is not None else _coco_image_dir(path)
+    image_dir = Path(image_dir) if image_dir is not None else coco_image_dir(path)
     records = []
     for im in tqdm(images, desc=f"check {path.name}", leave=False, disable=len(images) < 500):
         image_id = im["id"]
@@ -385,22 +400,12 @@ def load_coco(
     return class_names, records
 
 
-def _coco_split_files(root: Path) -> dict[str, Path]:
-    found = {}
-    for split in EVAL_SPLITS:
-        dirs = (split, "valid") if split == "val" else (split,)  # Roboflow's COCO export names it valid/
-        cands = sorted((root / "annotations").glob(f"instances_{split}*.json"))
-        cands += [p for d in dirs for p in sorted((root / d).glob("*.json"))]
-        if cands:
-            found[split] = cands[0]
-    return found
-
-
 def load_detection_dataset(
     data: str | Path, strict: bool = False, report: DetectionReport | None = None, invalid: str = "drop"
 ) -> tuple[list[str], dict[str, list[DetectionRecord]]]:
-    """Any supported layout → ``(class_names, splits)``; splits are ``train``/``val`` or ``all``. ``invalid``: what
-    an invalid box is, ``"drop"`` (counted in ``report``) or ``"error"`` (:func:`sanitize_boxes`)."""
+    """Any supported layout → ``(class_names, {split: records})`` (:mod:`mnv2.data.splits`: each split the data
+    defines, or ``all``). ``invalid``: what an invalid box is, ``"drop"`` (counted in ``report``) or ``"error"``
+    (:func:`sanitize_boxes`)."""
     root = Path(data)
     report = report if report is not None else DetectionReport()
     if invalid not in INVALID_BOXES:
@@ -409,10 +414,16 @@ def load_detection_dataset(
         raise ConfigError(f"data path {str(root)!r} does not exist")
     if root.suffix.lower() == ".json":
         names, records = load_coco(root, strict=strict, report=report, invalid=invalid)
-        return names, {"all": records}
+        return names, {ALL: records}
+    from mnv2.data.yolo import YAML_SUFFIXES, find_data_yaml, load_yolo  # yolo.py builds on this module
+
+    if root.suffix.lower() in YAML_SUFFIXES:
+        return load_yolo(root, strict, report, invalid)
     if is_voc(root):
         return load_voc(root, strict, report, invalid)
-    files = _coco_split_files(root) if root.is_dir() else {}
+    if (yaml_file := find_data_yaml(root)) is not None:
+        return load_yolo(yaml_file, strict, report, invalid)
+    files = coco_split_files(root) if root.is_dir() else {}
     if files:
         loaded = {s: load_coco(p, strict=strict, report=report, invalid=invalid) for s, p in files.items()}
         names = sorted({n for names, _ in loaded.values() for n in names})
@@ -425,23 +436,19 @@ def load_detection_dataset(
         return names, out
     raise ConfigError(
         f"{str(root)!r} is not a detection dataset: expected a VOC folder (images/ + annotations/*.xml), a COCO "
-        "annotation .json, or a folder with annotations/instances_{train,val}*.json or {train,val}/*.json"
+        "annotation .json, a folder with annotations/instances_{train,val}*.json or {train,val}/*.json, or a YOLO "
+        "data.yaml (or a folder holding one)"
     )
 
 
 def train_val_records(
     data: str | Path, val_split: float = 0.1, seed: int = 0, strict: bool = False
 ) -> tuple[list[str], list[DetectionRecord], list[DetectionRecord], DetectionReport]:
-    """Train and val records of ``data``: its own split, else a seeded ``val_split`` fraction as val."""
+    """Train and val records of ``data``: its own split, else a seeded ``val_split`` fraction as val
+    (:func:`mnv2.data.splits.train_val`)."""
     report = DetectionReport()
     names, splits = load_detection_dataset(data, strict, report)
-    if "all" in splits:
-        records = list(splits["all"])
-        random.Random(seed).shuffle(records)
-        n_val = max(1, round(len(records) * val_split)) if len(records) > 1 else 0
-        train, val = records[n_val:], records[:n_val]
-    else:
-        train, val = splits.get("train", []), splits.get("val", [])
+    train, val, _ = train_val(splits, val_split, seed, data)
     if not train:
         raise ConfigError(f"{str(data)!r} has no readable training images")
     if not val:
@@ -450,11 +457,6 @@ def train_val_records(
 
 
 # ----------------------------------------------------------------------------------------------- transforms
-def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
-    """PIL RGB image → uint8 ``[3, H, W]``."""
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
 def resize_window(
     image: torch.Tensor, window: tuple[int, int, int, int], size: int, fill: tuple[float, ...], boxes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -554,17 +556,44 @@ def _intersection(boxes: torch.Tensor, window: tuple[float, float, float, float]
     return iw * ih
 
 
+# A box cut by a tile's border is kept when at least this share of its area lies inside (SAHI's slicing default is
+# 0.1 for training; a box mostly outside its tile is a fragment the model cannot recognise, so half, as the merge's
+# intersection-over-smaller of 0.5).
+TILE_MIN_VISIBLE = 0.5
+
+
+def crop_to_window(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, window, *extra: torch.Tensor):
+    """``image`` ``[3, H, W]`` cut to the pixel ``window`` ``(x0, y0, x1, y1)``, with the boxes shifted into it and
+    clipped to it; a box with under :data:`TILE_MIN_VISIBLE` of its area inside is dropped (with its label and the
+    ``extra`` per-box tensors)."""
+    x0, y0, x1, y1 = window
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = _intersection(boxes, window) >= TILE_MIN_VISIBLE * area.clamp(min=1e-9)
+    shift = torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+    bound = torch.tensor([x1 - x0, y1 - y0, x1 - x0, y1 - y0], dtype=boxes.dtype)
+    inside = torch.minimum((boxes[keep] - shift).clamp(min=0), bound)
+    return (image[:, y0:y1, x0:x1], inside, labels[keep], *(e[keep] for e in extra))
+
+
 class DetectionTrainTransform:
     """uint8 ``[3, H, W]`` image, pixel boxes, labels → normalised ``[3, S, S]`` input, normalised boxes, labels."""
 
-    def __init__(self, pre: Preprocessing, aug: DetectionAugment | None = None) -> None:
+    def __init__(self, pre: Preprocessing, aug: DetectionAugment | None = None, tile: int | None = None) -> None:
         import kornia.augmentation as K
 
-        self.pre, self.aug = pre, aug or DetectionAugment()
+        self.pre, self.aug, self.tile = pre, aug or DetectionAugment(), tile
         a = self.aug
         self.color = K.ColorJitter(32 / 255, 0.5, 0.5, 0.05, p=a.photometric) if a.photometric > 0 else None
 
     def __call__(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor):
+        if self.tile is not None:  # 0. one random tile of the full-size image, as `predict --tile` will cut them
+            _, h, w = image.shape
+            x0, y0 = (
+                int(torch.randint(max(w - self.tile, 0) + 1, ())),
+                int(torch.randint(max(h - self.tile, 0) + 1, ())),
+            )
+            image, boxes, labels = crop_to_window(image, boxes, labels, (x0, y0, min(x0 + self.tile, w),
+                                                                         min(y0 + self.tile, h)))  # fmt: skip
         a, (_, h, w) = self.aug, image.shape
         # 1. zoom out: the canvas as a window in image coordinates (the image sits at a random offset inside it)
         canvas = (0, 0, w, h)
@@ -613,16 +642,23 @@ class DetectionDataset(torch.utils.data.Dataset):
     target's ``size`` (original ``[H, W]``) and ``iscrowd``."""
 
     def __init__(
-        self, records: list[DetectionRecord], pre: Preprocessing, train: bool, aug: DetectionAugment | None = None
-    ) -> None:
+        self, records: list[DetectionRecord], pre: Preprocessing, train: bool, aug: DetectionAugment | None = None,
+        tile: int | None = None,
+    ) -> None:  # fmt: skip
         self.records, self.pre, self.train = records, pre, train
-        self.transform = DetectionTrainTransform(pre, aug) if train else None
+        self.transform = DetectionTrainTransform(pre, aug, tile) if train else None
+        # evaluation on tiles: each image's grid of tiles (``predict --tile``'s, default overlap), one sample each
+        self.items: list[tuple[int, tuple[int, int, int, int] | None]] = [(i, None) for i in range(len(records))]
+        if tile is not None and not train:
+            self.items = [(i, w) for i, r in enumerate(records)
+                          for w in tile_windows(r.width, r.height, tile, DEFAULT_OVERLAP)]  # fmt: skip
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.items)
 
     def __getitem__(self, i: int):
-        r = self.records[i]
+        index, window = self.items[i]
+        r = self.records[index]
         image = to_uint8_tensor(load_image(r.path))
         boxes = torch.tensor(r.boxes, dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor(r.labels, dtype=torch.long)
@@ -631,19 +667,23 @@ class DetectionDataset(torch.utils.data.Dataset):
             boxes, labels = boxes[~crowd], labels[~crowd]
             x, nboxes, labels = self.transform(image, boxes, labels)
             return x, {"boxes": nboxes, "labels": labels}
-        return eval_tensor(image, self.pre), self._target(r, boxes, labels, crowd)
+        if window is not None:
+            image, boxes, labels, crowd = crop_to_window(image, boxes, labels, window, crowd)
+        return eval_tensor(image, self.pre), self._target(image.shape[1:], boxes, labels, crowd)
 
     @staticmethod
-    def _target(r: DetectionRecord, boxes, labels, crowd) -> dict:
-        scale = torch.tensor([r.width, r.height, r.width, r.height], dtype=torch.float32)
-        return {"boxes": boxes / scale, "labels": labels, "iscrowd": crowd, "size": torch.tensor([r.height, r.width])}
+    def _target(size, boxes, labels, crowd) -> dict:
+        h, w = int(size[0]), int(size[1])
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        return {"boxes": boxes / scale, "labels": labels, "iscrowd": crowd, "size": torch.tensor([h, w])}
 
     def raw(self, i: int) -> tuple[Image.Image, dict]:
         """Image ``i`` decoded (RGB, upright) and its eval target: for evaluating the inference half, tiles
         included (``mnv2 eval --tile``)."""
         r = self.records[i]
         boxes = torch.tensor(r.boxes, dtype=torch.float32).reshape(-1, 4)
-        target = self._target(r, boxes, torch.tensor(r.labels, dtype=torch.long), torch.tensor(r.iscrowd, dtype=bool))
+        crowd = torch.tensor(r.iscrowd, dtype=bool)
+        target = self._target((r.height, r.width), boxes, torch.tensor(r.labels, dtype=torch.long), crowd)
         return load_image(r.path), target
 
 
@@ -652,61 +692,49 @@ def collate(batch: list) -> tuple[torch.Tensor, list[dict]]:
     return torch.stack([x for x, _ in batch]), [t for _, t in batch]
 
 
-def DetectionBatches(
-    dataset,
-    batch_size: int,
-    shuffle: bool,
-    workers: int,
-    seed: int = 0,
-    rank: int = 0,
-    world: int = 1,
-    pin: bool = False,
-) -> LoaderBatches:
-    """The shared epoch-seeded loader (``mnv2.data.batches``) with this task's collate and its own RNG stream."""
-    return LoaderBatches(
-        dataset, batch_size, shuffle, workers, seed, rank, world, pin, collate_fn=collate, own_rng=True
-    )
+# The shared epoch-seeded loader (``mnv2.data.batches``) with this task's collate and its own RNG stream.
+DetectionBatches = functools.partial(LoaderBatches, collate_fn=collate, own_rng=True)
 
 
 def build_detection_data(
     data: str, pre: Preprocessing, batch_size: int, eval_batch_size: int, *, val_split: float = 0.1,
     strict: bool = False, workers: int = 2, seed: int = 0, rank: int = 0, world: int = 1, pin: bool = False,
     train_limit: int | None = None, val_limit: int | None = None, aug: DetectionAugment | None = None,
+    tile: int | None = None,
 ):  # fmt: skip
-    """A ``DataBundle`` of detection batches (``mnv2.data.loaders.DataBundle``; val name ``"val"``)."""
+    """A ``DataBundle`` of detection batches (``mnv2.data.loaders.DataBundle``; val name ``"val"``). ``tile``:
+    train on a random tile of that many pixels of each full-size image and validate on every image's tiles (issue 24,
+    4: small objects in large images), as ``predict --tile`` cuts them."""
     from mnv2.data.loaders import DataBundle
 
     names, train, val, report = train_val_records(data, val_split, seed, strict)
-    if train_limit is not None:
-        train = random.Random(seed).sample(train, min(train_limit, len(train)))
-    if val_limit is not None:
-        val = random.Random(seed).sample(val, min(val_limit, len(val)))
+    train = limit_samples(train, train_limit, seed, keep_order=False)
+    val = limit_samples(val, val_limit, seed, keep_order=False)
     train_b = DetectionBatches(
-        DetectionDataset(train, pre, True, aug), batch_size, True, workers, seed, rank, world, pin
+        DetectionDataset(train, pre, True, aug, tile), batch_size, True, workers, seed, rank, world, pin
     )
-    val_b = DetectionBatches(DetectionDataset(val, pre, False), eval_batch_size, False, workers, seed, rank, world, pin)
+    val_set = DetectionDataset(val, pre, False, tile=tile)
+    val_b = DetectionBatches(val_set, eval_batch_size, False, workers, seed, rank, world, pin)
     return DataBundle(train_b, val_b, names, pre, report, "val")
 
 
 def build_detection_eval_data(
     data: str, pre: Preprocessing, batch_size: int, *, split: str | None = None, workers: int = 2,
     strict: bool = False, limit: int | None = None, seed: int = 0, invalid: str = "error", **_,
-) -> tuple[DetectionBatches, list[str], DetectionReport]:  # fmt: skip
-    """Eval batches, class names and report of ``data``: ``split`` (``train``/``val``), else its val split, else
-    every image. An invalid box of the evaluated images is an error unless ``invalid="drop"`` (the metric must not
-    be computed on ground truth changed in silence); the report counts those images' dropped boxes."""
+) -> tuple[LoaderBatches, list[str], DetectionReport]:  # fmt: skip
+    """Eval batches, class names and report of ``data``: ``split`` (any the data defines), else its validation
+    split, else every image (:func:`mnv2.data.splits.eval_split_name`). An invalid box of the evaluated images is an
+    error unless ``invalid="drop"`` (the metric must not be computed on ground truth changed in silence); the report
+    counts those images' dropped boxes."""
     if invalid not in INVALID_BOXES:
         raise ConfigError(f"invalid must be one of {INVALID_BOXES}, got {invalid!r}")
     report = DetectionReport()
     names, splits = load_detection_dataset(data, strict, report, "drop")
-    if split is not None and split not in splits:
-        raise ConfigError(f"{str(data)!r} has no {split!r} split (it has: {', '.join(splits)})")
-    records = splits[split] if split is not None else splits.get("val", splits.get("all", []))
+    split = eval_split_name(splits, split, data)
+    records = splits[split]
     if not records:
-        raise ConfigError(f"no readable images in {str(data)!r}{f' ({split} split)' if split else ''}")
-    if limit is not None and limit < len(records):
-        keep = set(random.Random(seed).sample(range(len(records)), limit))
-        records = [r for i, r in enumerate(records) if i in keep]
+        raise ConfigError(f"no readable images in {str(data)!r} ({split} split)")
+    records = limit_samples(records, limit, seed)
     dropped = [m for r in records for m in r.dropped]  # the evaluated images' only: the other splits do not count
     if dropped and invalid == "error":
         raise AnnotationError(f"{dropped[0]}; {INVALID_ADVICE}")

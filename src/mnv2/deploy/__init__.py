@@ -11,16 +11,16 @@ from __future__ import annotations
 from mnv2._lazy import lazy_getattr
 
 _EXPORTS = {
-    "export": "mnv2.deploy.export",
+    "export": "mnv2.deploy.exporters",
     **dict.fromkeys(
         ("ExportError", "ExportOptions", "ExportPlan", "ExportReport", "export_onnx", "plan_export",
          "read_onnx_metadata"),
-        "mnv2.deploy.onnx_export",
+        "mnv2.deploy.exporters.onnx",
     ),
     "fold_batchnorm": "mnv2.models.fold",
-    "read_card": "mnv2.deploy.card",
-    "load_engine": "mnv2.deploy.engines",
-    "predict": "mnv2.deploy.predict",
+    "read_card": "mnv2.deploy.runtime.card",
+    "load_engine": "mnv2.deploy.runtime.engines",
+    "predict": "mnv2.deploy.runtime.predict",
 }  # fmt: skip
 __all__ = sorted(_EXPORTS)
 

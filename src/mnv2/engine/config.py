@@ -17,8 +17,8 @@ from mnv2.data.transforms import AugmentConfig
 from mnv2.errors import ConfigError
 from mnv2.models.layers import PADDING_MODES
 from mnv2.models.mobilenetv2 import MAX_INPUT_SIZE, MIN_INPUT_SIZE
-from mnv2.tasks import TASKS
-from mnv2.typed import strict_from_dict
+from mnv2.tasks import DEFAULT_TASK, TASKS
+from mnv2.typed import option, option_fields, strict_from_dict
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULES = ("exp", "cosine", "onecycle", "poly")
@@ -27,15 +27,13 @@ BN_MODES = ("train", "frozen")
 SCORE_FNS = ("sigmoid", "softmax")
 ASPP_MODES = ("off", "separable", "regular")
 CLASS_WEIGHTING = ("auto", "none")
+ANCHOR_FIT = ("auto", "none")
 FREEZE_HELP = "none | stem | stage:N (stem and stages < N) | backbone (all but the classifier)"
 
 
-def flag(default: Any = None, help: str = "", *, choices: tuple | None = None, resume: bool = False, **kw):
-    """A config field that is also a ``mnv2 train`` flag (``--field-name``): the CLI derives its flags from these."""
-    meta = {"help": help, "choices": choices, "resume": resume}
-    if "default_factory" in kw:
-        return field(default_factory=kw["default_factory"], metadata=meta)
-    return field(default=default, metadata=meta)
+def flag(default: Any = None, help: str = "", **kw):
+    """A config field that is also a ``mnv2 train`` flag (``--field-name``; :func:`mnv2.typed.option`)."""
+    return option(default, help, **kw)
 
 
 @dataclass
@@ -48,7 +46,7 @@ class TrainConfig:
     """
 
     recipe: str = "default"
-    task: str = flag("classification", "what to train (a module of mnv2.tasks)", choices=tuple(TASKS))
+    task: str = flag(DEFAULT_TASK, "what to train (a module of mnv2.tasks)", choices=tuple(TASKS))
     # data
     data: str = flag("fashion-mnist", "fashion-mnist (built in) or an image folder (root/train, root/val or "
                      "root/<class>)")  # fmt: skip
@@ -104,6 +102,14 @@ class TrainConfig:
         "auto", "segmentation: auto (a class under 5 %% of the train pixels gets loss weights from the data, written "
         "into config.yaml) or none", choices=CLASS_WEIGHTING,
     )  # fmt: skip
+    tile: int | None = flag(None, "detection: train on a random tile of this many pixels of each full-size image and "
+                            "validate on the val images' tiles (small objects in large images; then evaluate and "
+                            "predict with --tile of the same size)")  # fmt: skip
+    anchor_fit: str = flag(
+        "auto", "detection: auto (when under 98 %% of the train boxes have an anchor at IoU >= 0.5, the anchor scales "
+        "are fitted to the boxes, as YOLO's autoanchor, and written into config.yaml) or none", choices=ANCHOR_FIT,
+    )  # fmt: skip
+    anchor_scales: list[float] | None = None  # detection: [lowest, min, max] anchor scales (the fit's, or a recipe's)
     grad_clip: float = flag(0.0, "max global gradient norm (0 = off)")
     precise_bn: int = flag(0, "recompute BatchNorm statistics on this many train images before each evaluation (0 = "
                            "off): new layers' running statistics lag far behind in short fine-tunes")  # fmt: skip
@@ -138,6 +144,12 @@ class TrainConfig:
             (self.score_fn in SCORE_FNS, f"score_fn must be one of {SCORE_FNS}"),
             (self.aspp in ASPP_MODES, f"aspp must be one of {ASPP_MODES}"),
             (self.class_weighting in CLASS_WEIGHTING, f"class_weighting must be one of {CLASS_WEIGHTING}"),
+            (self.anchor_fit in ANCHOR_FIT, f"anchor_fit must be one of {ANCHOR_FIT}"),
+            (self.tile is None or self.tile >= MIN_INPUT_SIZE, f"tile must be at least {MIN_INPUT_SIZE} pixels"),
+            (
+                self.anchor_scales is None or (len(self.anchor_scales) == 3 and min(self.anchor_scales) > 0),
+                "anchor_scales must be three positive numbers [lowest, min, max]",
+            ),
             (self.output_stride in (None, 8, 16), "output_stride must be 8 or 16"),
             (self.poly_power > 0, "poly_power must be > 0"),
             (isinstance(self.precise_bn, int) and self.precise_bn >= 0, "precise_bn must be an integer >= 0"),
@@ -315,8 +327,31 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
 
 def flag_fields() -> list[dataclasses.Field]:
     """The config fields that are ``mnv2 train`` flags, in declaration order."""
-    return [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
+    return option_fields(TrainConfig)
 
 
 # What `mnv2 train --resume` may change; everything else is the saved run's.
 RESUME_FLAGS = tuple(f.name for f in flag_fields() if f.metadata["resume"])
+
+
+def paper_model(task: str, num_classes: int | None = None, **flags: Any):
+    """A task's published model (``Task.paper``) with random weights, and its input size, for ``mnv2 summary`` and
+    ``mnv2 bench``: the registry's classifier (``--model``/``--width``), or the model the task's recipe builds with
+    the paper's flags. ``flags`` (``model``, ``width``, ``resolution``, ``padding``, ``output_stride``, ``aspp``;
+    ``None``: the paper's) override them; ``num_classes`` defaults to the paper's class count."""
+    from mnv2.models import create_model, mobilenet_v2, model_info
+    from mnv2.tasks import get_task
+
+    spec = get_task(task).paper
+    classes = num_classes or spec.num_classes
+    flags = {**spec.flags, **{k: v for k, v in flags.items() if v is not None}}
+    if spec.recipe is not None:  # the task's model as its recipe builds it
+        config = apply_overrides(load_recipe(spec.recipe), {"resolution": spec.sizes[0][0], **flags})
+        return get_task(task).build_model(config, [str(i) for i in range(classes)]), config.resolution
+    arch = {k: flags[k] for k in ("padding", "output_stride") if k in flags}
+    if "width" in flags:
+        return mobilenet_v2(width_mult=flags["width"], num_classes=classes, **arch), flags.get("resolution", 224)
+    name = flags.get("model", "mobilenetv2_100")
+    return create_model(name, num_classes=classes, **arch), flags.get("resolution") or model_info(
+        name
+    ).default_resolution

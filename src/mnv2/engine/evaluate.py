@@ -1,5 +1,5 @@
 """``mnv2 eval``: run a checkpoint on a dataset, for any task (the task is read from the checkpoint). Prediction on
-image files is ``mnv2.deploy.predict``."""
+image files is ``mnv2.deploy.runtime.predict``."""
 
 from __future__ import annotations
 

@@ -36,16 +36,15 @@ from mnv2.engine.config import RESUME_FLAGS, TrainConfig, resolve_steps
 from mnv2.engine.optim import ModelEma, build_optimizer, lr_factor
 from mnv2.engine.plots import plot_curves
 from mnv2.errors import ConfigError, Mnv2Error
+from mnv2.files import atomic_write, remove_stale_temporaries
 from mnv2.models.utils import unwrap
 from mnv2.tasks import Task, get_task
 from mnv2.weights.checkpoint import (
     CheckpointMeta,
     NonFiniteError,
-    atomic_write,
     load_checkpoint,
     non_finite_tensors,
     read_checkpoint_meta,
-    remove_stale_temporaries,
     save_checkpoint,
 )
 
@@ -130,7 +129,7 @@ def to_device(obj, device: torch.device):
 
 
 # ----------------------------------------------------------------------------------------------- model
-def build_model(task: Task, config: TrainConfig, data) -> tuple[nn.Module, object]:
+def build_run_model(task: Task, config: TrainConfig, data) -> tuple[nn.Module, object]:
     """A fresh model from the config, or ``--init``'s checkpoint's architecture and weights with the task's head
     for the data's classes. Returns ``(model, preprocessing)``.
 
@@ -335,7 +334,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
     for note in notes:
         if rank == 0:
             log(f"adapted to the data: {note}")
-    model, pre = build_model(task, config, data)
+    if config.tile is not None and rank == 0:  # what the model learns to see is a tile, not the whole image
+        log(f"training on tiles of {config.tile} px: evaluate and predict with --tile {config.tile}")
+    model, pre = build_run_model(task, config, data)
     if config.qat:  # simulate the deployed INT8 model (mnv2 quantize) while fine-tuning
         model = qat.prepare_qat(model)
     frozen = finetune.apply_freeze(model, config.freeze, config.bn)
@@ -528,4 +529,6 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
         raise ResumeError(f"{str(path)!r} is not valid YAML ({' '.join(str(e).split())})") from e
     if not isinstance(values, dict):
         raise ResumeError(f"{str(path)!r} is not a mapping of config keys")
+    # a run saved before a data-adaptive default existed trained without it: resuming must not change its model
+    values.setdefault("anchor_fit", "none")
     return TrainConfig.from_dict(values, str(path))

@@ -20,7 +20,7 @@ def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, t
     """Inference BatchNorm as ``y * scale + shift``: ``scale = γ/sqrt(var + eps)``, ``shift = β − μ·scale``.
 
     The one place mnv2 writes this formula: :func:`fold_conv_bn` (export, engines), the streaming forward
-    (``mnv2.deploy.memory_efficient``) and QAT's folded conv (``mnv2.engine.qat``) all use it. Plain tensor
+    (``mnv2.models.streaming``) and QAT's folded conv (``mnv2.engine.qat``) all use it. Plain tensor
     arithmetic on the module's own parameters and running statistics, so gradients flow to γ and β (QAT trains
     them with frozen statistics) and the result is never stale. A BN without affine parameters has γ = 1, β = 0.
 

@@ -397,3 +397,43 @@ def nms_decoded(decoded: torch.Tensor, head: SSDLiteConfig) -> list[dict[str, to
             {"boxes": torch.from_numpy(b), "scores": torch.from_numpy(s), "labels": torch.from_numpy(labels)}
         )
     return results
+
+
+# YOLOv5's autoanchor refits its anchors when fewer than 98 % of the labels could be matched ("best possible
+# recall"); SSD trains only on matched anchors, so a box with none at IoU >= matched_threshold is never learnt.
+ANCHOR_FIT_TARGET = 0.98
+# The scales an anchor fit tries: the smallest layer's scale (TF: 0.2 of the input) and the largest's (0.95).
+FIT_MIN_SCALES = tuple(round(0.04 + 0.02 * i, 2) for i in range(9))  # 0.04 ... 0.20
+FIT_MAX_SCALES = (0.55, 0.65, 0.75, 0.85, 0.95)
+
+
+def anchor_coverage(boxes: torch.Tensor, size: int | tuple[int, int], head: SSDLiteConfig) -> float:
+    """The fraction of ``boxes`` (``[N, 4]`` normalised corners) with an anchor of ``head`` at an input of ``size``
+    at IoU >= its ``matched_threshold``: the boxes training can learn."""
+    if len(boxes) == 0:
+        return 1.0
+    h, w = (size, size) if isinstance(size, int) else size
+    anchors = cxcywh_to_xyxy(generate_anchors(feature_map_sizes(h, w, head.num_layers), head, (h, w)))
+    best = box_iou(boxes.float(), anchors).max(dim=1).values
+    return float((best >= head.matched_threshold).float().mean())
+
+
+def fit_anchor_scales(
+    boxes: torch.Tensor, size: int | tuple[int, int], head: SSDLiteConfig
+) -> tuple[SSDLiteConfig, float, float]:
+    """Anchor scales fitted to ``boxes`` (normalised corners) on SSDLite's layout, as YOLO's autoanchor fits its
+    anchors: ``(head, coverage before, coverage after)``. ``head`` is returned unchanged when its coverage is at
+    least :data:`ANCHOR_FIT_TARGET`, or when no candidate covers more; otherwise the ``min_scale``/``max_scale`` pair
+    (with the reduced lowest layer's square anchor at half ``min_scale``, TF's 0.1 for 0.2) that covers the most
+    boxes, the nearest to the head's own on a tie."""
+    before = anchor_coverage(boxes, size, head)
+    if before >= ANCHOR_FIT_TARGET:
+        return head, before, before
+    best, best_key = head, (before, 0.0)
+    for lo in FIT_MIN_SCALES:
+        for hi in FIT_MAX_SCALES:
+            cand = dataclasses.replace(head, min_scale=lo, max_scale=hi, lowest_scale=lo / 2)
+            key = (anchor_coverage(boxes, size, cand), -abs(lo - head.min_scale) - abs(hi - head.max_scale))
+            if key > best_key:
+                best, best_key = cand, key
+    return best, before, best_key[0]

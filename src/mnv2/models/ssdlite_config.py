@@ -24,7 +24,9 @@ class SSDLiteConfig:
         min_scale, max_scale: anchor scales of the first and last of the six layers (``ssd_anchor_generator``).
         aspect_ratios: per location on layers 1-5, in TF's order (the config writes 1/3 as 0.3333).
         interpolated_scale_aspect_ratio: the extra anchor at scale sqrt(s_i * s_i+1) (0 = none; TF default 1.0).
-        reduce_boxes_in_lowest_layer: layer 0 gets only (0.1, 1.0), (s_0, 2.0), (s_0, 0.5) (TF default true).
+        reduce_boxes_in_lowest_layer: layer 0 gets only (lowest_scale, 1.0), (s_0, 2.0), (s_0, 0.5) (TF default true).
+        lowest_scale: the square anchor of that reduced layer 0 (TF: 0.1, written into its ``create_ssd_anchors``;
+            a fit to small objects lowers it with ``min_scale``).
         extra_depths: depths of the four extra layers; scaled by the width multiplier, at least ``min_depth``
             (TF ``get_depth_fn``: ``max(int(d * depth_multiplier), min_depth)``).
         min_depth: see ``extra_depths`` (the config's ``min_depth: 16``).
@@ -47,6 +49,7 @@ class SSDLiteConfig:
     aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
     interpolated_scale_aspect_ratio: float = 1.0
     reduce_boxes_in_lowest_layer: bool = True
+    lowest_scale: float = 0.1
     extra_depths: tuple[int, ...] = (512, 256, 256, 128)
     min_depth: int = 16
     box_coder_scales: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
@@ -66,9 +69,9 @@ class SSDLiteConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))  # lists from JSON metadata
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise ConfigError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
-        if not 0 < self.min_scale <= self.max_scale:
-            raise ConfigError(f"anchor scales must satisfy 0 < min_scale <= max_scale, got {self.min_scale}, "
-                              f"{self.max_scale}")  # fmt: skip
+        if not self.lowest_scale > 0 or not 0 < self.min_scale <= self.max_scale:
+            raise ConfigError(f"anchor scales must satisfy 0 < lowest_scale and 0 < min_scale <= max_scale, got "
+                              f"{self.lowest_scale}, {self.min_scale}, {self.max_scale}")  # fmt: skip
         if not self.aspect_ratios or any(r <= 0 for r in self.aspect_ratios):
             raise ConfigError(f"aspect_ratios must be positive, got {self.aspect_ratios!r}")
         if len(self.box_coder_scales) != 4 or any(s <= 0 for s in self.box_coder_scales):
@@ -104,7 +107,7 @@ class SSDLiteConfig:
         specs = []
         for layer, (scale, scale_next) in enumerate(itertools.pairwise(scales)):
             if layer == 0 and self.reduce_boxes_in_lowest_layer:
-                specs.append([(0.1, 1.0), (scale, 2.0), (scale, 0.5)])
+                specs.append([(self.lowest_scale, 1.0), (scale, 2.0), (scale, 0.5)])
                 continue
             layer_specs = [(scale, r) for r in self.aspect_ratios]
             if self.interpolated_scale_aspect_ratio > 0:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from mnv2.data.images import ImageError, ImageTooLarge, decode_image
-from mnv2.deploy.predict import Predictor
+from mnv2.deploy.runtime.predict import Predictor
 from mnv2.errors import ConfigError
 from mnv2.serve.batcher import Job, MicroBatcher, QueueFull
 from mnv2.serve.settings import API_KEY_ENV, ServeSettings
@@ -83,8 +83,8 @@ def model_files(paths: list[str]) -> list[Path]:
 
 
 class ServedModel:
-    """One loaded model: the predict driver's :class:`~mnv2.deploy.predict.Predictor` (its task's inference half, its
-    card as the engine answers, a warm engine), shared with ``mnv2 predict``."""
+    """One loaded model: the predict driver's :class:`~mnv2.deploy.runtime.predict.Predictor` (its task's inference
+    half, its card as the engine answers, a warm engine), shared with ``mnv2 predict``."""
 
     def __init__(self, path: str | Path, engine: str = "auto", threads: int | None = None) -> None:
         self.path = Path(path)

@@ -43,6 +43,76 @@ class Evaluator(Protocol):
 
 
 @dataclass(frozen=True)
+class PaperModel:
+    """A task's published model, as ``mnv2 summary --task`` and ``mnv2 bench speed --task`` build it (random weights).
+
+    Attributes:
+        num_classes: its class count: ImageNet's 1000 (§6.1), COCO's 90 as the TF Object Detection API numbers them
+            (label-map ids 1..90, 80 in use: ``num_classes: 90`` in its configs; §6.2), PASCAL VOC's 21 (§6.3).
+        sizes: its input sizes ``(height, width)`` in the paper (Table 6: 320; Table 7: 512), then the benchmark's
+            others (CamVid's 360x480).
+        recipe: the shipped recipe whose architecture flags build it through ``Task.build_model``; ``None``: a
+            model of the registry (``mnv2 models``), the classifier's published family.
+        flags: architecture flags on top of the recipe's (the TF models' "SAME" padding).
+    """
+
+    num_classes: int
+    sizes: tuple[tuple[int, int], ...]
+    recipe: str | None = None
+    flags: dict = field(default_factory=dict)
+
+
+def calibrate_on_train(data: str) -> str:
+    """The split INT8 calibration reads by default: the data's ``train`` part."""
+    return "train"
+
+
+def has_held_out(data: str) -> bool:
+    """By default every dataset has a held-out part apart from its train part (its reader's default eval split)."""
+    return True
+
+
+@dataclass(frozen=True)
+class Int8Spec:
+    """What INT8 post-training quantization (``mnv2 quantize``, ``mnv2.deploy.quantize``) asks of a task. The deploy
+    layer builds, calibrates and runs the graphs; the task says how their outputs are scored, which ends stay fp32
+    and which data calibrates. The range method is chosen by, and the report's ``drop`` is of, the evaluator's
+    ``best`` (the metric that selects ``best.safetensors``).
+
+    Attributes:
+        update: ``(evaluator, outputs, targets, meta) -> None``: one batch of an exported graph's outputs (a numpy
+            array: a classifier's scores, a detector's decoded boxes, a segmenter's logits) and its eval targets into
+            the task's evaluator.
+        metrics: the evaluator's results the report shows.
+        points: one unit of those metrics in points: 1 for percentages (top-1), 100 for fractions (mAP, mIoU).
+        agreement: ``(fp32_outputs, int8_outputs) -> percent`` of samples with the same answer in both, which
+            ranks the methods before the metric does; ``None`` where a sample has no single answer (a detector's
+            box lists).
+        float_stem_convs: how many of the graph's first convolutions stay fp32, together with every node after its
+            last convolutions (box decoding, logits upsampling); ``None``: the whole graph is quantized.
+        calibration_images: calibration images by default.
+        batch: images per run of a graph while scoring (a segmenter's full-resolution logits are large).
+        formats: the INT8 file formats the task can be written to.
+        resizable: whether the graph may be quantized at another size than the checkpoint's (``input_size``).
+        calibration_split: ``(data) -> split | None``: the part of ``data`` calibration reads; ``None``: all of it.
+        held_out: ``(data) -> bool``: whether ``data`` has a held-out part apart from the calibration part, which
+            the report reads when no eval data is named (else it reads the selection images).
+    """
+
+    update: Callable[[Any, Any, Sequence, Any], None]
+    metrics: tuple[str, ...]
+    points: float
+    calibration_images: int
+    batch: int
+    agreement: Callable[[Any, Any], float] | None = None
+    float_stem_convs: int | None = None
+    formats: tuple[str, ...] = ("onnx",)
+    resizable: bool = False
+    calibration_split: Callable[[str], str | None] = calibrate_on_train
+    held_out: Callable[[str], bool] = has_held_out
+
+
+@dataclass(frozen=True)
 class Task:
     """One task as plain functions. ``config`` arguments are the engine's ``TrainConfig``; ``meta`` arguments a
     checkpoint's ``CheckpointMeta`` (the task reads them, it never imports the layers that define them).
@@ -90,6 +160,10 @@ class Task:
             tiled evaluation.
         result_options: the inference options an evaluation asks of ``Inference.merge_tiles`` (every detection,
             segmentation's blended logits).
+        paper: the task's published model (:class:`PaperModel`) for ``summary`` and ``bench``.
+        bakes_preprocessing: whether an export may take uint8 pixels and give probabilities
+            (``--bake-preprocessing``: a classifier's softmax; a detector's or segmenter's outputs are not one).
+        int8: what INT8 post-training quantization needs (:class:`Int8Spec`); ``None``: the task has none.
     """
 
     name: str
@@ -116,6 +190,9 @@ class Task:
     data_report: Callable[..., str] | None = None
     update_with_result: Callable[[Any, dict, Any], None] | None = None
     result_options: dict = field(default_factory=dict)
+    paper: PaperModel | None = None
+    bakes_preprocessing: bool = False
+    int8: Int8Spec | None = None
 
 
 def with_bn_momentum(backbone, config):

@@ -20,7 +20,7 @@ from mnv2.errors import ConfigError
 from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Task, confusion_diagnosis
+from mnv2.tasks.base import Int8Spec, PaperModel, Task, confusion_diagnosis
 from mnv2.tasks.infer.classification import INFERENCE, NAME
 
 TTA_MODES = ("none", "flip")  # flip: mean of an image's and its mirror image's class probabilities
@@ -37,6 +37,11 @@ def default_preprocessing(config) -> Any:
 
 def build_data(config, preprocessing, *, rank: int = 0, world: int = 1, pin: bool = False):
     """Fashion-MNIST (val = its official test split) or an image folder, as ``mnv2.data.loaders.build_data``."""
+    if getattr(config, "tile", None) is not None:
+        raise ConfigError(
+            f"--tile in training is for detection (small objects in large images); {NAME} trains on the whole image "
+            "or its crops: give `mnv2 eval`/`predict` --tile for large images"
+        )
     from mnv2.data.loaders import build_data as load
 
     return load(
@@ -69,6 +74,9 @@ def build_model(config, class_names: list[str], backbone: MobileNetV2Config | No
 
 
 def from_meta(meta) -> MobileNetV2:
+    n_out = meta.model_config.num_classes
+    if meta.class_names is not None and n_out and len(meta.class_names) != n_out:
+        raise ConfigError(f"names {len(meta.class_names)} classes but its classifier has {n_out} outputs")
     return MobileNetV2(meta.model_config)
 
 
@@ -140,7 +148,7 @@ class Evaluator:
         all_reduce_sum(self.sums)
 
     def compute(self) -> dict[str, Any]:
-        result = summarize(self.confusion, int(self.sums[0]), self.sums[1].item(), self.class_names)
+        result = classification_metrics(self.confusion, int(self.sums[0]), self.sums[1].item(), self.class_names)
         result["confusion"] = self.confusion
         return result
 
@@ -171,7 +179,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     return torch.bincount(target * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
 
 
-def summarize(confusion: torch.Tensor, top5_correct: int, loss_sum: float, class_names: list[str]) -> dict:
+def classification_metrics(confusion: torch.Tensor, top5_correct: int, loss_sum: float, class_names: list[str]) -> dict:
     """top1/top5 in percent, n, mean loss and per-class accuracy (percent; ``None`` for absent classes)."""
     n = int(confusion.sum())
     per_class = {}
@@ -225,8 +233,56 @@ def plot_report(result: dict, class_names: list[str], path: str | Path, title: s
     return Path(path)
 
 
+# ----------------------------------------------------------------------------------------------- INT8
+def int8_update(evaluator: Evaluator, outputs, targets, meta) -> None:
+    """One batch of an exported classifier's outputs and labels into the evaluator; a softmax model's probabilities
+    as their log, the scores its cross-entropy takes (as :func:`infer` gives them)."""
+    scores = torch.as_tensor(outputs).float()
+    if meta.model_config.returns_probabilities:
+        scores = scores.clamp_min(1e-12).log()
+    evaluator.update(scores, torch.tensor([int(t) for t in targets]))
+
+
+def int8_agreement(fp32, int8) -> float:
+    """% of images whose top class is the same in both outputs."""
+    return float((fp32.argmax(1) == int8.argmax(1)).mean() * 100.0)
+
+
+def int8_calibration_split(data: str) -> str | None:
+    """Fashion-MNIST's train split, an image folder's ``train/`` part; else all of ``data`` (an ``.npz``, a folder
+    of class folders)."""
+    from mnv2.data import fashion_mnist
+
+    return "train" if data == fashion_mnist.NAME or (Path(data) / "train").is_dir() else None
+
+
+def int8_held_out(data: str) -> bool:
+    """Whether ``data`` holds images apart from its calibration part: Fashion-MNIST's test split, a folder's ``val/``
+    beside its ``train/``. An ``.npz`` or a folder of class folders is one set."""
+    from mnv2.data import fashion_mnist
+
+    root = Path(data)
+    return data == fashion_mnist.NAME or ((root / "train").is_dir() and (root / "val").is_dir())
+
+
+INT8 = Int8Spec(
+    update=int8_update,
+    metrics=("top1", "top5"),
+    points=1.0,  # top-1 is a percentage
+    # Top-1 agreement with fp32 ranks the methods before top-1: it is what quantization must preserve, and it tells
+    # methods apart on a few images where top-1 ties (BENCHMARKS.md, INT8).
+    agreement=int8_agreement,
+    calibration_images=512,
+    batch=64,
+    formats=("onnx", "tflite"),
+    calibration_split=int8_calibration_split,
+    held_out=int8_held_out,
+)
+
+
 TASK = Task(
     name=NAME,
+    int8=INT8,
     build_data=build_data,
     default_preprocessing=default_preprocessing,
     build_model=build_model,
@@ -244,4 +300,6 @@ TASK = Task(
     report_file="confusion.png",
     format_metrics=format_metrics,
     format_value=lambda v: f"{v:6.2f}%",
+    paper=PaperModel(1000, ((224, 224),)),
+    bakes_preprocessing=True,
 )

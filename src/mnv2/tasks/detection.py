@@ -29,10 +29,12 @@ from mnv2.models.ssdlite import (
     anchors_for_count,
     decode_outputs,
     detection_loss,
+    fit_anchor_scales,
+    nms_decoded,
     postprocess,
 )
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Task, with_bn_momentum
+from mnv2.tasks.base import Int8Spec, PaperModel, Task, with_bn_momentum
 from mnv2.tasks.infer.detection import DECODED_OUTPUT, INFERENCE, NAME
 
 TTA_MODES = ("none",)
@@ -58,7 +60,7 @@ def build_data(config, preprocessing, *, rank: int = 0, world: int = 1, pin: boo
         config.data, preprocessing, config.batch_size // world, min(config.eval_batch_size, EVAL_BATCH_MAX),
         val_split=config.val_split, strict=config.strict, workers=config.workers, seed=config.seed, rank=rank,
         world=world, pin=pin, train_limit=config.train_limit, val_limit=config.val_limit,
-        aug=DetectionAugment(hflip=config.augment.hflip),
+        aug=DetectionAugment(hflip=config.augment.hflip), tile=getattr(config, "tile", None),
     )  # fmt: skip
 
 
@@ -74,7 +76,41 @@ def head_config(config, num_classes: int) -> SSDLiteConfig:
     """The head a run trains: the TF config's, for ``num_classes`` classes, with ``config.score_fn`` when the
     TrainConfig has one. The loss rebuilds it the same way, so model and loss always agree."""
     score_fn = getattr(config, "score_fn", None) or SSDLiteConfig.score_fn
-    return SSDLiteConfig(num_classes=num_classes, score_fn=score_fn)
+    scales = getattr(config, "anchor_scales", None)
+    fitted = dict(zip(("lowest_scale", "min_scale", "max_scale"), scales)) if scales else {}
+    return SSDLiteConfig(num_classes=num_classes, score_fn=score_fn, **fitted)
+
+
+def train_boxes(records, tile: int | None = None) -> torch.Tensor:
+    """Every box of ``records`` as normalised corners ``[N, 4]`` of the input the model sees (what the anchors are
+    matched against): of the whole image, or of a ``tile``-px tile of it (``--tile``)."""
+    import numpy as np
+
+    def frame(r) -> list[float]:
+        w, h = (min(r.width, tile), min(r.height, tile)) if tile else (r.width, r.height)
+        return [w, h, w, h]
+
+    boxes = [np.asarray(r.boxes, np.float64).reshape(-1, 4) / frame(r) for r in records if r.boxes]
+    return torch.as_tensor(np.concatenate(boxes) if boxes else np.zeros((0, 4)), dtype=torch.float32)
+
+
+def adapt(config, data) -> tuple[Any, list[str]]:
+    """The defaults chosen from the data (issue 24, 2), written into the run's config.yaml: anchor scales fitted to
+    the train boxes when too few of them have an anchor to be matched to (``--anchor-fit none`` turns it off; a
+    recipe's ``anchor_scales`` are kept)."""
+    if getattr(config, "anchor_fit", "none") != "auto" or config.anchor_scales is not None:
+        return config, []
+    head = head_config(config, len(data.class_names))
+    boxes = train_boxes(data.train.dataset.records, getattr(config, "tile", None))
+    fitted, before, after = fit_anchor_scales(boxes, config.resolution, head)
+    if fitted == head:
+        return config, []
+    scales = [fitted.lowest_scale, fitted.min_scale, fitted.max_scale]
+    return dataclasses.replace(config, anchor_scales=scales), [
+        f"anchor scales fitted to the boxes: lowest {scales[0]:g}, min {scales[1]:g}, max {scales[2]:g} (TF's 0.1, "
+        f"0.2, 0.95): {100 * before:.1f} -> {100 * after:.1f} % of the train boxes have an anchor at IoU >= "
+        f"{head.matched_threshold} (--anchor-fit none turns this off)"
+    ]
 
 
 def backbone_config(config: MobileNetV2Config) -> MobileNetV2Config:
@@ -257,17 +293,16 @@ def data_report(data, model, config) -> str:
     model = unwrap(model)
     size, head = config.resolution, model.ssd_config
     names = data.class_names
-    lines = [f"data report ({config.data}, input {size} px):"]
+    tile = getattr(config, "tile", None)
+    lines = [f"data report ({config.data}, input {size} px{f', tiles of {tile} px' if tile else ''}):"]
     sides = []
     for split, batches in (("train", data.train), (data.val_name, data.val)):
         records = batches.dataset.records
         counts = np.bincount([lab for r in records for lab in r.labels], minlength=len(names) + 1)[1:]
         per_class = ", ".join(f"{n} {c}" for n, c in zip(names, counts))
         lines.append(f"  {split}: {len(records)} images, {int(counts.sum())} boxes ({per_class})")
-        if split == "train":
-            boxes = [(np.asarray(r.boxes, np.float64).reshape(-1, 4) / [r.width, r.height, r.width, r.height])
-                     for r in records if r.boxes]  # fmt: skip
-            norm = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+        if split == "train":  # box sizes in the input the model sees: the whole image, or a tile of it
+            norm = train_boxes(records, tile).numpy().astype(np.float64)
             sides = np.sqrt(np.clip(norm[:, 2] - norm[:, 0], 0, None) * np.clip(norm[:, 3] - norm[:, 1], 0, None))
     if len(sides) == 0:
         return "\n".join(lines)
@@ -276,14 +311,16 @@ def data_report(data, model, config) -> str:
     best = box_iou(torch.as_tensor(norm, dtype=torch.float32), anchors).max(dim=1).values.numpy()
     covered = float((best >= head.matched_threshold).mean())
     smallest = min(s for layer in head.box_specs() for s, _ in layer) * size
-    lines.append(f"  train box size at {size} px (sqrt of the area): median {np.median(px):.0f} px, 10th percentile "
+    where = f"{size} px" + (" a tile" if tile else "")
+    lines.append(f"  train box size at {where} (sqrt of the area): median {np.median(px):.0f} px, 10th percentile "
                  f"{np.percentile(px, 10):.0f} px; smallest anchor {smallest:.0f} px")  # fmt: skip
     lines.append(f"  {100 * covered:.1f} % of the train boxes have an anchor at IoU >= {head.matched_threshold} "
                  "(the others are never matched, so never learnt)")  # fmt: skip
     if covered < 0.9:
         want = int(min(2 * size, 32 * round(size * smallest / max(np.percentile(px, 10), 1) / 32)))
+        smaller = f"tiles smaller than {tile} px" if tile else "tiles of the images (--tile)"
         lines.append(f"  advice: objects are small for SSDLite's anchors at {size} px: train at a larger --resolution "
-                     f"(e.g. {max(want, size + 32)}) or on tiles of the images")  # fmt: skip
+                     f"(e.g. {max(want, size + 32)}) or on {smaller}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -452,8 +489,31 @@ def update_with_result(evaluator: Evaluator, result: dict, target: dict) -> None
     evaluator.update({"detections": [{"boxes": boxes, "scores": scores, "labels": labels}]}, [target])
 
 
+# ----------------------------------------------------------------------------------------------- INT8
+def int8_update(evaluator: Evaluator, outputs, targets, meta) -> None:
+    """One batch of an exported detector's decoded outputs ``[N, A, 4 + C]`` into the evaluator, with NMS on the host
+    as ``mnv2 predict`` runs the file."""
+    head = SSDLiteConfig.from_dict(meta.head, "checkpoint head")
+    evaluator.update({"detections": nms_decoded(torch.as_tensor(outputs), head)}, list(targets))
+
+
+INT8 = Int8Spec(
+    update=int8_update,
+    metrics=("mAP", "mAP50", "mAP75"),
+    points=100.0,  # AP is a fraction
+    calibration_images=64,
+    batch=16,
+    # What the measurement needed (BENCHMARKS.md): the stem conv, which reads the image, held most of the INT8 loss
+    # (block 0 too measured COCO mAP 0.35 points down but mAP@0.5 1.37). ONNX only: the TFLite INT8 path (PT2E,
+    # litert-torch) has no way to keep the stem and the box decoding fp32.
+    float_stem_convs=1,
+    resizable=True,
+)
+
+
 TASK = Task(
     name=NAME,
+    int8=INT8,
     build_data=build_data,
     default_preprocessing=default_preprocessing,
     build_model=build_model,
@@ -475,5 +535,7 @@ TASK = Task(
     export_module=export_module,
     format_value=_pct,
     update_with_result=update_with_result,
+    adapt=adapt,
     result_options={"min_score": 0.0},  # every detection NMS keeps, as evaluation's infer gives them
+    paper=PaperModel(90, ((320, 320),), recipe="detection"),
 )

@@ -12,10 +12,7 @@ Training state for ``--resume`` (optimizer, scheduler, EMA, RNG) is separate and
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from torch import nn
 
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.errors import ConfigError, Mnv2Error
+from mnv2.files import atomic_write
 from mnv2.models.mobilenetv2 import MobileNetV2Config
 from mnv2.models.utils import unwrap
 from mnv2.tasks import DEFAULT_TASK, get_task
@@ -105,25 +103,6 @@ class CheckpointMeta:
             raise CheckpointError(f"the mnv2 metadata is invalid ({type(e).__name__}: {e})") from e
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", str(path))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would have
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 class NonFiniteError(Mnv2Error):
     """Weights or a loss became NaN or infinite (training diverged); nothing non-finite is written."""
 
@@ -131,22 +110,6 @@ class NonFiniteError(Mnv2Error):
 def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating tensors of ``state`` that hold a NaN or an infinity."""
     return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Remove the ``.<name>.*.tmp`` files an interrupted :func:`atomic_write` left in ``directory``."""
-    removed = []
-    d = Path(directory)
-    if not d.is_dir():
-        return removed
-    for f in d.glob(".*.tmp"):
-        if f.is_file():
-            try:
-                f.unlink()
-                removed.append(f)
-            except OSError:
-                pass
-    return removed
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta, half: bool = False) -> Path:
@@ -204,13 +167,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
         task = get_task(meta.task)
     except ConfigError as e:
         raise CheckpointError(f"{str(path)!r}: {e}") from e
-    n_out = meta.model_config.num_classes
-    if meta.class_names is not None and meta.task == DEFAULT_TASK and n_out and len(meta.class_names) != n_out:
-        raise CheckpointError(
-            f"{str(path)!r} names {len(meta.class_names)} classes but its classifier has {n_out} outputs"
-        )
     try:
         model = task.from_meta(meta)
+    except ConfigError as e:  # the task's own check of what the metadata describes
+        raise CheckpointError(f"{str(path)!r} {e}") from e
     except Mnv2Error:
         raise
     except (TypeError, ValueError, KeyError, RuntimeError) as e:

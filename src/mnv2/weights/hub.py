@@ -24,9 +24,10 @@ from typing import Any
 
 from torch import nn
 
-from mnv2.data.download import cache_dir, download, sha256_file
+from mnv2.data.download import download
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mnv2.errors import ConfigError
+from mnv2.files import cache_dir, sha256_file
 from mnv2.models import registry
 from mnv2.models.mobilenetv2 import MobileNetV2
 from mnv2.weights.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -182,7 +183,7 @@ def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
 
 
 def cache_root(override: str | Path | None = None) -> Path:
-    """The cache directory: ``override``, else mnv2's cache (:func:`mnv2.data.download.cache_dir`)."""
+    """The cache directory: ``override``, else mnv2's cache (:func:`mnv2.files.cache_dir`)."""
     return Path(override) if override else cache_dir()
 
 

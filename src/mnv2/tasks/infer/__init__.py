@@ -1,7 +1,7 @@
 """The inference half of each task, numpy and Pillow only (issue 25): preprocessing of a decoded image, the results
 from a batch of model outputs, the drawing, the files ``predict`` writes and the text line. The torch path
 (``mnv2 predict`` of a checkpoint), every runtime engine, ``mnv2 serve`` and the predict driver
-(``mnv2.deploy.predict``) call these same functions, so they give the same results by construction.
+(``mnv2.deploy.runtime.predict``) call these same functions, so they give the same results by construction.
 
 Outputs come as numpy arrays in the layout the task's exported file has (detection: boxes decoded in the graph,
 ``[N, A, 4 + C]``; the torch engine runs the same decoded module, ``Task.export_module``).
@@ -17,7 +17,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Inference:
-    """One task's inference half as plain functions (``info`` is a model card's dict, ``mnv2.deploy.card``).
+    """One task's inference half as plain functions (``info`` is a model card's dict, ``mnv2.deploy.runtime.card``).
 
     Attributes:
         name: the task's name (``Task.name``).

@@ -21,8 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from mnv2.data.download import sha256_file
 from mnv2.data.preprocessing import Preprocessing
+from mnv2.files import sha256_file
 from mnv2.models.layers import BN_EPS_TORCH, BN_MOMENTUM_TORCH
 from mnv2.models.mobilenetv2 import BlockSpec, MobileNetV2, MobileNetV2Config, block_plan
 from mnv2.models.registry import PUBLISHED_RESOLUTIONS
@@ -182,7 +182,7 @@ def infer_config(
     raise ConvertError(f"{source}: channel counts fit MobileNetV2 at no width multiplier; nearest: {details}")
 
 
-def build_model(remapped: Remapped, config: MobileNetV2Config, source: str) -> MobileNetV2:
+def build_converted(remapped: Remapped, config: MobileNetV2Config, source: str) -> MobileNetV2:
     """An eval-mode mnv2 model holding the remapped weights; every shape is checked against the architecture."""
     model = MobileNetV2(config)
     own = model.state_dict()
@@ -321,6 +321,6 @@ def convert_torch_state_dict(
     config = infer_config(
         remapped, str(path), padding="torch", bn_eps=BN_EPS_TORCH, bn_momentum=BN_MOMENTUM_TORCH, dropout=0.2
     )
-    model = build_model(remapped, config, str(path))
+    model = build_converted(remapped, config, str(path))
     source = {"framework": framework, "format": path.suffix.lstrip("."), "file": path.name, "sha256": sha256_file(path)}
     return Converted(model, make_meta(config, preprocessing, source, imagenet_class_names(config.num_classes)))

@@ -32,7 +32,7 @@ from mnv2.weights.convert.common import (
     Converted,
     ConvertError,
     SourceLayout,
-    build_model,
+    build_converted,
     imagenet_class_names,
     infer_config,
     load_tensors,
@@ -137,7 +137,7 @@ def convert_huggingface(directory: str | Path) -> Converted:
         output_stride=int(hf.get("output_stride", 32)),
         round_nearest=int(hf.get("depth_divisible_by", 8)),
     )
-    model = build_model(remapped, config, str(directory))
+    model = build_converted(remapped, config, str(directory))
     labels = hf.get("id2label") or {}
     names = [labels.get(str(i), "") for i in range(config.num_classes)]
     if not all(names) or all(n == f"LABEL_{i}" for i, n in enumerate(names)):

@@ -42,7 +42,7 @@ from mnv2.weights.convert.common import (
     Converted,
     ConvertError,
     SourceLayout,
-    build_model,
+    build_converted,
     imagenet_class_names,
     infer_config,
     make_meta,
@@ -445,7 +445,7 @@ def convert_keras(path: str | Path, *, output: str | None = None) -> Converted:
         dropout=head["dropout"] if head["dropout"] is not None else 0.0,
         output=out,
     )
-    model = build_model(remapped, config_, str(path))
+    model = build_converted(remapped, config_, str(path))
     mean, std = TF_MEAN, TF_STD
     if head[
         "rescale"

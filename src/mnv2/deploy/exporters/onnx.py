@@ -29,29 +29,19 @@ import torch
 from torch import nn
 
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.deploy.card import METADATA_PREFIX, read_model_metadata
-from mnv2.deploy.engines import ort_session
+from mnv2.deploy.exporters.formats import FORMATS
+from mnv2.deploy.runtime.card import METADATA_PREFIX, read_model_metadata
+from mnv2.deploy.runtime.engines import ort_session
 from mnv2.errors import ConfigError, Mnv2Error
+from mnv2.files import atomic_write
 from mnv2.models.fold import fold_batchnorm
 from mnv2.models.mobilenetv2 import MobileNetV2, check_resolution
-from mnv2.weights.checkpoint import CheckpointMeta, atomic_write, load_checkpoint
+from mnv2.typed import option
+from mnv2.weights.checkpoint import CheckpointMeta, load_checkpoint
 
 # ONNX opset the dynamo exporter targets in torch 2.13; ONNX Runtime >= 1.16 and OpenVINO >= 2023.1 read it.
 ONNX_OPSET = 20
 PARITY_ATOL = 1e-4
-# Export formats mnv2 knows, with what each needs. Core ML is absent on purpose: coremltools converts on Linux,
-# but its runtime (prediction) is macOS-only, so the parity check every export must pass cannot run here.
-FORMATS = {
-    "onnx": "onnx + onnxruntime (+ onnxscript, torch's exporter)",
-    "tflite": "litert-torch (converter) + ai-edge-litert (interpreter)",
-    "executorch": "executorch (XNNPACK backend)",
-}
-FORMAT_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".pte": "executorch"}
-
-
-def format_for(path: str | Path) -> str:
-    """The export format an output file's suffix names (``onnx`` for any other)."""
-    return FORMAT_SUFFIXES.get(Path(path).suffix.lower(), "onnx")
 
 
 class ExportError(Mnv2Error):
@@ -76,12 +66,22 @@ class ExportOptions:
         parity_atol: largest allowed |onnxruntime − torch| on the parity inputs.
     """
 
-    bake_preprocessing: bool = False
-    dynamic_batch: bool = True
-    dynamic_size: bool = False
-    input_size: int | tuple[int, int] | None = None
-    fold_bn: bool = True
+    bake_preprocessing: bool = option(False, "uint8 HWC RGB in, probabilities out")
+    dynamic_batch: bool = option(True, "batch fixed at 1 (default: dynamic batch for ONNX; TFLite and ExecuTorch are "
+                                 "batch 1)", flag="--static-batch", invert=True)  # fmt: skip
+    dynamic_size: bool = option(False, "symbolic height/width (padding='torch' only)")
+    input_size: int | tuple[int, int] | None = option(
+        None, "N or WIDTHxHEIGHT (a segmenter at its images' size, e.g. 480x360; default: the checkpoint's size)",
+        kind="size",
+    )  # fmt: skip
+    fold_bn: bool = option(True, "keep BatchNorm ops in the graph", flag="--no-fold-bn", invert=True)
     parity_atol: float = PARITY_ATOL
+
+    @classmethod
+    def for_format(cls, fmt: str, **given) -> ExportOptions:
+        """The options for a ``fmt`` file: ``given`` ones, and a dynamic batch only where the format has one (ONNX;
+        TFLite and ExecuTorch graphs are batch 1)."""
+        return cls(**{"dynamic_batch": FORMATS[fmt].dynamic_batch if fmt in FORMATS else True, **given})
 
 
 @dataclass
@@ -147,7 +147,7 @@ def check_options(model: nn.Module, meta: CheckpointMeta, options: ExportOptions
     naming why."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; mnv2 exports to: {', '.join(FORMATS)}")
-    from mnv2.tasks import get_inference
+    from mnv2.tasks import get_inference, get_task
 
     any_size = not get_inference(meta.task).fixed_size  # a segmenter: its images' size (``meta.image_size``) if known
     h, w = size_hw(options.input_size or (any_size and meta.image_size) or meta.preprocessing.input_size)
@@ -162,12 +162,12 @@ def check_options(model: nn.Module, meta: CheckpointMeta, options: ExportOptions
     if h != w and not any_size:
         raise ConfigError(f"a non-square export ({w}x{h}) is for segmenters; a {meta.task} model is exported at "
                           "one square size")  # fmt: skip
-    if options.bake_preprocessing and meta.task != "classification":
+    if options.bake_preprocessing and not get_task(meta.task).bakes_preprocessing:
         raise ConfigError(f"bake_preprocessing (uint8 input, probabilities out) is for classifiers, not a {meta.task} "
                           "model: drop --bake-preprocessing")  # fmt: skip
     if options.dynamic_size and options.bake_preprocessing:
         raise ConfigError("dynamic_size with bake_preprocessing is not supported: baked input is input_size pixels")
-    if fmt != "onnx" and (options.dynamic_size or options.dynamic_batch):
+    if not FORMATS[fmt].dynamic_batch and (options.dynamic_size or options.dynamic_batch):
         raise ConfigError(
             f"format {fmt!r} is exported with static shapes (batch 1): pass --static-batch (dynamic_batch=False)"
         )

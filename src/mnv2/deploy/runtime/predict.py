@@ -19,7 +19,7 @@ import numpy as np
 
 from mnv2.data.images import ImageError, image_paths, load_image
 from mnv2.errors import ConfigError
-from mnv2.tasks.infer.tiles import DEFAULT_OVERLAP
+from mnv2.ops import DEFAULT_OVERLAP
 
 
 @dataclass
@@ -38,12 +38,12 @@ class Predictor:
              threads: int | None = None) -> Predictor:  # fmt: skip
         """Open a checkpoint or an exported ``.onnx``/``.tflite`` file (torch-free). ``engine`` ``None``: torch for a
         checkpoint, the fastest installed engine for an exported file (``auto``, as ``load_engine`` picks)."""
-        from mnv2.deploy.card import EXPORTED_SUFFIXES
-        from mnv2.deploy.engines import load_engine, model_info
+        from mnv2.deploy.runtime.card import EXPORTED_SUFFIXES
+        from mnv2.deploy.runtime.engines import card_inference, load_engine
 
         if engine is None:
             engine = "auto" if str(source).endswith(EXPORTED_SUFFIXES) else "torch"
-        inference, info = model_info(source)
+        inference, info = card_inference(source)
         run = load_engine(source, engine, precision, threads)
         info = run.answers(info)
         shapes = run.io_shapes()
@@ -220,7 +220,7 @@ def predict(
     ``stream=False`` returns the list, and refuses a live source. Results are dicts (JSON-ready but for a
     segmentation ``mask``) with ``.plot()``, ``.to_json()`` and ``.save(path)``. ``track``: a detector's boxes in
     a video get a ``track_id`` stable across frames (ByteTrack, ``mnv2[track]``)."""
-    from mnv2.deploy.video import is_live, is_video_source, iter_frames
+    from mnv2.deploy.runtime.video import is_live, is_video_source, iter_frames
 
     sources = [str(source)] if isinstance(source, (str, Path)) else [str(s) for s in source]
     if not stream and any(is_live(s) for s in sources):

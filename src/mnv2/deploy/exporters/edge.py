@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from mnv2.deploy.onnx_export import (
+from mnv2.deploy.exporters.onnx import (
     ExportOptions,
     ExportReport,
     check_parity,
@@ -31,7 +31,8 @@ from mnv2.deploy.onnx_export import (
     sample_input,
 )
 from mnv2.errors import ConfigError
-from mnv2.weights.checkpoint import CheckpointMeta, atomic_write
+from mnv2.files import atomic_write
+from mnv2.weights.checkpoint import CheckpointMeta
 
 
 def require_package(module: str, package: str, fmt: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
 from mnv2.errors import ConfigError
-from mnv2.tasks.infer.tiles import DEFAULT_OVERLAP
+from mnv2.ops import DEFAULT_OVERLAP
 
 SUMMARY_SUFFIX = ".summary.json"
 JOB_SUFFIX = ".jsonl"
@@ -197,7 +197,7 @@ class RayPredictor:
 
     def __init__(self, model: str, engine: str | None = None, threads: int | None = None, tile: int | None = None,
                  overlap: float = DEFAULT_OVERLAP, **options: Any) -> None:  # fmt: skip
-        from mnv2.deploy.predict import Predictor
+        from mnv2.deploy.runtime.predict import Predictor
 
         self.predictor = Predictor.open(model, engine, threads=threads)
         self.options = self.predictor.check_options(options)
@@ -217,8 +217,8 @@ def run_job(
     progress: bool = True, tile: int | None = None, overlap: float = DEFAULT_OVERLAP, ray: str | None = None,
     **options: Any,
 ) -> JobSummary:  # fmt: skip
-    """Run ``predictor`` (:class:`mnv2.deploy.predict.Predictor`) over every image under ``inputs``, appending one
-    line per image to ``out`` and continuing what ``out`` already holds. ``ray``: a Ray cluster's address (``auto``:
+    """Run ``predictor`` (:class:`mnv2.deploy.runtime.predict.Predictor`) over every image under ``inputs``, appending
+    one line per image to ``out`` and continuing what ``out`` already holds. ``ray``: a Ray cluster's address (``auto``:
     the one this machine belongs to; ``local``: one started for this job on loopback) on whose actors the model runs
     (:class:`RayPredictor`), the lines coming back in the local order. Returns the :class:`JobSummary` (also written
     to ``<out>.summary.json``). A results file that cannot be written (read-only, disk full) is a

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from mnv2.deploy.card import fixed_input_hw, read_card, read_model_metadata
+from mnv2.deploy.runtime.card import fixed_input_hw, read_card, read_model_metadata
 from mnv2.errors import ConfigError
 from mnv2.extras import require_torch
 
@@ -95,7 +95,7 @@ class Engine:
     input_hw: tuple[int, int] | None = None  # the exported graph's fixed (height, width); None: any size (torch)
 
     def answers(self, info: dict) -> dict:
-        """``info`` (``model_info``'s) as this engine answers: a checkpoint run through an exported file takes the
+        """``info`` (``card_inference``'s) as this engine answers: a checkpoint run through an exported file takes the
         file's output kind and fixed input size (the task's ``prepare``/``results`` resize for it)."""
         extra = {"output": self.output_kind} if self.output_kind else {}
         if self.input_hw:
@@ -306,16 +306,16 @@ _LOCK = threading.Lock()
 
 
 def cache_dir() -> Path:
-    """Where exported ONNX files of checkpoints are kept: ``onnx/`` in mnv2's cache (``data.download.cache_dir``)."""
-    from mnv2.data import download
+    """Where exported ONNX files of checkpoints are kept: ``onnx/`` in mnv2's cache (:func:`mnv2.files.cache_dir`)."""
+    from mnv2 import files
 
-    return download.cache_dir() / "onnx"
+    return files.cache_dir() / "onnx"
 
 
 def _onnx_for_checkpoint(path: Path) -> Path:
     """Export a checkpoint once (keyed by its content hash) and reuse the file afterwards."""
-    from mnv2.data.download import sha256_file
-    from mnv2.deploy.onnx_export import ExportOptions, export_onnx
+    from mnv2.deploy.exporters.onnx import ExportOptions, export_onnx
+    from mnv2.files import sha256_file
 
     digest = sha256_file(path)
     out = cache_dir() / f"{digest[:24]}-fp32.onnx"
@@ -328,14 +328,14 @@ def _onnx_for_checkpoint(path: Path) -> Path:
 
 def _tflite_for_checkpoint(path: Path) -> Path:
     """Convert a checkpoint once to TFLite (batch 1, parity-checked) and reuse the file afterwards."""
-    from mnv2.data.download import sha256_file
-    from mnv2.deploy.formats import export_other
-    from mnv2.deploy.onnx_export import ExportOptions
+    from mnv2.deploy.exporters.edge import export_other
+    from mnv2.deploy.exporters.onnx import ExportOptions
+    from mnv2.files import sha256_file
     from mnv2.weights.checkpoint import load_checkpoint
 
     out = cache_dir() / f"{sha256_file(path)[:24]}-fp32-b1.tflite"
     if not out.is_file():
-        export_other("tflite", load_checkpoint(path), out, ExportOptions(dynamic_batch=False))
+        export_other("tflite", load_checkpoint(path), out, ExportOptions.for_format("tflite"))
     return out
 
 
@@ -461,10 +461,10 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def model_info(source: str | Path) -> tuple[Any, dict]:
+def card_inference(source: str | Path) -> tuple[Any, dict]:
     """``(inference half, info)`` of a checkpoint or an exported ONNX/TFLite file, from its own card
-    (``mnv2.deploy.card``): the task's ``mnv2.tasks.infer`` record and what it needs (preprocessing, class names,
-    output kind, head, an exported graph's fixed ``input_hw``)."""
+    (``mnv2.deploy.runtime.card``): the task's ``mnv2.tasks.infer`` record and what it needs (preprocessing, class
+    names, output kind, head, an exported graph's fixed ``input_hw``)."""
     from mnv2.tasks import get_inference
 
     task, info = read_card(source)

@@ -2,7 +2,7 @@
 
 Three threads overlap so the engine never waits for the file or the screen: a reader decodes (PyAV, FFmpeg's
 decoders, ``mnv2[video]``) and prepares frames, the caller's thread runs the engine and the task's results (the one
-inference path of ``mnv2.deploy.predict``), and a writer appends ``<stem>.jsonl`` (one JSON object per processed
+inference path of ``mnv2.deploy.runtime.predict``), and a writer appends ``<stem>.jsonl`` (one JSON object per processed
 frame: ``frame``, ``time_s`` and the image path's result fields) and encodes ``<stem>.mp4`` (the results drawn; H.264,
 the source's size and rate).
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mnv2.deploy.predict import Predictor
+from mnv2.deploy.runtime.predict import Predictor
 from mnv2.errors import ConfigError
 from mnv2.tasks import eval_data_options, get_task
 from mnv2.weights.checkpoint import read_checkpoint_meta

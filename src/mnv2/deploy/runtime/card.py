@@ -16,10 +16,10 @@ from typing import Any
 
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.errors import ConfigError
+from mnv2.tasks import DEFAULT_TASK  # files exported before tasks existed are classifiers
 
 METADATA_PREFIX = "mnv2."
 EXPORTED_SUFFIXES = (".onnx", ".tflite")
-DEFAULT_TASK = "classification"  # files exported before tasks existed are classifiers
 _METADATA_PROPS = 14  # onnx.proto: ModelProto.metadata_props (repeated StringStringEntryProto {1: key, 2: value})
 
 
@@ -177,7 +177,7 @@ def check_card(task: Any, info: dict, where: str) -> None:
     11 GB allocation or "nan%"): the task is known, class names are strings (or a count), the output kind is one of
     :data:`OUTPUT_KINDS`, the head is an object and a fixed input size is within the architecture's limits. The
     preprocessing was validated when it was read (``Preprocessing``: finite, sizes in range); the graph's own shapes
-    are checked against the card when the engine is open (``mnv2.deploy.predict.Predictor.open``)."""
+    are checked against the card when the engine is open (``mnv2.deploy.runtime.predict.Predictor.open``)."""
     from mnv2.data.preprocessing import MAX_INPUT_SIZE, MIN_INPUT_SIZE
     from mnv2.tasks import TASK_NAMES
 

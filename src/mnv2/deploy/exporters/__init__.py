@@ -1,6 +1,7 @@
-"""``mnv2 export``: one entry point over the formats (ONNX here, TFLite and ExecuTorch in ``formats``).
+"""Export: one entry point over the formats (:mod:`.formats` holds their facts), ONNX in :mod:`.onnx`, TFLite and
+ExecuTorch in :mod:`.edge`; every file is checked for parity against torch before it is written.
 
-It sits above both format modules so that neither imports the other's dispatcher (there was a cycle).
+The entry point sits above both format modules so that neither imports the other's dispatcher (there was a cycle).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from pathlib import Path
 
 from torch import nn
 
-from mnv2.data.download import sha256_file
-from mnv2.deploy import formats
-from mnv2.deploy.onnx_export import FORMATS, ExportOptions, ExportReport, export_onnx
+from mnv2.deploy.exporters import edge
+from mnv2.deploy.exporters.formats import FORMATS
+from mnv2.deploy.exporters.onnx import ExportOptions, ExportReport, export_onnx
 from mnv2.errors import ConfigError
+from mnv2.files import sha256_file
 from mnv2.weights.checkpoint import load_checkpoint
 
 
@@ -32,4 +34,4 @@ def export(
         extra["checkpoint_sha256"] = sha256_file(path)
     if fmt == "onnx":
         return export_onnx(checkpoint, out, options, extra_metadata=extra)
-    return formats.export_other(fmt, checkpoint, out, options)
+    return edge.export_other(fmt, checkpoint, out, options)

@@ -1,0 +1,67 @@
+"""``mnv2 train``: train or fine-tune. Every flag but ``--out``, ``--recipe`` and ``--resume`` is a ``TrainConfig``
+field; ``None`` keeps the recipe's value."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from mnv2.cli.common import typed_config
+from mnv2.cli.flags import add_flags
+from mnv2.errors import ConfigError
+
+
+def add_parser(sub, verb: str | None) -> None:
+    p = sub.add_parser("train", help="train or fine-tune (recipes: default, fashion-mnist, paper, modern)")
+    p.set_defaults(func=run)
+    config = typed_config(p, verb, "train", "mnv2.engine.config", "TrainConfig")
+    if config is None:
+        return
+
+    p.add_argument("--out", default=None, help="run directory (config.yaml, best/last checkpoints, metrics, plots)")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="shipped recipe (default, fashion-mnist, paper, modern, qat) or a YAML file (default: default, or qat)",
+    )
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue that run from its last completed epoch")
+    add_flags(p, config, show_defaults=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mnv2.engine.config import RESUME_FLAGS, apply_overrides, flag_fields, list_recipes, load_recipe
+    from mnv2.engine.loop import load_run_config, train
+
+    overrides = {f.name: getattr(args, f.name) for f in flag_fields()}
+    if args.resume and args.out and args.out != args.resume:
+        raise ConfigError(f"--resume {args.resume} continues that directory; drop --out {args.out}")
+    out = args.resume or args.out
+    if out is None:
+        raise ConfigError("give --out RUN_DIR (a new run) or --resume RUN_DIR (continue one)")
+    if args.resume:
+        config = load_run_config(out)
+        bad = sorted(k for k, v in overrides.items() if v is not None and k not in RESUME_FLAGS)
+        if bad:
+            allowed = "/".join(f"--{k}" for k in RESUME_FLAGS)
+            raise ConfigError(f"--resume continues the saved config; only {allowed} may change, not {bad}")
+        config = apply_overrides(config, overrides)
+    else:
+        # a task's own recipe (recipes/<task>.yaml, e.g. detection) unless one is named
+        task_recipe = args.task if args.task in list_recipes() else "default"
+        recipe = args.recipe or ("qat" if args.qat else task_recipe)
+        config = apply_overrides(load_recipe(recipe), overrides)
+    result = train(config, out, resume=bool(args.resume))
+    metric = result["metric"]
+
+    def num(v) -> str:
+        return "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}"
+
+    summary = (
+        f"best {metric} {num(result[f'best_{metric}'])} / last {num(result[f'last_{metric}'])} after "
+        f"{result['epochs']} epochs, {result['wall_s'] / 60:.1f} min; best checkpoint {result['best']}"
+    )
+    if result["diagnosis"]:  # never "done" for a useless model (issue 24, 3)
+        print(f"finished, but the best checkpoint is degenerate: {result['diagnosis']} ({summary})")
+    else:
+        print(f"done: {summary}")
+    return 0
