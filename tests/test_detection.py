@@ -819,10 +819,10 @@ def test_training_fits_the_anchors_writes_them_into_the_config_and_the_model_use
     config = apply_overrides(load_recipe("detection"), {"data": str(data), "width": 0.35, "workers": 0})
     bundle = task.TASK.build_data(config, task.default_preprocessing(config))
     adapted, notes = task.adapt(config, bundle)
-    assert adapted.anchor_scales is not None and adapted.anchor_scales[1] < 0.2
+    assert adapted.options["anchor_scales"] is not None and adapted.options["anchor_scales"][1] < 0.2
     assert len(notes) == 1 and "anchor scales fitted to the boxes" in notes[0] and "--anchor-fit none" in notes[0]
     model = task.TASK.build_model(adapted, bundle.class_names)
-    assert model.ssd_config.min_scale == adapted.anchor_scales[1]
+    assert model.ssd_config.min_scale == adapted.options["anchor_scales"][1]
     assert task.adapt(adapted, bundle) == (adapted, [])  # a config that has scales keeps them
     off = apply_overrides(config, {"anchor_fit": "none"})
     assert task.adapt(off, bundle) == (off, [])
@@ -884,5 +884,5 @@ def test_training_on_tiles_sees_small_objects_at_the_tiles_scale_and_validates_o
     image, boxes = torch.zeros(3, 100, 100, dtype=torch.uint8), torch.tensor([[40.0, 40, 60, 60], [70, 0, 90, 20]])
     crop, kept, labels = crop_to_window(image, boxes, torch.tensor([1, 2]), (0, 0, 75, 50))
     assert crop.shape == (3, 50, 75) and labels.tolist() == [1] and kept.tolist() == [[40.0, 40, 60, 50]]
-    with pytest.raises(ConfigError, match="--tile in training is for detection"):
-        get_task("segmentation").build_data(apply_overrides(load_recipe("segmentation"), {"tile": 320}), None)
+    with pytest.raises(ConfigError, match="--tile is an option of detection, not of segmentation"):
+        apply_overrides(load_recipe("segmentation"), {"tile": 320})

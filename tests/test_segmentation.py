@@ -506,10 +506,11 @@ def test_a_rare_class_gets_loss_weights_from_the_data_written_into_the_runs_conf
             "--epochs", "1", "--batch-size", "2", "--threads", "1", "--workers", "0", "--precise-bn", "0"]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "auto")]) == 0
     assert "adapted to the data: class weights from the data (a class is rare): 0 1, 1 7" in capsys.readouterr().out
-    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["class_weights"] == [1.0, 7.0]
+    # the task's own options (config.yaml's options: segmentation's SegmentationOptions)
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["options"]["class_weights"] == [1.0, 7.0]
     assert main([*base, "--out", str(tmp_path / "none"), "--class-weighting", "none"]) == 0
     assert "adapted to the data" not in capsys.readouterr().out
-    assert yaml.safe_load((tmp_path / "none" / "config.yaml").read_text())["class_weights"] is None
+    assert yaml.safe_load((tmp_path / "none" / "config.yaml").read_text())["options"]["class_weights"] is None
 
 
 def test_resize_argmax_in_bands_equals_the_dense_bilinear_resize():

@@ -26,6 +26,13 @@ def add_parser(sub, verb: str | None) -> None:
     )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue that run from its last completed epoch")
     add_flags(p, config, show_defaults=False)
+    from mnv2.tasks import TASKS
+
+    seen = {a.dest for a in p._actions}
+    for task in TASKS.values():  # each task's own options (Task.options) are flags too
+        if task.options is not None:
+            add_flags(p, task.options, show_defaults=False, skip=tuple(seen))
+            seen |= {a.dest for a in p._actions}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,10 +24,6 @@ OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULES = ("exp", "cosine", "onecycle", "poly")
 AMP_MODES = ("auto", "bf16", "off")
 BN_MODES = ("train", "frozen")
-SCORE_FNS = ("sigmoid", "softmax")
-ASPP_MODES = ("off", "separable", "regular")
-CLASS_WEIGHTING = ("auto", "none")
-ANCHOR_FIT = ("auto", "none")
 FREEZE_HELP = "none | stem | stage:N (stem and stages < N) | backbone (all but the classifier)"
 
 
@@ -89,31 +85,13 @@ class TrainConfig:
     poly_power: float = 0.9  # poly schedule: (1 - progress) ** power (TF DeepLab's learning_power, §6.3)
     label_smoothing: float = flag(0.0, "label smoothing (TF-slim: 0.1)")
     ema_decay: float = flag(0.0, "weight EMA decay (0 = off; TF-slim: 0.9999)")
-    score_fn: str = flag("sigmoid", "detection class scores: sigmoid (the TF SSDLite config) or softmax",
-                         choices=SCORE_FNS)  # fmt: skip
-    output_stride: int | None = flag(None, "segmentation: backbone output stride, 16 (the paper) or 8",
-                                     choices=(8, 16))  # fmt: skip
-    aspp: str = flag("off", "segmentation head: off (the paper's on-device head), separable or regular ASPP",
-                     choices=ASPP_MODES)  # fmt: skip
-    ignore_index: int | None = flag(None, "segmentation: the label files' 'not annotated' value (default: the data's "
-                                    "classes.json, else 255; CamVid: 11)")  # fmt: skip
-    class_weights: list[float] | None = None  # segmentation: per-class loss weights
-    class_weighting: str = flag(
-        "auto", "segmentation: auto (a class under 5 %% of the train pixels gets loss weights from the data, written "
-        "into config.yaml) or none", choices=CLASS_WEIGHTING,
-    )  # fmt: skip
-    tile: int | None = flag(None, "detection: train on a random tile of this many pixels of each full-size image and "
-                            "validate on the val images' tiles (small objects in large images; then evaluate and "
-                            "predict with --tile of the same size)")  # fmt: skip
-    anchor_fit: str = flag(
-        "auto", "detection: auto (when under 98 %% of the train boxes have an anchor at IoU >= 0.5, the anchor scales "
-        "are fitted to the boxes, as YOLO's autoanchor, and written into config.yaml) or none", choices=ANCHOR_FIT,
-    )  # fmt: skip
-    anchor_scales: list[float] | None = None  # detection: [lowest, min, max] anchor scales (the fit's, or a recipe's)
     grad_clip: float = flag(0.0, "max global gradient norm (0 = off)")
     precise_bn: int = flag(0, "recompute BatchNorm statistics on this many train images before each evaluation (0 = "
                            "off): new layers' running statistics lag far behind in short fine-tunes")  # fmt: skip
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # the task's own options (Task.options, typed there: detection's score function, anchors and tiles;
+    # segmentation's output stride, ASPP, ignore index and class weights); their flags are `mnv2 train` flags too
+    options: dict = field(default_factory=dict)
     # engine
     amp: str = flag("auto", "auto (bf16 on CUDA / AMX CPUs), bf16 or off", choices=AMP_MODES)
     channels_last: bool = True
@@ -141,16 +119,6 @@ class TrainConfig:
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}"),
             (self.bn in BN_MODES, "bn must be train or frozen"),
             (self.task in TASKS, f"task must be one of {tuple(TASKS)}"),
-            (self.score_fn in SCORE_FNS, f"score_fn must be one of {SCORE_FNS}"),
-            (self.aspp in ASPP_MODES, f"aspp must be one of {ASPP_MODES}"),
-            (self.class_weighting in CLASS_WEIGHTING, f"class_weighting must be one of {CLASS_WEIGHTING}"),
-            (self.anchor_fit in ANCHOR_FIT, f"anchor_fit must be one of {ANCHOR_FIT}"),
-            (self.tile is None or self.tile >= MIN_INPUT_SIZE, f"tile must be at least {MIN_INPUT_SIZE} pixels"),
-            (
-                self.anchor_scales is None or (len(self.anchor_scales) == 3 and min(self.anchor_scales) > 0),
-                "anchor_scales must be three positive numbers [lowest, min, max]",
-            ),
-            (self.output_stride in (None, 8, 16), "output_stride must be 8 or 16"),
             (self.poly_power > 0, "poly_power must be > 0"),
             (isinstance(self.precise_bn, int) and self.precise_bn >= 0, "precise_bn must be an integer >= 0"),
             (self.padding in PADDING_MODES, f"padding must be one of {PADDING_MODES}"),
@@ -168,6 +136,18 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{msg} (recipe {self.recipe!r}); got {self._value_for(msg)!r}")
         parse_freeze(self.freeze)
+        typed = self.task_options()  # the options are the task's, and valid
+        if typed is not None:  # every option's value written out, so config.yaml reproduces the run
+            self.options = {f.name: getattr(typed, f.name) for f in dataclasses.fields(typed)}
+
+    def task_options(self) -> Any:
+        """The task's typed options (``Task.options``) of this run: ``options`` checked against them."""
+        cls = TASKS[self.task].options
+        if cls is None:
+            if self.options:
+                raise ConfigError(f"task {self.task!r} takes no options (recipe {self.recipe!r}); got {self.options!r}")
+            return None
+        return strict_from_dict(cls, self.options, f"{self.task} options (recipe {self.recipe!r})")
 
     def _check_numbers(self) -> None:
         """Every number finite and in range, whether it comes from a flag, a recipe or a saved run (``--resume``)."""
@@ -204,10 +184,6 @@ class TrainConfig:
             if not ok:
                 rng = f"{'[' if low_in else '('}{low}, {high if high < inf else 'inf'}{']' if high_in else ')'}"
                 raise ConfigError(f"{name} must be a finite number in {rng}{r}; got {v!r}")
-        if self.class_weights is not None and not all(
-            isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in self.class_weights
-        ):
-            raise ConfigError(f"class_weights must be finite numbers >= 0{r}; got {self.class_weights!r}")
         check_augment(self.augment, r)
 
     def _value_for(self, msg: str) -> Any:
@@ -228,6 +204,23 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
+        """Build from a recipe, a ``config.yaml`` or a checkpoint's config. Those written before the options were
+        the task's held them at the top level (every task's, whatever the run's): its own task's move into
+        ``options``, the others are dropped."""
+        if isinstance(values, dict) and any(k in values for k in option_owners()):
+            values = dict(values)
+            task = values.get("task", DEFAULT_TASK)
+            own = {f.name for f in _option_fields(task)}
+            values["options"] = dict(values.get("options") or {})
+            for name in option_owners():
+                if name in values:
+                    value = values.pop(name)
+                    if name in own:
+                        values["options"].setdefault(name, value)
+            # options added since, at the values that reproduce such a run (a resumed run keeps its model)
+            options_cls = TASKS[task].options if task in TASKS else None
+            for name, value in getattr(options_cls, "BEFORE", {}).items():
+                values["options"].setdefault(name, value)
         return strict_from_dict(cls, values, source)
 
 
@@ -311,23 +304,58 @@ def load_recipe(name_or_path: str) -> TrainConfig:
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """Return ``config`` with the non-``None`` ``overrides`` applied (validated again)."""
+    """Return ``config`` with the non-``None`` ``overrides`` applied (validated again). A task's option is given by
+    its name (``score_fn``) or as ``options.score_fn``; an option of another task than the run's is an error naming
+    whose it is."""
     values = config.to_dict()
     if overrides.get("epochs") is not None and overrides.get("steps") is None:
         values["steps"] = None  # an explicit --epochs is what the user asked for, not the recipe's step budget
+    task = overrides.get("task") or values["task"]
+    if task != values["task"]:
+        values["options"] = {}  # another task's options do not carry over
+    own = {f.name for f in _option_fields(task)} if task in TASKS else set()
     for k, v in overrides.items():
         if v is None:
             continue
-        if k.startswith("augment."):
+        name = k.removeprefix("options.")
+        if name in option_owners():
+            if name not in own:
+                owners = ", ".join(option_owners()[name])
+                raise ConfigError(f"--{name.replace('_', '-')} is an option of {owners}, not of {task}")
+            values["options"][name] = v
+        elif k.startswith("augment."):
             values["augment"][k.split(".", 1)[1]] = v
         else:
             values[k] = v
     return TrainConfig.from_dict(values, "command-line overrides")
 
 
+def _option_fields(task: str) -> list[dataclasses.Field]:
+    cls = TASKS[task].options if task in TASKS else None
+    return dataclasses.fields(cls) if cls is not None else []
+
+
+def option_owners() -> dict[str, list[str]]:
+    """Every task option's name and the tasks that have it."""
+    owners: dict[str, list[str]] = {}
+    for name in TASKS:
+        for f in _option_fields(name):
+            owners.setdefault(f.name, []).append(name)
+    return owners
+
+
 def flag_fields() -> list[dataclasses.Field]:
-    """The config fields that are ``mnv2 train`` flags, in declaration order."""
-    return option_fields(TrainConfig)
+    """The ``mnv2 train`` flags, in declaration order: the config's fields made with :func:`flag`, then each task's
+    options (``Task.options``) not already there."""
+    fields = option_fields(TrainConfig)
+    seen = {f.name for f in fields}
+    for name in TASKS:
+        cls = TASKS[name].options
+        for f in option_fields(cls) if cls is not None else []:
+            if f.name not in seen:
+                seen.add(f.name)
+                fields.append(f)
+    return fields
 
 
 # What `mnv2 train --resume` may change; everything else is the saved run's.

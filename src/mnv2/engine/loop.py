@@ -334,8 +334,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
     for note in notes:
         if rank == 0:
             log(f"adapted to the data: {note}")
-    if config.tile is not None and rank == 0:  # what the model learns to see is a tile, not the whole image
-        log(f"training on tiles of {config.tile} px: evaluate and predict with --tile {config.tile}")
     model, pre = build_run_model(task, config, data)
     if config.qat:  # simulate the deployed INT8 model (mnv2 quantize) while fine-tuning
         model = qat.prepare_qat(model)
@@ -529,6 +527,4 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
         raise ResumeError(f"{str(path)!r} is not valid YAML ({' '.join(str(e).split())})") from e
     if not isinstance(values, dict):
         raise ResumeError(f"{str(path)!r} is not a mapping of config keys")
-    # a run saved before a data-adaptive default existed trained without it: resuming must not change its model
-    values.setdefault("anchor_fit", "none")
     return TrainConfig.from_dict(values, str(path))

@@ -40,7 +40,8 @@ def eval_data_options(meta) -> dict:
     """What a task's ``load_eval_data`` needs from a checkpoint to read labels as its training did: the training
     config's ``ignore_index`` (segmentation data without a ``classes.json``, e.g. CamVid's 11) and the model's class
     count (labels are checked against it as training checks them)."""
-    ignore = (meta.config or {}).get("ignore_index")
+    config = meta.config or {}
+    ignore = (config.get("options") or {}).get("ignore_index", config.get("ignore_index"))  # or a run before options
     options = {"ignore_index": ignore} if ignore is not None else {}
     if meta.class_names:
         options["num_classes"] = len(meta.class_names)

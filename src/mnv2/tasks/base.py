@@ -161,6 +161,9 @@ class Task:
         result_options: the inference options an evaluation asks of ``Inference.merge_tiles`` (every detection,
             segmentation's blended logits).
         paper: the task's published model (:class:`PaperModel`) for ``summary`` and ``bench``.
+        options: the task's own typed options (a frozen dataclass whose fields, made with ``mnv2.typed.option``, are
+            ``mnv2 train`` flags too), held in a run's config as ``options`` and read with :func:`task_options`;
+            ``None``: none.
         bakes_preprocessing: whether an export may take uint8 pixels and give probabilities
             (``--bake-preprocessing``: a classifier's softmax; a detector's or segmenter's outputs are not one).
         int8: what INT8 post-training quantization needs (:class:`Int8Spec`); ``None``: the task has none.
@@ -191,8 +194,20 @@ class Task:
     update_with_result: Callable[[Any, dict, Any], None] | None = None
     result_options: dict = field(default_factory=dict)
     paper: PaperModel | None = None
+    options: type | None = None
     bakes_preprocessing: bool = False
     int8: Int8Spec | None = None
+
+
+def task_options(cls: type, config) -> Any:
+    """The options ``cls`` of a run's ``config``: its ``options`` mapping (a ``TrainConfig``), or the same names as
+    attributes of a plain namespace (a library caller's or a test's); missing ones take their defaults."""
+    import dataclasses
+
+    given = getattr(config, "options", None)
+    if isinstance(given, dict):
+        return cls(**given)
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)})
 
 
 def with_bn_momentum(backbone, config):

@@ -37,11 +37,6 @@ def default_preprocessing(config) -> Any:
 
 def build_data(config, preprocessing, *, rank: int = 0, world: int = 1, pin: bool = False):
     """Fashion-MNIST (val = its official test split) or an image folder, as ``mnv2.data.loaders.build_data``."""
-    if getattr(config, "tile", None) is not None:
-        raise ConfigError(
-            f"--tile in training is for detection (small objects in large images); {NAME} trains on the whole image "
-            "or its crops: give `mnv2 eval`/`predict` --tile for large images"
-        )
     from mnv2.data.loaders import build_data as load
 
     return load(

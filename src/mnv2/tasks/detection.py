@@ -13,15 +13,16 @@ import dataclasses
 import io
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
 from mnv2.errors import ConfigError
-from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, check_resolution
+from mnv2.models.mobilenetv2 import MIN_INPUT_SIZE, MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.ssdlite import (
     SSDLite,
@@ -33,9 +34,11 @@ from mnv2.models.ssdlite import (
     nms_decoded,
     postprocess,
 )
+from mnv2.models.ssdlite_config import SCORE_FNS
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Int8Spec, PaperModel, Task, with_bn_momentum
+from mnv2.tasks.base import Int8Spec, PaperModel, Task, task_options, with_bn_momentum
 from mnv2.tasks.infer.detection import DECODED_OUTPUT, INFERENCE, NAME
+from mnv2.typed import option
 
 TTA_MODES = ("none",)
 DEFAULT_INPUT_SIZE = 320  # the paper's SSDLite input (§6.2, Table 6); the TF config uses 300
@@ -52,6 +55,45 @@ def default_preprocessing(config) -> Preprocessing:
     return Preprocessing(input_size=config.resolution, crop_pct=1.0, interpolation="bilinear", mean=TF_MEAN, std=TF_STD)
 
 
+ANCHOR_FIT = ("auto", "none")
+
+
+@dataclass(frozen=True)
+class DetectionOptions:
+    """What only a detection run sets (``TrainConfig.options``; each a ``mnv2 train`` flag but ``anchor_scales``)."""
+
+    score_fn: str = option("sigmoid", "detection class scores: sigmoid (the TF SSDLite config) or softmax",
+                           choices=SCORE_FNS)  # fmt: skip
+    anchor_fit: str = option(
+        "auto", "detection: auto (when under 98 %% of the train boxes have an anchor at IoU >= 0.5, the anchor scales "
+        "are fitted to the boxes, as YOLO's autoanchor, and written into config.yaml) or none", choices=ANCHOR_FIT,
+    )  # fmt: skip
+    anchor_scales: list[float] | None = None  # [lowest, min, max] anchor scales: the fit's, or a recipe's
+    tile: int | None = option(None, "detection: train on a random tile of this many pixels of each full-size image and "
+                              "validate on the val images' tiles (small objects in large images; then evaluate and "
+                              "predict with --tile of the same size)")  # fmt: skip
+
+    # a config written before the options were the task's (its keys at the top level) ran without the anchor fit
+    BEFORE: ClassVar[dict] = {"anchor_fit": "none"}
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.score_fn in SCORE_FNS, f"score_fn must be one of {SCORE_FNS}"),
+            (self.anchor_fit in ANCHOR_FIT, f"anchor_fit must be one of {ANCHOR_FIT}"),
+            (self.tile is None or (isinstance(self.tile, int) and self.tile >= MIN_INPUT_SIZE),
+             f"tile must be a whole number of pixels >= {MIN_INPUT_SIZE}"),
+            (self.anchor_scales is None or (len(self.anchor_scales) == 3 and min(self.anchor_scales) > 0),
+             "anchor_scales must be three positive numbers [lowest, min, max]"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"{msg}; got {getattr(self, msg.split()[0])!r}")
+
+
+def options(config) -> DetectionOptions:
+    return task_options(DetectionOptions, config)
+
+
 def build_data(config, preprocessing, *, rank: int = 0, world: int = 1, pin: bool = False):
     """A VOC folder or COCO JSON (``mnv2.data.detection``): SSD-augmented train batches, plain-resized val batches."""
     from mnv2.data.detection import DetectionAugment, build_detection_data
@@ -60,7 +102,7 @@ def build_data(config, preprocessing, *, rank: int = 0, world: int = 1, pin: boo
         config.data, preprocessing, config.batch_size // world, min(config.eval_batch_size, EVAL_BATCH_MAX),
         val_split=config.val_split, strict=config.strict, workers=config.workers, seed=config.seed, rank=rank,
         world=world, pin=pin, train_limit=config.train_limit, val_limit=config.val_limit,
-        aug=DetectionAugment(hflip=config.augment.hflip), tile=getattr(config, "tile", None),
+        aug=DetectionAugment(hflip=config.augment.hflip), tile=options(config).tile,
     )  # fmt: skip
 
 
@@ -75,8 +117,8 @@ def load_eval_data(data: str, preprocessing, batch_size: int, **kwargs):
 def head_config(config, num_classes: int) -> SSDLiteConfig:
     """The head a run trains: the TF config's, for ``num_classes`` classes, with ``config.score_fn`` when the
     TrainConfig has one. The loss rebuilds it the same way, so model and loss always agree."""
-    score_fn = getattr(config, "score_fn", None) or SSDLiteConfig.score_fn
-    scales = getattr(config, "anchor_scales", None)
+    opts = options(config)
+    score_fn, scales = opts.score_fn, opts.anchor_scales
     fitted = dict(zip(("lowest_scale", "min_scale", "max_scale"), scales)) if scales else {}
     return SSDLiteConfig(num_classes=num_classes, score_fn=score_fn, **fitted)
 
@@ -98,18 +140,21 @@ def adapt(config, data) -> tuple[Any, list[str]]:
     """The defaults chosen from the data (issue 24, 2), written into the run's config.yaml: anchor scales fitted to
     the train boxes when too few of them have an anchor to be matched to (``--anchor-fit none`` turns it off; a
     recipe's ``anchor_scales`` are kept)."""
-    if getattr(config, "anchor_fit", "none") != "auto" or config.anchor_scales is not None:
-        return config, []
+    opts = options(config)
+    notes = [f"training on tiles of {opts.tile} px: evaluate and predict with --tile {opts.tile}"] if opts.tile else []
+    if opts.anchor_fit != "auto" or opts.anchor_scales is not None:
+        return config, notes
     head = head_config(config, len(data.class_names))
-    boxes = train_boxes(data.train.dataset.records, getattr(config, "tile", None))
+    boxes = train_boxes(data.train.dataset.records, opts.tile)
     fitted, before, after = fit_anchor_scales(boxes, config.resolution, head)
     if fitted == head:
-        return config, []
+        return config, notes
     scales = [fitted.lowest_scale, fitted.min_scale, fitted.max_scale]
-    return dataclasses.replace(config, anchor_scales=scales), [
+    return dataclasses.replace(config, options={**config.options, "anchor_scales": scales}), [
+        *notes,
         f"anchor scales fitted to the boxes: lowest {scales[0]:g}, min {scales[1]:g}, max {scales[2]:g} (TF's 0.1, "
         f"0.2, 0.95): {100 * before:.1f} -> {100 * after:.1f} % of the train boxes have an anchor at IoU >= "
-        f"{head.matched_threshold} (--anchor-fit none turns this off)"
+        f"{head.matched_threshold} (--anchor-fit none turns this off)",
     ]
 
 
@@ -293,7 +338,7 @@ def data_report(data, model, config) -> str:
     model = unwrap(model)
     size, head = config.resolution, model.ssd_config
     names = data.class_names
-    tile = getattr(config, "tile", None)
+    tile = options(config).tile
     lines = [f"data report ({config.data}, input {size} px{f', tiles of {tile} px' if tile else ''}):"]
     sides = []
     for split, batches in (("train", data.train), (data.val_name, data.val)):
@@ -536,6 +581,7 @@ TASK = Task(
     format_value=_pct,
     update_with_result=update_with_result,
     adapt=adapt,
+    options=DetectionOptions,
     result_options={"min_score": 0.0},  # every detection NMS keeps, as evaluation's infer gives them
     paper=PaperModel(90, ((320, 320),), recipe="detection"),
 )

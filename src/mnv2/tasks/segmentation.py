@@ -7,9 +7,10 @@ reports ``mIoU`` (TF's ``mean_iou``: classes that never occur and are never pred
 ``per_class_iou``, ``pixel_acc`` and ``mean_class_acc`` as fractions in [0, 1], the mean val cross-entropy per
 pixel (``loss``) and the number of images (``n``). ``best`` is ``mIoU``.
 
-Settings a ``TrainConfig`` does not have yet are read with ``getattr`` and their defaults: ``output_stride`` (16,
+A run's segmentation settings are its :class:`SegmentationOptions` (``TrainConfig.options``): ``output_stride`` (16,
 the paper's), ``aspp`` (``"off"``: the paper's on-device head; ``"separable"`` or ``"regular"``), ``ignore_index``
-(the data's ``classes.json``, else 255) and ``class_weights`` (a list, one per class; none by default).
+(the data's ``classes.json``, else 255), ``class_weights`` (a list, one per class; none by default) and
+``class_weighting``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,9 @@ from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
 from mnv2.models.mobilenetv2 import MIN_INPUT_SIZE, MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Int8Spec, PaperModel, Task, confusion_diagnosis, with_bn_momentum
+from mnv2.tasks.base import Int8Spec, PaperModel, Task, confusion_diagnosis, task_options, with_bn_momentum
 from mnv2.tasks.infer.segmentation import INFERENCE, NAME
+from mnv2.typed import option
 
 # "flip": mean of the image's and its mirror image's class probabilities; "ms_flip": the paper's MF setting (Table 7),
 # TF DeepLab's eval_scales 0.5 … 1.75 with add_flipped_images, probabilities averaged over all 12 views.
@@ -41,6 +44,44 @@ TTA_MODES = ("none", "flip", "ms_flip")
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 ASPP_MODES = {"off": (False, True), "separable": (True, True), "regular": (True, False)}
 EVAL_BATCH_MAX = 8  # full-resolution images (CamVid 480x360): logits of 8 images are already ~60 MB
+CLASS_WEIGHTING = ("auto", "none")
+
+
+@dataclass(frozen=True)
+class SegmentationOptions:
+    """What only a segmentation run sets (``TrainConfig.options``; each a ``mnv2 train`` flag but
+    ``class_weights``)."""
+
+    output_stride: int | None = option(None, "segmentation: backbone output stride, 16 (the paper) or 8",
+                                       choices=(8, 16))  # fmt: skip
+    aspp: str = option("off", "segmentation head: off (the paper's on-device head), separable or regular ASPP",
+                       choices=tuple(ASPP_MODES))  # fmt: skip
+    ignore_index: int | None = option(None, "segmentation: the label files' 'not annotated' value (default: the "
+                                      "data's classes.json, else 255; CamVid: 11)")  # fmt: skip
+    class_weights: list[float] | None = None  # per-class loss weights (the automatic ones, or a recipe's)
+    class_weighting: str = option(
+        "auto", "segmentation: auto (a class under 5 %% of the train pixels gets loss weights from the data, written "
+        "into config.yaml) or none", choices=CLASS_WEIGHTING,
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        weights_ok = self.class_weights is None or all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+            for w in self.class_weights
+        )
+        checks = [
+            (self.output_stride in (None, 8, 16), "output_stride must be 8 or 16"),
+            (self.aspp in ASPP_MODES, f"aspp must be one of {tuple(ASPP_MODES)}"),
+            (self.class_weighting in CLASS_WEIGHTING, f"class_weighting must be one of {CLASS_WEIGHTING}"),
+            (weights_ok, "class_weights must be finite numbers >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"{msg}; got {getattr(self, msg.split()[0])!r}")
+
+
+def options(config) -> SegmentationOptions:
+    return task_options(SegmentationOptions, config)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -54,11 +95,6 @@ def default_preprocessing(config) -> Preprocessing:
 
 def build_data(config, preprocessing, *, rank: int = 0, world: int = 1, pin: bool = False):
     """A VOC or SegNet-layout folder (``mnv2.data.segmentation``): augmented train crops, full-resolution val."""
-    if getattr(config, "tile", None) is not None:
-        raise ConfigError(
-            f"--tile in training is for detection (small objects in large images); {NAME} trains on the whole image "
-            "or its crops: give `mnv2 eval`/`predict` --tile for large images"
-        )
     from mnv2.data.segmentation import SegmentationAugment, build_segmentation_data
 
     per_process = config.batch_size // world
@@ -70,7 +106,7 @@ def build_data(config, preprocessing, *, rank: int = 0, world: int = 1, pin: boo
         config.data, preprocessing, per_process, min(config.eval_batch_size, EVAL_BATCH_MAX),
         val_split=config.val_split, strict=config.strict, workers=config.workers, seed=config.seed, rank=rank,
         world=world, pin=pin, train_limit=config.train_limit, val_limit=config.val_limit,
-        aug=SegmentationAugment(hflip=config.augment.hflip), ignore_index=getattr(config, "ignore_index", None),
+        aug=SegmentationAugment(hflip=config.augment.hflip), ignore_index=options(config).ignore_index,
     )  # fmt: skip
 
 
@@ -86,12 +122,10 @@ def load_eval_data(data: str, preprocessing, batch_size: int, **kwargs):
 def head_config(config, num_classes: int, class_colors=None) -> DeepLabConfig:
     """The head a run trains: the paper's on-device head at output stride 16 unless the TrainConfig says otherwise
     (``output_stride``, ``aspp``), with the config's dropout (the segmentation recipe: TF's 0.1)."""
-    aspp = getattr(config, "aspp", None) or "off"
-    if aspp not in ASPP_MODES:
-        raise ConfigError(f"aspp must be one of {tuple(ASPP_MODES)}, got {aspp!r}")
-    with_aspp, separable = ASPP_MODES[aspp]
+    opts = options(config)
+    with_aspp, separable = ASPP_MODES[opts.aspp]
     return DeepLabConfig(
-        num_classes=num_classes, output_stride=getattr(config, "output_stride", None) or 16, aspp=with_aspp,
+        num_classes=num_classes, output_stride=opts.output_stride or 16, aspp=with_aspp,
         separable=separable, dropout=config.dropout, class_colors=class_colors,
     )  # fmt: skip
 
@@ -151,7 +185,7 @@ def loss(logits: torch.Tensor, masks: torch.Tensor, config) -> tuple[torch.Tenso
     ``ignore_label``, averaged over the others), with the config's label smoothing and optional ``class_weights``;
     part ``pixel_acc``: the fraction of valid pixels right on the augmented batch."""
     logits = logits.float()
-    weights = getattr(config, "class_weights", None)
+    weights = options(config).class_weights
     weight = None
     if weights:
         if len(weights) != logits.shape[1]:
@@ -296,7 +330,7 @@ def data_report(data, model, config) -> str:
     absent = [n for n, f in zip(names, shares["train"]) if f == 0]
     if rare:
         text = ", ".join(f"{n} ({100 * f:.1f} %)" for n, f in rare)
-        weights = getattr(config, "class_weights", None)
+        weights = options(config).class_weights
         doing = (
             f"class weights {weights} are set"
             if weights
@@ -335,13 +369,14 @@ def auto_class_weights(shares: np.ndarray) -> list[float] | None:
 def adapt(config, data) -> tuple[Any, list[str]]:
     """The defaults chosen from the data (issue 24, 2), written into the run's config.yaml: class weights for rare
     classes unless ``--class-weighting none`` or the recipe gives ``class_weights``."""
-    if getattr(config, "class_weighting", "none") != "auto" or config.class_weights is not None:
+    opts = options(config)
+    if opts.class_weighting != "auto" or opts.class_weights is not None:
         return config, []
     weights = auto_class_weights(pixel_shares(data, data.train))
     if weights is None:
         return config, []
     text = ", ".join(f"{n} {w:g}" for n, w in zip(data.class_names, weights))
-    return dataclasses.replace(config, class_weights=weights), [
+    return dataclasses.replace(config, options={**config.options, "class_weights": weights}), [
         f"class weights from the data (a class is rare): {text} (--class-weighting none turns this off)"
     ]
 
@@ -463,4 +498,5 @@ TASK = Task(
     update_with_result=update_with_result,
     result_options={"scores": True},
     paper=PaperModel(21, ((512, 512), (360, 480)), recipe="segmentation", flags={"padding": "tf"}),
+    options=SegmentationOptions,
 )
