@@ -12,12 +12,14 @@ import torch
 import yaml
 from PIL import Image
 
+from mnv2.data.builder import TrainVal, build_bundle, checked_train_val, eval_records
 from mnv2.data.detection import (
     AnnotationError,
     build_detection_eval_data,
     load_detection_dataset,
     train_val_records,
 )
+from mnv2.data.folder import ScanReport
 from mnv2.data.preprocessing import TF_MEAN, TF_STD, Preprocessing
 from mnv2.data.segmentation import (
     IGNORE_INDEX,
@@ -69,6 +71,42 @@ def test_seeded_split_and_limits_are_the_policy_every_task_uses():
     assert eval_split_name(splits, None, "d") == "test" and eval_split_name(splits, "extra", "d") == "extra"
     with pytest.raises(ConfigError, match=r"has no 'nope' split \(it has: train, test, extra\)"):
         eval_split_name(splits, "nope", "d")
+
+
+class Numbers(torch.utils.data.Dataset):
+    """A record type no task has: each record a number, its sample a [1, 1, 1] tensor of it."""
+
+    def __init__(self, records: list[int], train: bool) -> None:
+        self.records, self.train = records, train
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        return torch.full((1, 1, 1), float(self.records[i])), i
+
+
+def test_the_one_builder_limits_batches_and_checks_records_of_any_type():
+    train, val, name = checked_train_val({"all": list(range(10))}, 0.3, 0, "d")
+    assert (sorted(train + val), len(val), name) == (list(range(10)), 3, "val")
+    read = TrainVal(["a", "b"], train, val, name, ScanReport())
+    bundle = build_bundle(read, Numbers, PRE, 2, 4, workers=0, seed=1, train_limit=4, image_size=len)
+    # training's limits: a seeded sample in drawn order; the train part augments, val does not
+    assert bundle.train.dataset.records == limit_samples(train, 4, 1, keep_order=False) and bundle.train.dataset.train
+    assert bundle.val.dataset.records == val and not bundle.val.dataset.train
+    assert (len(bundle.train), len(bundle.val), bundle.val_name, bundle.image_size) == (2, 1, "val", 3)
+    x, _ = next(iter(bundle.train.epoch(0)))
+    assert x.shape == (2, 1, 1, 1) and set(x.flatten().tolist()) <= set(map(float, bundle.train.dataset.records))
+    # a scan may drop records; a part it leaves empty is an error naming the data
+    with pytest.raises(ConfigError, match="'d' has no readable validation images"):
+        checked_train_val({"train": [1, 2], "val": [3]}, 0.1, 0, "d", scan=lambda rs, part: [r for r in rs if r != 3])
+    # evaluation: the validation split by default, a seeded sample in order, and only the sample is scanned
+    scanned = []
+    split, records = eval_records({"train": [1, 2], "val": list(range(10))}, None, "d", limit=3, seed=0,
+                                  scan=lambda rs, part: scanned.append((part, rs)) or rs)  # fmt: skip
+    assert (split, records, scanned) == ("val", limit_samples(range(10), 3, 0), [("val", records)])
+    with pytest.raises(ConfigError, match=r"no readable images in 'd' \(train split\)"):
+        eval_records({"train": [1, 2]}, "train", "d", scan=lambda rs, part: [])
 
 
 def voc_with_lists(root: Path, lists: dict[str, list[str]]) -> Path:

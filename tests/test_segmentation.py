@@ -86,7 +86,7 @@ def test_the_task_supplies_every_part_and_its_recipe_is_tf_deeplabs():
 
     task = get_task("segmentation")
     assert all(getattr(task, f.name) is not None for f in dataclasses.fields(task) if f.default is not None)
-    assert task.tta_modes == ("none", "flip", "ms_flip") and task.report_file == "iou.png"
+    assert task.tta_modes == ("none", "flip", "ms_flip") and task.present.report_file == "iou.png"
     assert (Evaluator.best, Evaluator.columns) == ("mIoU", ("loss", "mIoU", "pixel_acc", "mean_class_acc"))
     c = load_recipe("segmentation")
     assert (c.task, c.width, c.optimizer, c.scaled_lr, c.batch_size, c.resolution, c.weight_decay, c.dropout) == (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mnv2.data.preprocessing import DEFAULT_INPUT_SIZE
 from mnv2.tasks import DEFAULT_TASK, TASK_NAMES
 from mnv2.typed import option
 
@@ -17,7 +18,9 @@ class SpeedBenchConfig:
     task: str = option(DEFAULT_TASK, "a task's published model: detection (SSDLite 1.0 @320) or segmentation "
                        "(DeepLabv3 @512x512 and 480x360): batch-1 latency per engine", choices=TASK_NAMES)  # fmt: skip
     model: str = option("mobilenetv2_100", "registered name (random weights)")
-    resolution: int | None = option(None, "input size (default 224; a task's model: the paper's sizes)", low=1)
+    resolution: int | None = option(
+        None, f"input size (default {DEFAULT_INPUT_SIZE}; a task's model: the paper's sizes)", low=1
+    )
     batch: int = option(32, "throughput batch", low=1)
     threads: int = option(2, "intra-op threads", low=1)
     rounds: int = option(3, "rounds (engine order alternates); figures are medians", low=1)
@@ -32,7 +35,7 @@ class MemoryBenchConfig:
     """§5.1's memory: the measured peak activation memory of dense and streamed inference, its bound, and latency."""
 
     width: float | None = option(None, "one width (default: 0.35 and 1.0)", above=0)
-    resolution: int = option(224, "input size", low=1)
+    resolution: int = option(DEFAULT_INPUT_SIZE, "input size", low=1)
     batch: int = option(1, "images per forward pass", low=1)
     threads: int | None = option(None, "intra-op threads (default: torch's)", low=1)
     splits: list[str] | None = option(None, "§5.1 split counts (default: 1 2 4 6 full)", kind="list")
@@ -59,9 +62,9 @@ def run_speed(config: SpeedBenchConfig, progress=None) -> tuple[list, str]:
     from mnv2.bench.speed import format_table, run_bench
 
     records = run_bench(
-        model_name=config.model, resolution=config.resolution or 224, batch=config.batch, rounds=config.rounds,
-        threads=config.threads, iters_1=config.iters, peers=config.peers, int8=config.int8, only=config.engines,
-        progress=progress,
+        model_name=config.model, resolution=config.resolution or DEFAULT_INPUT_SIZE, batch=config.batch,
+        rounds=config.rounds, threads=config.threads, iters_1=config.iters, peers=config.peers, int8=config.int8,
+        only=config.engines, progress=progress,
     )  # fmt: skip
     return records, format_table(records, config.batch)
 

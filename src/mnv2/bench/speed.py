@@ -145,7 +145,7 @@ def build_candidates(
     """Every engine and peer that can run here, each with a factory ``batch -> run``."""
     from mnv2.data.preprocessing import Preprocessing
     from mnv2.deploy.exporters.onnx import ExportOptions, export_onnx, ort_session
-    from mnv2.deploy.runtime.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, converting_engines
+    from mnv2.deploy.runtime.engines import TorchEngine, converting_engines, open_file_engine
     from mnv2.models import create_model
     from mnv2.models.fold import fold_batchnorm
     from mnv2.weights.checkpoint import CheckpointMeta
@@ -176,15 +176,26 @@ def build_candidates(
         return make
 
     if "onnxruntime" in installed:
-        out.append(Candidate("mnv2 onnxruntime", False, "fp32", once(lambda: OrtEngine(fp32(), "fp32", threads))))
+        out.append(
+            Candidate(
+                "mnv2 onnxruntime",
+                False,
+                "fp32",
+                once(lambda: open_file_engine("onnxruntime", fp32(), "fp32", threads)),
+            )
+        )
     if "openvino" in installed:
-        out.append(Candidate("mnv2 openvino", False, "fp32", once(lambda: OpenVinoEngine(fp32(), "fp32", threads))))
+        out.append(
+            Candidate(
+                "mnv2 openvino", False, "fp32", once(lambda: open_file_engine("openvino", fp32(), "fp32", threads))
+            )
+        )
         out.append(
             Candidate(
                 "mnv2 openvino",
                 False,
                 "bf16",
-                once(lambda: OpenVinoEngine(fp32(), "bf16", threads)),
+                once(lambda: open_file_engine("openvino", fp32(), "bf16", threads)),
                 "bf16 compute: not fp32-accurate",
             )
         )
@@ -195,7 +206,7 @@ def build_candidates(
 
             tfl = workdir / "mnv2-fp32-b1.tflite"
             export_other("tflite", fold_batchnorm(model), tfl, ExportOptions.for_format("tflite"), meta=meta)
-            return LiteRtEngine(tfl, threads)
+            return open_file_engine("litert", tfl, "fp32", threads)
 
         out.append(Candidate("mnv2 litert", False, "fp32", once(litert), "XNNPACK, BN folded"))
     out.append(Candidate("mnv2 torch", False, "fp32", once(lambda: TorchEngine(model, "<bench>", threads))))
@@ -206,10 +217,20 @@ def build_candidates(
         calib = np.random.default_rng(0).standard_normal((16, 3, resolution, resolution), dtype=np.float32)
         quantize_onnx_static(fp32(), q, calib, "minmax", per_channel=True, batch=8)
         note = "QDQ per-channel, calibrated on random data (speed only)"
-        out.append(Candidate("mnv2 onnxruntime", False, "int8", once(lambda: OrtEngine(q, "int8", threads)), note))
+        out.append(
+            Candidate(
+                "mnv2 onnxruntime",
+                False,
+                "int8",
+                once(lambda: open_file_engine("onnxruntime", q, "int8", threads)),
+                note,
+            )
+        )
         if "openvino" in installed:
             out.append(
-                Candidate("mnv2 openvino", False, "int8", once(lambda: OpenVinoEngine(q, "int8", threads)), note)
+                Candidate(
+                    "mnv2 openvino", False, "int8", once(lambda: open_file_engine("openvino", q, "int8", threads)), note
+                )
             )
     if int8 and "litert" in installed:
 
@@ -219,7 +240,7 @@ def build_candidates(
             tfl = workdir / "mnv2-int8.tflite"
             calib = np.random.default_rng(0).standard_normal((16, 3, resolution, resolution), dtype=np.float32)
             quantize_tflite_static(fold_batchnorm(model), tfl, calib, "minmax")
-            return LiteRtEngine(tfl, threads, "int8")
+            return open_file_engine("litert", tfl, "int8", threads)
 
         note = "PT2E int8 TFLite (XNNPACK), calibrated on random data (speed only)"
         out.append(Candidate("mnv2 litert", False, "int8", once(litert_int8), note))

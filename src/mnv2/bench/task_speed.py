@@ -68,7 +68,7 @@ def _engines(model, meta, height: int, width: int, threads: int, workdir: Path, 
     """name -> run(x) for every installed engine that runs this model at this size."""
     from mnv2.deploy.exporters.edge import export_other
     from mnv2.deploy.exporters.onnx import ExportOptions, export_onnx
-    from mnv2.deploy.runtime.engines import LiteRtEngine, OpenVinoEngine, OrtEngine, TorchEngine, converting_engines
+    from mnv2.deploy.runtime.engines import TorchEngine, converting_engines, open_file_engine
 
     runs = {"torch": TorchEngine(model, "bench", threads)}
     size = (height, width)  # a fixed-size graph, TF padding as the paper's models (--input-size WxH in the CLI)
@@ -76,15 +76,13 @@ def _engines(model, meta, height: int, width: int, threads: int, workdir: Path, 
     installed = converting_engines()
     want = [e for e in ("onnxruntime", "openvino", "litert") if e in installed and (not only or e in only)]
     if {"onnxruntime", "openvino"} & set(want):
-        export_onnx(model, onnx_path, ExportOptions.for_format("tflite", input_size=size), meta=meta)
-        if "onnxruntime" in want:
-            runs["onnxruntime"] = OrtEngine(onnx_path, "fp32", threads)
-        if "openvino" in want:
-            runs["openvino"] = OpenVinoEngine(onnx_path, "fp32", threads)
+        export_onnx(model, onnx_path, ExportOptions(dynamic_batch=False, input_size=size), meta=meta)
+        for name in {"onnxruntime", "openvino"} & set(want):
+            runs[name] = open_file_engine(name, onnx_path, "fp32", threads)
     if "litert" in want:
         tfl = workdir / f"{meta.task}-{height}x{width}.tflite"
         export_other("tflite", model, tfl, ExportOptions.for_format("tflite", input_size=size), meta=meta)
-        runs["litert"] = LiteRtEngine(tfl, threads)
+        runs["litert"] = open_file_engine("litert", tfl, "fp32", threads)
     return {k: v for k, v in runs.items() if not only or k in only}
 
 

@@ -75,11 +75,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     tta = f"  ({r['tta']} test-time augmentation)" if r["tta"] != "none" else ""
     tta += f"  (tiles of {r['tile']} px, overlap {r['overlap']:g})" if r.get("tile") else ""
-    print(f"{r['checkpoint']} on {r['data']}: {task.format_metrics(r)}  n={r['n']}{tta}")
+    print(f"{r['checkpoint']} on {r['data']}: {task.present.format_metrics(r)}  n={r['n']}{tta}")
     for name, value in r.get("per_class", {}).items():
-        print(f"  {name:<20} {'n/a' if value is None else task.format_value(value)}")
+        print(f"  {name:<20} {'n/a' if value is None else task.present.format_value(value)}")
     if any(r["skipped"].values()):
         print("skipped: " + ", ".join(f"{n} {k.replace('_', '-')}" for k, n in r["skipped"].items() if n))
-    picture = task.report_file.removesuffix(".png")
+    picture = task.present.report_file.removesuffix(".png")
     print(f"{picture}: {r['confusion_png'] if r['confusion_png'] is not None else r['confusion_error']}")
     return 0

@@ -25,14 +25,14 @@ def _base_type(f: dataclasses.Field) -> str:
 
 def add_flags(
     parser: argparse.ArgumentParser, cls: type, *, show_defaults: bool = True, skip: tuple[str, ...] = (),
-    prefix: str = "",
+    prefix: str = "", only: tuple[str, ...] | None = None,
 ) -> list[dataclasses.Field]:  # fmt: skip
-    """Add a flag per option field of ``cls`` (not those in ``skip``). ``show_defaults``: the help states the field's
-    default (a config whose flags override a recipe's values says nothing: ``None`` keeps the recipe's). ``prefix``
-    starts each help text (``"speed: "``). Returns the fields added."""
+    """Add a flag per option field of ``cls`` (not those in ``skip``; with ``only``, just those). ``show_defaults``:
+    the help states the field's default (a config whose flags override a recipe's values says nothing: ``None``
+    keeps the recipe's). ``prefix`` starts each help text (``"speed: "``). Returns the fields added."""
     added = []
     for f in option_fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         m, name = f.metadata, flag_name(f)
         kind = m.get("kind") or ("float" if m.get("scale") else _base_type(f))  # 1.5 MiB is a whole number of bytes

@@ -4,30 +4,36 @@ from __future__ import annotations
 
 import argparse
 
-from mnv2.cli.common import dumps
+from mnv2.cli.common import dumps, typed_config
+from mnv2.cli.flags import add_flags
+from mnv2.tasks import DEFAULT_TASK
+
+# The training config's fields and task options that describe an architecture: `mnv2 summary`'s flags.
+ARCHITECTURE = ("task", "model", "width", "resolution", "padding", "output_stride", "aspp")
 
 
 def add_parser(sub, verb: str | None) -> None:
-    from mnv2.tasks import DEFAULT_TASK, TASK_NAMES
-
-    p = sub.add_parser("summary", help="per-layer params, multiply-adds and activations")
-    p.add_argument("--model", default=None, help="registered name (see `mnv2 models`); default mobilenetv2_100")
-    p.add_argument("--width", type=float, default=None, help="width multiplier (any value > 0); overrides --model")
-    p.add_argument("--resolution", type=int, default=None, help="input size in pixels (>= 32; default: the paper's, "
-                   "224 for a classifier)")  # fmt: skip
-    p.add_argument(
-        "--num-classes", type=int, default=None,
-        help="classifier outputs (1001 for TF-slim/Keras); detection: object classes without background (default "
-        "90); segmentation: classes (default 21)",
-    )  # fmt: skip
-    p.add_argument("--task", default=DEFAULT_TASK, help=f"{', '.join(TASK_NAMES)} (the paper's model of that task)")
-    p.add_argument("--aspp", default=None, help="segmentation: off, separable or regular (Table 7's 'with ASPP')")
-    p.add_argument("--padding", default=None, help="torch (symmetric) or tf (TF SAME)")
-    p.add_argument("--output-stride", type=int, default=None, help="32 (default), 16 or 8 (dilated, §6.3)")
+    about = (
+        "A task's published model (Task.paper): every architecture flag is the training config's, and defaults "
+        "to the paper's model (the classifier: mobilenetv2_100 at 224)."
+    )
+    p = sub.add_parser("summary", help="per-layer params, multiply-adds and activations", description=about)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier outputs (1001 for TF-slim/Keras); detection: object classes without background "
+                   "(default 90); segmentation: classes (default 21)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--memory", action="store_true", help="dense vs §5.1 streamed activation memory per block")
     p.add_argument("--splits", default="full", help="§5.1 slices per layer for --memory: an integer or 'full'")
     p.set_defaults(func=run)
+    config = typed_config(p, verb, "summary", "mnv2.engine.config", "TrainConfig")  # its module imports torch
+    if config is None:
+        return
+    from mnv2.tasks import TASKS
+
+    add_flags(p, config, show_defaults=False, only=ARCHITECTURE)
+    for task in TASKS.values():  # the architecture's task options (segmentation's output stride and ASPP)
+        if task.options is not None:
+            add_flags(p, task.options, show_defaults=False, only=ARCHITECTURE)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resolution is not None:
         check_resolution(args.resolution)
     model, resolution = paper_model(
-        args.task, args.num_classes, model=args.model, width=args.width, resolution=args.resolution,
+        args.task or DEFAULT_TASK, args.num_classes, model=args.model, width=args.width, resolution=args.resolution,
         padding=args.padding, output_stride=args.output_stride, aspp=args.aspp,
     )  # fmt: skip
     if args.memory:
@@ -50,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(model, resolution)
     if args.json:
         head = {"head": model.head_config} if hasattr(model, "head_config") else {}
-        print(dumps({"task": args.task, "config": model.config.to_dict(), **head, **summary.to_dict()}))
+        print(dumps({"task": args.task or DEFAULT_TASK, "config": model.config.to_dict(), **head, **summary.to_dict()}))
     else:
         print(summary.format_table())
     return 0

@@ -8,7 +8,6 @@ import math
 
 from mnv2.cli.common import typed_config
 from mnv2.cli.flags import add_flags
-from mnv2.errors import ConfigError
 
 
 def add_parser(sub, verb: str | None) -> None:
@@ -36,27 +35,11 @@ def add_parser(sub, verb: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnv2.engine.config import RESUME_FLAGS, apply_overrides, flag_fields, list_recipes, load_recipe
-    from mnv2.engine.loop import load_run_config, train
+    from mnv2.engine.config import flag_fields
+    from mnv2.engine.loop import run_config, train
 
     overrides = {f.name: getattr(args, f.name) for f in flag_fields()}
-    if args.resume and args.out and args.out != args.resume:
-        raise ConfigError(f"--resume {args.resume} continues that directory; drop --out {args.out}")
-    out = args.resume or args.out
-    if out is None:
-        raise ConfigError("give --out RUN_DIR (a new run) or --resume RUN_DIR (continue one)")
-    if args.resume:
-        config = load_run_config(out)
-        bad = sorted(k for k, v in overrides.items() if v is not None and k not in RESUME_FLAGS)
-        if bad:
-            allowed = "/".join(f"--{k}" for k in RESUME_FLAGS)
-            raise ConfigError(f"--resume continues the saved config; only {allowed} may change, not {bad}")
-        config = apply_overrides(config, overrides)
-    else:
-        # a task's own recipe (recipes/<task>.yaml, e.g. detection) unless one is named
-        task_recipe = args.task if args.task in list_recipes() else "default"
-        recipe = args.recipe or ("qat" if args.qat else task_recipe)
-        config = apply_overrides(load_recipe(recipe), overrides)
+    config, out = run_config(args.out, args.resume, args.recipe, overrides)
     result = train(config, out, resume=bool(args.resume))
     metric = result["metric"]
 

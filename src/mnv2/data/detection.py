@@ -46,20 +46,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mnv2.data.batches import LoaderBatches
+from mnv2.data.builder import DataBundle, TrainVal, build_bundle, checked_train_val, eval_records
 from mnv2.data.coco import coco_image_dir, coco_split_files
 from mnv2.data.folder import ScanReport
 from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.data.splits import (
-    ALL,
-    TRAIN_NAMES,
-    VAL_NAMES,
-    eval_split_name,
-    limit_samples,
-    train_split_name,
-    train_val,
-    val_split_name,
-)
+from mnv2.data.splits import ALL, TRAIN_NAMES, VAL_NAMES, train_split_name, val_split_name
 from mnv2.data.tensors import normalize, to_uint8_tensor
 from mnv2.data.textfiles import read_json, read_list
 from mnv2.errors import ConfigError
@@ -448,11 +440,7 @@ def train_val_records(
     (:func:`mnv2.data.splits.train_val`)."""
     report = DetectionReport()
     names, splits = load_detection_dataset(data, strict, report)
-    train, val, _ = train_val(splits, val_split, seed, data)
-    if not train:
-        raise ConfigError(f"{str(data)!r} has no readable training images")
-    if not val:
-        raise ConfigError(f"{str(data)!r} has no readable validation images")
+    train, val, _ = checked_train_val(splits, val_split, seed, data)
     return names, train, val, report
 
 
@@ -701,21 +689,17 @@ def build_detection_data(
     strict: bool = False, workers: int = 2, seed: int = 0, rank: int = 0, world: int = 1, pin: bool = False,
     train_limit: int | None = None, val_limit: int | None = None, aug: DetectionAugment | None = None,
     tile: int | None = None,
-):  # fmt: skip
-    """A ``DataBundle`` of detection batches (``mnv2.data.loaders.DataBundle``; val name ``"val"``). ``tile``:
-    train on a random tile of that many pixels of each full-size image and validate on every image's tiles (issue 24,
-    4: small objects in large images), as ``predict --tile`` cuts them."""
-    from mnv2.data.loaders import DataBundle
-
+) -> DataBundle:  # fmt: skip
+    """A :class:`~mnv2.data.builder.DataBundle` of detection batches (:func:`mnv2.data.builder.build_bundle`; val
+    name ``"val"``). ``tile``: train on a random tile of that many pixels of each full-size image and validate on
+    every image's tiles (issue 24, 4: small objects in large images), as ``predict --tile`` cuts them."""
     names, train, val, report = train_val_records(data, val_split, seed, strict)
-    train = limit_samples(train, train_limit, seed, keep_order=False)
-    val = limit_samples(val, val_limit, seed, keep_order=False)
-    train_b = DetectionBatches(
-        DetectionDataset(train, pre, True, aug, tile), batch_size, True, workers, seed, rank, world, pin
-    )
-    val_set = DetectionDataset(val, pre, False, tile=tile)
-    val_b = DetectionBatches(val_set, eval_batch_size, False, workers, seed, rank, world, pin)
-    return DataBundle(train_b, val_b, names, pre, report, "val")
+    dataset = functools.partial(DetectionDataset, pre=pre, aug=aug, tile=tile)
+    return build_bundle(
+        TrainVal(names, train, val, "val", report), dataset, pre, batch_size, eval_batch_size,
+        batches=DetectionBatches, workers=workers, seed=seed, rank=rank, world=world, pin=pin,
+        train_limit=train_limit, val_limit=val_limit,
+    )  # fmt: skip
 
 
 def build_detection_eval_data(
@@ -730,11 +714,7 @@ def build_detection_eval_data(
         raise ConfigError(f"invalid must be one of {INVALID_BOXES}, got {invalid!r}")
     report = DetectionReport()
     names, splits = load_detection_dataset(data, strict, report, "drop")
-    split = eval_split_name(splits, split, data)
-    records = splits[split]
-    if not records:
-        raise ConfigError(f"no readable images in {str(data)!r} ({split} split)")
-    records = limit_samples(records, limit, seed)
+    _, records = eval_records(splits, split, data, limit=limit, seed=seed)
     dropped = [m for r in records for m in r.dropped]  # the evaluated images' only: the other splits do not count
     if dropped and invalid == "error":
         raise AnnotationError(f"{dropped[0]}; {INVALID_ADVICE}")

@@ -7,14 +7,14 @@ torch.distributed each rank takes every world-th sample of the same permutation.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from mnv2.data import fashion_mnist
 from mnv2.data.batches import LoaderBatches, epoch_seed
+from mnv2.data.builder import DataBundle, TrainVal, build_bundle
 from mnv2.data.fashion_mnist import DatasetError
 from mnv2.data.folder import ImageFolderDataset, ScanReport, folder_splits
 from mnv2.data.images import eval_image
@@ -62,17 +62,6 @@ class TensorBatches:
             with torch.no_grad():
                 x = self.augment(self.images[idx])
             yield x, self.labels[idx]  # outside no_grad: a suspended generator would leak the grad mode
-
-
-@dataclass
-class DataBundle:
-    train: TensorBatches | LoaderBatches
-    val: TensorBatches | LoaderBatches
-    class_names: list[str]
-    preprocessing: Preprocessing
-    report: ScanReport
-    val_name: str  # which split the val numbers are on
-    image_size: list[int] | None = None  # [height, width] shared by every val image (segmentation), else None
 
 
 def fashion_preprocessing(resolution: int) -> Preprocessing:
@@ -136,14 +125,26 @@ def build_data(
             f"{str(data)!r} has {len(classes)} class folder ({', '.join(classes)}): a classifier needs at least 2 "
             "classes (one class would always score 100%)"
         )
-    # a seeded sample, so a limit keeps every class (the lists are class-sorted)
-    tr = limit_samples(tr, train_limit, seed, keep_order=False)
-    va = limit_samples(va, val_limit, seed, keep_order=False)
-    train_ds = ImageFolderDataset(tr, ImageTrainTransform(preprocessing, augment))
-    val_ds = ImageFolderDataset(va, lambda im: torch.from_numpy(eval_image(im, preprocessing)))
-    train = LoaderBatches(train_ds, batch_size, True, workers, seed, rank, world, pin)
-    val = LoaderBatches(val_ds, eval_batch_size, False, workers, seed, rank, world, pin)
-    return DataBundle(train, val, classes, preprocessing, report, "val")
+    # limits draw a seeded sample, so a limit keeps every class (the lists are class-sorted)
+    return build_bundle(
+        TrainVal(classes, tr, va, "val", report), folder_dataset(preprocessing, augment), preprocessing, batch_size,
+        eval_batch_size, workers=workers, seed=seed, rank=rank, world=world, pin=pin, train_limit=train_limit,
+        val_limit=val_limit,
+    )  # fmt: skip
+
+
+def folder_dataset(
+    preprocessing: Preprocessing, augment: AugmentConfig | None = None
+) -> Callable[..., ImageFolderDataset]:
+    """``(samples, train=...)`` → an :class:`ImageFolderDataset`: ``augment``'s train transform, else the eval
+    resize and centre crop."""
+
+    def dataset(samples: list[tuple[str, int]], train: bool) -> ImageFolderDataset:
+        if train:
+            return ImageFolderDataset(samples, ImageTrainTransform(preprocessing, augment))
+        return ImageFolderDataset(samples, lambda im: torch.from_numpy(eval_image(im, preprocessing)))
+
+    return dataset
 
 
 class ArrayBatches:
@@ -249,5 +250,5 @@ def build_eval_data(
         root = val_folder(root) or root
     classes, samples = scan_folder(root, strict, report)
     samples = limit_samples(samples, limit, seed)
-    ds = ImageFolderDataset(samples, lambda im: torch.from_numpy(eval_image(im, preprocessing)))
-    return LoaderBatches(ds, batch_size, False, workers), classes, report
+    dataset = folder_dataset(preprocessing)(samples, train=False)
+    return LoaderBatches(dataset, batch_size, False, workers), classes, report

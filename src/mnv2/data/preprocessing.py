@@ -22,6 +22,11 @@ MIN_INPUT_SIZE = 32  # five stride-2 stages: below 32 px the last feature map wo
 MAX_INPUT_SIZE = 8192  # a size check before any allocation (a 100000-px input would need terabytes)
 
 
+# The paper's ImageNet input, 224x224 (§6.1; Table 3), the largest of TF-slim's published resolutions: the default
+# size of a classifier, its preprocessing, `mnv2 summary` and `mnv2 bench`.
+DEFAULT_INPUT_SIZE = 224
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Eval preprocessing: resize the short side to ``input_size / crop_pct``, centre-crop ``input_size``,
@@ -35,7 +40,7 @@ class Preprocessing:
         grayscale: the source images are single-channel (expanded to 3 channels before normalising).
     """
 
-    input_size: int = 224
+    input_size: int = DEFAULT_INPUT_SIZE
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
     mean: tuple[float, ...] = IMAGENET_MEAN

@@ -52,12 +52,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mnv2.data.batches import LoaderBatches
+from mnv2.data.builder import DataBundle, Scan, TrainVal, build_bundle, checked_train_val, eval_records
 from mnv2.data.coco import CROWD, CocoShapes, coco_image_dir, coco_split_files, paint_mask, read_instances
 from mnv2.data.folder import ScanReport
 from mnv2.data.images import IMAGE_EXTENSIONS, SUPPORTED_FORMATS, ImageError, load_image
 from mnv2.data.palettes import voc_colormap
 from mnv2.data.preprocessing import Preprocessing
-from mnv2.data.splits import eval_split_name, limit_samples, train_val
 from mnv2.data.tensors import normalize, to_uint8_tensor
 from mnv2.data.textfiles import read_json, read_list
 from mnv2.errors import ConfigError
@@ -666,15 +666,17 @@ SegmentationBatches = functools.partial(LoaderBatches, collate_fn=pad_collate, o
 
 
 @dataclass
-class SegmentationData:
-    """A read and checked dataset: class names, label spec, train/val records and the scan report."""
+class SegmentationData(TrainVal[SegmentationRecord]):
+    """A read and checked dataset: class names, train/val records, the val split's name, the scan report and the
+    label spec."""
 
-    class_names: list[str]
-    spec: LabelSpec
-    train: list[SegmentationRecord]
-    val: list[SegmentationRecord]
-    val_name: str
     report: SegmentationReport
+    spec: LabelSpec
+
+
+def _scanner(spec: LabelSpec, strict: bool, report: SegmentationReport) -> Scan:
+    """:func:`scan_records` as the builder's ``scan``: a part's pairs checked once, under "check <part>"."""
+    return lambda records, part: scan_records(records, spec, strict, report, f"check {part}")
 
 
 def read_segmentation_data(
@@ -685,15 +687,17 @@ def read_segmentation_data(
     ``val_split`` fraction of the train split (or of VOC's unsplit pool): :func:`mnv2.data.splits.train_val`."""
     report = SegmentationReport()
     _, spec, splits = read_splits(data, report, ignore_index)
-    train, val, val_name = train_val(splits, val_split, seed, data, take=take_split_value)
-    train = scan_records(train, spec, strict, report, "check train")
-    val = scan_records(val, spec, strict, report, f"check {val_name}")
-    if not train:
-        raise ConfigError(f"{str(data)!r} has no readable training images")
-    if not val:
-        raise ConfigError(f"{str(data)!r} has no readable validation images")
+    train, val, val_name = checked_train_val(
+        splits, val_split, seed, data, take=take_split_value, scan=_scanner(spec, strict, report)
+    )
     names = resolve_classes(train + val, spec, report)
-    return SegmentationData(names, spec, train, val, val_name, report)
+    return SegmentationData(names, train, val, val_name, report, spec)
+
+
+def shared_image_size(records: list[SegmentationRecord]) -> list[int] | None:
+    """``[height, width]`` of every record when they all have the same (known) size, else ``None``."""
+    sizes = {(r.height, r.width) for r in records}
+    return list(next(iter(sizes))) if len(sizes) == 1 and min(next(iter(sizes))) > 0 else None
 
 
 def build_segmentation_data(
@@ -701,25 +705,16 @@ def build_segmentation_data(
     strict: bool = False, workers: int = 2, seed: int = 0, rank: int = 0, world: int = 1, pin: bool = False,
     train_limit: int | None = None, val_limit: int | None = None, aug: SegmentationAugment | None = None,
     ignore_index: int | None = None,
-):  # fmt: skip
-    """A ``DataBundle`` of segmentation batches (``mnv2.data.loaders.DataBundle``): augmented ``S x S`` train crops
-    (``S = pre.input_size``), full-resolution val images."""
-    from mnv2.data.loaders import DataBundle
-
+) -> DataBundle:  # fmt: skip
+    """A :class:`~mnv2.data.builder.DataBundle` of segmentation batches (:func:`mnv2.data.builder.build_bundle`):
+    augmented ``S x S`` train crops (``S = pre.input_size``), full-resolution val images; ``image_size`` is the val
+    images' shared size, if they share one."""
     d = read_segmentation_data(data, val_split=val_split, seed=seed, strict=strict, ignore_index=ignore_index)
-    train, val = d.train, d.val
-    train = limit_samples(train, train_limit, seed, keep_order=False)
-    val = limit_samples(val, val_limit, seed, keep_order=False)
-    k = len(d.class_names)
-    train_b = SegmentationBatches(
-        SegmentationDataset(train, d.spec, k, pre, True, aug), batch_size, True, workers, seed, rank, world, pin
-    )
-    val_b = SegmentationBatches(
-        SegmentationDataset(val, d.spec, k, pre, False), eval_batch_size, False, workers, seed, rank, world, pin
-    )
-    sizes = {(r.height, r.width) for r in val}
-    image_size = list(next(iter(sizes))) if len(sizes) == 1 and min(next(iter(sizes))) > 0 else None
-    return DataBundle(train_b, val_b, d.class_names, pre, d.report, d.val_name, image_size)
+    dataset = functools.partial(SegmentationDataset, spec=d.spec, num_classes=len(d.class_names), pre=pre, aug=aug)
+    return build_bundle(
+        d, dataset, pre, batch_size, eval_batch_size, batches=SegmentationBatches, workers=workers, seed=seed,
+        rank=rank, world=world, pin=pin, train_limit=train_limit, val_limit=val_limit, image_size=shared_image_size,
+    )  # fmt: skip
 
 
 def build_segmentation_eval_data(
@@ -732,11 +727,8 @@ def build_segmentation_eval_data(
     checkpoint's)."""
     report = SegmentationReport()
     _, spec, splits = read_splits(data, report, ignore_index)
-    split = eval_split_name(splits, split, data)
-    records = limit_samples(take_split(splits, split), limit, seed)
-    records = scan_records(records, spec, strict, report, f"check {split}")
-    if not records:
-        raise ConfigError(f"no readable images in {str(data)!r} ({split} split)")
+    scan = _scanner(spec, strict, report)
+    _, records = eval_records(splits, split, data, limit=limit, seed=seed, take=take_split_value, scan=scan)
     names = None
     if spec.names is not None:
         names = resolve_classes(records, spec, report)

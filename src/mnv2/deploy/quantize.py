@@ -163,7 +163,7 @@ class QuantizeReport:
     def format(self) -> str:
         from mnv2.tasks import get_task
 
-        value = get_task(self.task).format_value
+        value = get_task(self.task).present.format_value
         agree = any(c.agreement is not None for c in self.candidates)
         lines = []
         if self.candidates:
@@ -499,9 +499,9 @@ def check_tflite_bias_scales(model: bytes | str | Path, rtol: float = 1e-3) -> i
 
 def predict_tflite(path: str | Path, x: np.ndarray, batch: int = 64, threads: int | None = None) -> np.ndarray:
     """Model outputs for ``x`` through LiteRT's interpreter (XNNPACK), in batches."""
-    from mnv2.deploy.runtime.engines import LiteRtEngine
+    from mnv2.deploy.runtime.engines import open_file_engine
 
-    engine = LiteRtEngine(Path(path), threads)
+    engine = open_file_engine("litert", path, "fp32", threads)
     return np.concatenate([engine(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
@@ -611,9 +611,9 @@ class _TfliteBackend:
         quantize_tflite_static(self.model, path, calibration, method, per_channel)
 
     def run(self, path: Path) -> Callable[[np.ndarray], np.ndarray]:
-        from mnv2.deploy.runtime.engines import LiteRtEngine
+        from mnv2.deploy.runtime.engines import open_file_engine
 
-        return LiteRtEngine(Path(path), self.threads)
+        return open_file_engine("litert", path, "fp32", self.threads)
 
     def finish(self, path: Path, out: str | Path, summary: dict) -> None:
         from mnv2.deploy.exporters.onnx import metadata_props

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from mnv2.data.preprocessing import DEFAULT_INPUT_SIZE
 from mnv2.data.transforms import AugmentConfig
 from mnv2.errors import ConfigError
 from mnv2.models.layers import PADDING_MODES
@@ -378,8 +379,8 @@ def paper_model(task: str, num_classes: int | None = None, **flags: Any):
         return get_task(task).build_model(config, [str(i) for i in range(classes)]), config.resolution
     arch = {k: flags[k] for k in ("padding", "output_stride") if k in flags}
     if "width" in flags:
-        return mobilenet_v2(width_mult=flags["width"], num_classes=classes, **arch), flags.get("resolution", 224)
+        model = mobilenet_v2(width_mult=flags["width"], num_classes=classes, **arch)
+        return model, flags.get("resolution", DEFAULT_INPUT_SIZE)
     name = flags.get("model", "mobilenetv2_100")
-    return create_model(name, num_classes=classes, **arch), flags.get("resolution") or model_info(
-        name
-    ).default_resolution
+    model = create_model(name, num_classes=classes, **arch)
+    return model, flags.get("resolution") or model_info(name).default_resolution

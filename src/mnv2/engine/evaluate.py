@@ -63,14 +63,14 @@ def finish_evaluation(
     """An evaluation's result as ``mnv2 eval`` reports it: the metrics (tensors dropped), the diagnosis of a
     degenerate model, the report picture written (or why not), what the data reader skipped, and ``extra``."""
     diagnosis = task.diagnose(result) if task.diagnose is not None else None
-    png = report_path(checkpoint, confusion_png, task.report_file)
-    title = f"{Path(checkpoint).name} on {data}: {task.format_metrics(result)}"
+    png = report_path(checkpoint, confusion_png, task.present.report_file)
+    title = f"{Path(checkpoint).name} on {data}: {task.present.format_metrics(result)}"
     written: str | None = str(png)
     why = None
     try:  # the metrics come first: a picture that cannot be written is reported, not fatal
         if not png.parent.is_dir():
             raise FileNotFoundError(errno.ENOENT, "no such directory", str(png.parent))
-        task.plot_report(result, classes, png, title)
+        task.present.plot_report(result, classes, png, title)
     except OSError as e:
         written, why = None, f"{str(png)!r} not written: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
     result = {k: v for k, v in result.items() if not isinstance(v, torch.Tensor)}

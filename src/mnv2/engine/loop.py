@@ -32,13 +32,13 @@ from tqdm.auto import tqdm
 from mnv2.cpu import auto_threads
 from mnv2.data.loaders import epoch_seed
 from mnv2.engine import finetune, qat
-from mnv2.engine.config import RESUME_FLAGS, TrainConfig, resolve_steps
+from mnv2.engine.config import RESUME_FLAGS, TrainConfig, apply_overrides, list_recipes, load_recipe, resolve_steps
 from mnv2.engine.optim import ModelEma, build_optimizer, lr_factor
 from mnv2.engine.plots import plot_curves
 from mnv2.errors import ConfigError, Mnv2Error
 from mnv2.files import atomic_write, remove_stale_temporaries
 from mnv2.models.utils import unwrap
-from mnv2.tasks import Task, get_task
+from mnv2.tasks import DEFAULT_TASK, Task, get_task
 from mnv2.weights.checkpoint import (
     CheckpointMeta,
     NonFiniteError,
@@ -403,8 +403,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, log=No
             "ema": ema.state_dict() if ema is not None else None,
         })  # fmt: skip
         if rank == 0:
-            log(f"epoch {epoch + 1}/{config.epochs}: train {task.format_metrics(train_stats)} | {data.val_name} "
-                f"{task.format_metrics(val)} | {row['epoch_s']:.0f}s, {img_s:.0f} img/s")  # fmt: skip
+            show = task.present.format_metrics
+            log(f"epoch {epoch + 1}/{config.epochs}: train {show(train_stats)} | {data.val_name} {show(val)} | "
+                f"{row['epoch_s']:.0f}s, {img_s:.0f} img/s")  # fmt: skip
     wall = time.perf_counter() - t_run
     if dist.is_initialized():
         dist.barrier()
@@ -508,13 +509,34 @@ class _RunWriter:
             best = max(best, value)
             save_checkpoint(out / "best.safetensors", plain, meta)
             title = f"{data.val_name} {self.best} {value:.4g} (epoch {epoch + 1})"
-            self.task.plot_report(val, data.class_names, out / self.task.report_file, title)
+            self.task.present.plot_report(val, data.class_names, out / self.task.present.report_file, title)
         _save_state(out / STATE_FILE, {**state, "best": best})
         _write_csv(out / "metrics.csv", self.fields, history)
         plot_curves(history, out / "curves.png", self.best,
                     f"mnv2 {config.recipe}: {config.data} (val = {data.val_name} split)")  # fmt: skip
         self.tb.log(row)
         return best
+
+
+def run_config(out: str | None, resume: str | None, recipe: str | None, overrides: dict) -> tuple[TrainConfig, str]:
+    """The config and run directory of ``mnv2 train``: a new run in ``out`` from ``recipe`` (default: the task's own
+    recipe, ``recipes/<task>.yaml``, where it has one; ``qat`` for ``--qat``; else ``default``) with the flags'
+    ``overrides`` (``None``: keep the recipe's), or the saved run in ``resume``, where only ``RESUME_FLAGS`` may
+    change."""
+    if resume and out and out != resume:
+        raise ConfigError(f"--resume {resume} continues that directory; drop --out {out}")
+    out = resume or out
+    if out is None:
+        raise ConfigError("give --out RUN_DIR (a new run) or --resume RUN_DIR (continue one)")
+    if resume:
+        bad = sorted(k for k, v in overrides.items() if v is not None and k not in RESUME_FLAGS)
+        if bad:
+            allowed = "/".join(f"--{k}" for k in RESUME_FLAGS)
+            raise ConfigError(f"--resume continues the saved config; only {allowed} may change, not {bad}")
+        return apply_overrides(load_run_config(out), overrides), out
+    task = overrides.get("task") or DEFAULT_TASK
+    recipe = recipe or ("qat" if overrides.get("qat") else task if task in list_recipes() else "default")
+    return apply_overrides(load_recipe(recipe), overrides), out
 
 
 def load_run_config(out_dir: str | Path) -> TrainConfig:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from mnv2.data.preprocessing import DEFAULT_INPUT_SIZE
 from mnv2.errors import ConfigError
 from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, MobileNetV2Features
 
-PUBLISHED_RESOLUTIONS = (96, 128, 160, 192, 224)
+PUBLISHED_RESOLUTIONS = (96, 128, 160, 192, DEFAULT_INPUT_SIZE)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,23 @@ class Evaluator(Protocol):
 
 
 @dataclass(frozen=True)
+class Presentation:
+    """How a task's results are shown to a person.
+
+    Attributes:
+        plot_report: ``(result, class_names, path, title) -> Path``: the evaluation's picture.
+        report_file: that picture's file name in a run directory (``eval`` writes ``<checkpoint>.<report_file>``).
+        format_metrics: ``(metrics) -> str``: a short human summary (``top-1 91.23% top-5 99.80%``).
+        format_value: ``(value) -> str``: one metric value as printed (classification: percent; detection: AP).
+    """
+
+    plot_report: Callable[..., Any]
+    report_file: str
+    format_metrics: Callable[[dict], str]
+    format_value: Callable[[float], str]
+
+
+@dataclass(frozen=True)
 class PaperModel:
     """A task's published model, as ``mnv2 summary --task`` and ``mnv2 bench speed --task`` build it (random weights).
 
@@ -136,10 +153,7 @@ class Task:
             -> (batches, class_names | None, report)``.
         inference: the task's numpy inference half (``mnv2.tasks.infer.Inference``: preprocessing, results from
             outputs, drawing, files, text line), shared by the torch path and every engine.
-        plot_report: ``(result, class_names, path, title) -> Path``: the evaluation's picture.
-        report_file: that picture's file name in a run directory (``eval`` writes ``<checkpoint>.<report_file>``).
-        format_metrics: ``(metrics) -> str``: a short human summary (``top-1 91.23% top-5 99.80%``).
-        format_value: ``(value) -> str``: one metric value as printed (classification: percent; detection: AP).
+        present: how its results are shown to a person (:class:`Presentation`: the report picture, the summary line).
         diagnose: ``(metrics) -> str | None``: why the evaluated model is useless (one class for everything, a metric at
             the trivial baseline), with its likely causes and what to try; ``None`` when it is not (issue 24, 3).
         adapt: ``(config, data_bundle) -> (config, notes)``: the defaults chosen from the data (segmentation: class
@@ -182,10 +196,7 @@ class Task:
     tta_modes: Sequence[str]
     load_eval_data: Callable[..., tuple]
     inference: Any
-    plot_report: Callable[..., Any]
-    report_file: str
-    format_metrics: Callable[[dict], str]
-    format_value: Callable[[float], str]
+    present: Presentation
     export_module: Callable[[nn.Module, tuple[int, int]], tuple[nn.Module, str]] | None = None
     diagnose: Callable[[dict], str | None] | None = None
     min_batch: int = 1

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnv2.data.preprocessing import DEFAULT_INPUT_SIZE
 from mnv2.errors import ConfigError
 from mnv2.models.mobilenetv2 import MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Int8Spec, PaperModel, Task, confusion_diagnosis
+from mnv2.tasks.base import Int8Spec, PaperModel, Presentation, Task, confusion_diagnosis
 from mnv2.tasks.infer.classification import INFERENCE, NAME
 
 TTA_MODES = ("none", "flip")  # flip: mean of an image's and its mirror image's class probabilities
@@ -291,10 +292,7 @@ TASK = Task(
     load_eval_data=load_eval_data,
     inference=INFERENCE,
     diagnose=diagnose,
-    plot_report=plot_report,
-    report_file="confusion.png",
-    format_metrics=format_metrics,
-    format_value=lambda v: f"{v:6.2f}%",
-    paper=PaperModel(1000, ((224, 224),)),
+    paper=PaperModel(1000, ((DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE),)),
     bakes_preprocessing=True,
+    present=Presentation(plot_report, "confusion.png", format_metrics, lambda v: f"{v:6.2f}%"),
 )

@@ -36,7 +36,7 @@ from mnv2.models.ssdlite import (
 )
 from mnv2.models.ssdlite_config import SCORE_FNS
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Int8Spec, PaperModel, Task, task_options, with_bn_momentum
+from mnv2.tasks.base import Int8Spec, PaperModel, Presentation, Task, task_options, with_bn_momentum
 from mnv2.tasks.infer.detection import DECODED_OUTPUT, INFERENCE, NAME
 from mnv2.typed import option
 
@@ -574,14 +574,11 @@ TASK = Task(
     diagnose=diagnose,
     min_batch=2,
     data_report=data_report,
-    plot_report=plot_report,
-    report_file="pr.png",
-    format_metrics=format_metrics,
     export_module=export_module,
-    format_value=_pct,
     update_with_result=update_with_result,
     adapt=adapt,
     options=DetectionOptions,
     result_options={"min_score": 0.0},  # every detection NMS keeps, as evaluation's infer gives them
     paper=PaperModel(90, ((320, 320),), recipe="detection"),
+    present=Presentation(plot_report, "pr.png", format_metrics, _pct),
 )

@@ -34,7 +34,15 @@ from mnv2.models.deeplab import DeepLabConfig, DeepLabV3
 from mnv2.models.mobilenetv2 import MIN_INPUT_SIZE, MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.utils import unwrap
-from mnv2.tasks.base import Int8Spec, PaperModel, Task, confusion_diagnosis, task_options, with_bn_momentum
+from mnv2.tasks.base import (
+    Int8Spec,
+    PaperModel,
+    Presentation,
+    Task,
+    confusion_diagnosis,
+    task_options,
+    with_bn_momentum,
+)
 from mnv2.tasks.infer.segmentation import INFERENCE, NAME
 from mnv2.typed import option
 
@@ -491,12 +499,9 @@ TASK = Task(
     adapt=adapt,
     min_batch=2,
     data_report=data_report,
-    plot_report=plot_report,
-    report_file="iou.png",
-    format_metrics=format_metrics,
-    format_value=format_value,
     update_with_result=update_with_result,
     result_options={"scores": True},
     paper=PaperModel(21, ((512, 512), (360, 480)), recipe="segmentation", flags={"padding": "tf"}),
     options=SegmentationOptions,
+    present=Presentation(plot_report, "iou.png", format_metrics, format_value),
 )

@@ -305,7 +305,7 @@ _CACHE: OrderedDict[tuple, Engine] = OrderedDict()
 _LOCK = threading.Lock()
 
 
-def cache_dir() -> Path:
+def export_cache_dir() -> Path:
     """Where exported ONNX files of checkpoints are kept: ``onnx/`` in mnv2's cache (:func:`mnv2.files.cache_dir`)."""
     from mnv2 import files
 
@@ -318,7 +318,7 @@ def _onnx_for_checkpoint(path: Path) -> Path:
     from mnv2.files import sha256_file
 
     digest = sha256_file(path)
-    out = cache_dir() / f"{digest[:24]}-fp32.onnx"
+    out = export_cache_dir() / f"{digest[:24]}-fp32.onnx"
     if not out.is_file():
         export_onnx(
             path, out, ExportOptions(fold_bn=True, dynamic_batch=True), extra_metadata={"checkpoint_sha256": digest}
@@ -333,7 +333,7 @@ def _tflite_for_checkpoint(path: Path) -> Path:
     from mnv2.files import sha256_file
     from mnv2.weights.checkpoint import load_checkpoint
 
-    out = cache_dir() / f"{sha256_file(path)[:24]}-fp32-b1.tflite"
+    out = export_cache_dir() / f"{sha256_file(path)[:24]}-fp32-b1.tflite"
     if not out.is_file():
         export_other("tflite", load_checkpoint(path), out, ExportOptions.for_format("tflite"))
     return out
@@ -363,6 +363,21 @@ def check_engine(engine: str) -> None:
     """``engine`` is ``auto`` or one of :data:`ENGINES` (installed or not); ``ConfigError`` otherwise."""
     if engine != "auto" and engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; choose auto or one of {', '.join(ENGINES)}")
+
+
+def open_file_engine(name: str, path: str | Path, precision: str, threads: int | None) -> Engine:
+    """The engine ``name`` (``onnxruntime``, ``openvino`` or ``litert``) on an exported file: the one place that
+    maps an engine's name to its class (``load_engine``, ``mnv2 bench speed`` and the task bench all build here)."""
+    if name == "litert":
+        return LiteRtEngine(Path(path), threads, precision)
+    if name == "onnxruntime":
+        return OrtEngine(Path(path), precision, threads)
+    if name == "openvino":
+        return OpenVinoEngine(Path(path), precision, threads)
+    raise ConfigError(f"engine {name!r} does not run exported files; use one of {', '.join(FILE_ENGINE_NAMES)}")
+
+
+FILE_ENGINE_NAMES = ("onnxruntime", "openvino", "litert")
 
 
 def load_engine(
@@ -435,15 +450,11 @@ def load_engine(
 
         model = load_checkpoint(path)
         made: Engine = TorchEngine(model, str(path), threads, task=get_task(model.meta.task))
-    elif name == "litert":
-        made = LiteRtEngine(path if file_engines else _tflite_for_checkpoint(path), threads, precision)
-    else:
-        onnx_path = path if file_engines else _onnx_for_checkpoint(path)
-        made = (
-            OrtEngine(onnx_path, precision, threads)
-            if name == "onnxruntime"
-            else (OpenVinoEngine(onnx_path, precision, threads))
-        )
+    elif file_engines:
+        made = open_file_engine(name, path, precision, threads)
+    else:  # converted once, cached by content
+        made = open_file_engine(name, _tflite_for_checkpoint(path) if name == "litert" else _onnx_for_checkpoint(path),
+                                precision, threads)  # fmt: skip
     if name != "torch":  # a checkpoint converted on the fly answers what its exported file does
         file_meta = read_model_metadata(made.source)
         made.output_kind = file_meta.get("output")
