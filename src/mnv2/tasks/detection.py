@@ -65,7 +65,7 @@ class DetectionOptions:
     score_fn: str = option("sigmoid", "detection class scores: sigmoid (the TF SSDLite config) or softmax",
                            choices=SCORE_FNS)  # fmt: skip
     anchor_fit: str = option(
-        "auto", "detection: auto (when under 98 %% of the train boxes have an anchor at IoU >= 0.5, the anchor scales "
+        "auto", "detection: auto (when under 90 %% of the train boxes have an anchor at IoU >= 0.5, the anchor scales "
         "are fitted to the boxes, as YOLO's autoanchor, and written into config.yaml) or none", choices=ANCHOR_FIT,
     )  # fmt: skip
     anchor_scales: list[float] | None = None  # [lowest, min, max] anchor scales: the fit's, or a recipe's
