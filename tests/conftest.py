@@ -27,6 +27,16 @@ def _cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the 2-core machine is shared, and OpenMP's lock-step threads lose badly to a
+    busy neighbour (40x measured here). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_image_folder(root, classes=("red", "green", "blue"), n=8, size=40, seed=0):
     """Tiny learnable image folder: each class is a noisy image dominated by one colour channel."""
     import numpy as np

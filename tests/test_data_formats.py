@@ -38,13 +38,7 @@ CAMVID = FIXTURES / "segmentation" / "camvid"
 PRE = Preprocessing(input_size=64, crop_pct=1.0, mean=TF_MEAN, std=TF_STD)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the 2-core machine is shared (see tests/test_detection.py)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def names(records) -> list[str]:

@@ -50,13 +50,7 @@ RACCOON = Path(__file__).parent / "fixtures" / "detection" / "raccoon"
 HEAD = SSDLiteConfig(num_classes=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The 2-core machine is shared: OpenMP's lock-step threads lose badly to a busy neighbour (40x measured here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_config(**kw) -> SimpleNamespace:
