@@ -142,10 +142,10 @@ def needs_extra(advice: str):
 
 
 def typed_config(parser: argparse.ArgumentParser, verb: str | None, name: str, module: str, attribute: str):
-    """The typed config class ``module.attribute`` whose fields are ``name``'s flags, imported only when the command
-    line's verb is ``name`` (or for the whole parser): such modules import torch, a second of every other verb's
-    start-up. Without the extra that brings it (the torch-free runtime install), the verb answers which to install
-    and ``None`` is returned."""
+    """``module.attribute`` that gives ``name``'s flags (a typed config class, or ``flag_fields``), imported only
+    when the command line's verb is ``name`` (or for the whole parser): such modules import torch, a second of every
+    other verb's start-up. Without the extra that brings it (the torch-free runtime install), the verb answers which
+    to install and ``None`` is returned."""
     if verb not in (None, name):
         return None
     import importlib

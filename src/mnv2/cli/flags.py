@@ -27,13 +27,20 @@ def add_flags(
     parser: argparse.ArgumentParser, cls: type, *, show_defaults: bool = True, skip: tuple[str, ...] = (),
     prefix: str = "", only: tuple[str, ...] | None = None,
 ) -> list[dataclasses.Field]:  # fmt: skip
-    """Add a flag per option field of ``cls`` (not those in ``skip``; with ``only``, just those). ``show_defaults``:
-    the help states the field's default (a config whose flags override a recipe's values says nothing: ``None``
-    keeps the recipe's). ``prefix`` starts each help text (``"speed: "``). Returns the fields added."""
+    """Add a flag per option field of ``cls`` (not those in ``skip``; with ``only``, just those): see
+    :func:`add_fields`. Returns the fields added."""
+    fields = [f for f in option_fields(cls) if f.name not in skip and (only is None or f.name in only)]
+    return add_fields(parser, fields, show_defaults=show_defaults, prefix=prefix)
+
+
+def add_fields(
+    parser: argparse.ArgumentParser, fields: list[dataclasses.Field], *, show_defaults: bool = True, prefix: str = ""
+) -> list[dataclasses.Field]:
+    """Add a flag per field (made with :func:`mnv2.typed.option`). ``show_defaults``: the help states the field's
+    default (a config whose flags override a recipe's values says nothing: ``None`` keeps the recipe's). ``prefix``
+    starts each help text (``"speed: "``). Returns the fields added."""
     added = []
-    for f in option_fields(cls):
-        if f.name in skip or (only is not None and f.name not in only):
-            continue
+    for f in fields:
         m, name = f.metadata, flag_name(f)
         kind = m.get("kind") or ("float" if m.get("scale") else _base_type(f))  # 1.5 MiB is a whole number of bytes
         default = None if f.default is dataclasses.MISSING else f.default

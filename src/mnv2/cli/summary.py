@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mnv2.cli.common import dumps, typed_config
-from mnv2.cli.flags import add_flags
+from mnv2.cli.flags import add_fields
 from mnv2.tasks import DEFAULT_TASK
 
 # The training config's fields and task options that describe an architecture: `mnv2 summary`'s flags.
@@ -25,15 +25,9 @@ def add_parser(sub, verb: str | None) -> None:
     p.add_argument("--memory", action="store_true", help="dense vs §5.1 streamed activation memory per block")
     p.add_argument("--splits", default="full", help="§5.1 slices per layer for --memory: an integer or 'full'")
     p.set_defaults(func=run)
-    config = typed_config(p, verb, "summary", "mnv2.engine.config", "TrainConfig")  # its module imports torch
-    if config is None:
-        return
-    from mnv2.tasks import TASKS
-
-    add_flags(p, config, show_defaults=False, only=ARCHITECTURE)
-    for task in TASKS.values():  # the architecture's task options (segmentation's output stride and ASPP)
-        if task.options is not None:
-            add_flags(p, task.options, show_defaults=False, only=ARCHITECTURE)
+    fields = typed_config(p, verb, "summary", "mnv2.engine.config", "flag_fields")  # its module imports torch
+    if fields is not None:  # the architecture's flags of mnv2 train (segmentation's output stride and ASPP too)
+        add_fields(p, [f for f in fields() if f.name in ARCHITECTURE], show_defaults=False)
 
 
 def run(args: argparse.Namespace) -> int:

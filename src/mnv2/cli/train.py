@@ -7,16 +7,15 @@ import argparse
 import math
 
 from mnv2.cli.common import typed_config
-from mnv2.cli.flags import add_flags
+from mnv2.cli.flags import add_fields
 
 
 def add_parser(sub, verb: str | None) -> None:
     p = sub.add_parser("train", help="train or fine-tune (recipes: default, fashion-mnist, paper, modern)")
     p.set_defaults(func=run)
-    config = typed_config(p, verb, "train", "mnv2.engine.config", "TrainConfig")
-    if config is None:
+    fields = typed_config(p, verb, "train", "mnv2.engine.config", "flag_fields")
+    if fields is None:
         return
-
     p.add_argument("--out", default=None, help="run directory (config.yaml, best/last checkpoints, metrics, plots)")
     p.add_argument(
         "--recipe",
@@ -24,14 +23,7 @@ def add_parser(sub, verb: str | None) -> None:
         help="shipped recipe (default, fashion-mnist, paper, modern, qat) or a YAML file (default: default, or qat)",
     )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue that run from its last completed epoch")
-    add_flags(p, config, show_defaults=False)
-    from mnv2.tasks import TASKS
-
-    seen = {a.dest for a in p._actions}
-    for task in TASKS.values():  # each task's own options (Task.options) are flags too
-        if task.options is not None:
-            add_flags(p, task.options, show_defaults=False, skip=tuple(seen))
-            seen |= {a.dest for a in p._actions}
+    add_fields(p, fields(), show_defaults=False)  # TrainConfig's flags, then each task's options
 
 
 def run(args: argparse.Namespace) -> int:

@@ -208,12 +208,12 @@ class TrainConfig:
         """Build from a recipe, a ``config.yaml`` or a checkpoint's config. Those written before the options were
         the task's held them at the top level (every task's, whatever the run's): its own task's move into
         ``options``, the others are dropped."""
-        if isinstance(values, dict) and any(k in values for k in option_owners()):
+        if isinstance(values, dict) and any(k in values for k in OPTION_OWNERS):
             values = dict(values)
             task = values.get("task", DEFAULT_TASK)
             own = {f.name for f in _option_fields(task)}
             values["options"] = dict(values.get("options") or {})
-            for name in option_owners():
+            for name in OPTION_OWNERS:
                 if name in values:
                     value = values.pop(name)
                     if name in own:
@@ -319,9 +319,9 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
         if v is None:
             continue
         name = k.removeprefix("options.")
-        if name in option_owners():
+        if name in OPTION_OWNERS:
             if name not in own:
-                owners = ", ".join(option_owners()[name])
+                owners = ", ".join(OPTION_OWNERS[name])
                 raise ConfigError(f"--{name.replace('_', '-')} is an option of {owners}, not of {task}")
             values["options"][name] = v
         elif k.startswith("augment."):
@@ -333,27 +333,24 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
 
 def _option_fields(task: str) -> list[dataclasses.Field]:
     cls = TASKS[task].options if task in TASKS else None
-    return dataclasses.fields(cls) if cls is not None else []
+    return list(dataclasses.fields(cls)) if cls is not None else []
 
 
-def option_owners() -> dict[str, list[str]]:
-    """Every task option's name and the tasks that have it."""
-    owners: dict[str, list[str]] = {}
-    for name in TASKS:
-        for f in _option_fields(name):
-            owners.setdefault(f.name, []).append(name)
-    return owners
+# Every task option's name and the tasks that have it (the tasks are fixed at import: computed once).
+OPTION_OWNERS: dict[str, list[str]] = {}
+for _task in TASKS:
+    for _field in _option_fields(_task):
+        OPTION_OWNERS.setdefault(_field.name, []).append(_task)
 
 
 def flag_fields() -> list[dataclasses.Field]:
     """The ``mnv2 train`` flags, in declaration order: the config's fields made with :func:`flag`, then each task's
-    options (``Task.options``) not already there."""
+    options (``Task.options``) that are flags, each name once."""
     fields = option_fields(TrainConfig)
     seen = {f.name for f in fields}
     for name in TASKS:
-        cls = TASKS[name].options
-        for f in option_fields(cls) if cls is not None else []:
-            if f.name not in seen:
+        for f in _option_fields(name):
+            if "help" in f.metadata and f.name not in seen:
                 seen.add(f.name)
                 fields.append(f)
     return fields
