@@ -3,6 +3,7 @@ split and limits of mnv2.data.splits, the YOLO detection reader against the VOC 
 COCO segmentation polygons and RLE against the CamVid label PNGs they were written from."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from mnv2.data.builder import TrainVal, build_bundle, checked_train_val, eval_re
 from mnv2.data.detection import (
     AnnotationError,
     build_detection_eval_data,
+    load_coco,
     load_detection_dataset,
     train_val_records,
 )
@@ -329,3 +331,36 @@ def test_coco_rle_paints_the_masks_exactly_and_bad_segmentations_name_the_annota
         js.write_text(json.dumps(instances))
         with pytest.raises(SegmentationDataError, match=rf"instances\.json': annotation 1: .*{needle}"):
             read_segmentation_data(js)
+
+
+@pytest.mark.parametrize(
+    "mend, needle",
+    [
+        (lambda d: d["images"].append(dict(d["images"][0])), "image id 1 is listed 2 times"),
+        (lambda d: d["annotations"][0].update(image_id=7), "1 annotation(s) of image id(s) the file does not list"),
+        (lambda d: d["annotations"][0].update(iscrowd="no"), "has iscrowd 'no'"),
+        (lambda d: d["annotations"][0].update(category_id=9), "has unknown category_id 9"),
+        (lambda d: d["categories"].append(dict(d["categories"][0])), "category id 1 is listed twice"),
+        (lambda d: d.update(categories=[]), "lists no categories"),
+    ],
+)
+def test_both_tasks_coco_readers_refuse_a_malformed_file_with_the_same_words(tmp_path, mend, needle):
+    """One COCO reader (``data.coco.read_coco``) under detection's boxes and segmentation's polygons: a file broken
+    in a part they share is refused by both, naming the file."""
+    (tmp_path / "images").mkdir()
+    for name in "ab":
+        Image.new("RGB", (40, 30)).save(tmp_path / "images" / f"{name}.png")
+    poly = [[2.0, 2.0, 20.0, 2.0, 20.0, 20.0]]
+    ann = dict(id=1, image_id=1, category_id=1, iscrowd=0, bbox=[2, 2, 18, 18], segmentation=poly)
+    images = [dict(id=i, file_name=f"{name}.png", width=40, height=30) for i, name in ((1, "a"), (2, "b"))]
+    coco = dict(images=images, annotations=[ann],
+                categories=[dict(id=1, name="thing")])  # fmt: skip
+    js = tmp_path / "instances.json"
+    js.write_text(json.dumps(coco))
+    assert load_coco(js)[0] == ["thing"] and read_segmentation_data(js, val_split=0.5).class_names[1] == "thing"
+    mend(coco)
+    js.write_text(json.dumps(coco))
+    with pytest.raises(AnnotationError, match=rf"instances\.json'.*{re.escape(needle)}"):
+        load_coco(js)
+    with pytest.raises(SegmentationDataError, match=rf"instances\.json'.*{re.escape(needle)}"):
+        read_segmentation_data(js)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,80 @@ def paint_mask(shapes: CocoShapes) -> np.ndarray:
     return out
 
 
+def _int(obj: object, key: str) -> int | None:
+    v = obj.get(key) if isinstance(obj, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+@dataclass(frozen=True)
+class CocoFile:
+    """A checked COCO instances file, the part both tasks read the same way: ``categories`` ``{id: name}`` in the
+    file's order, ``images`` its image entries (an integer ``id`` and a ``file_name``; positive ``width`` and
+    ``height`` when read with ``sizes``), and ``annotations`` each image id's annotations in the file's order (their
+    ``image_id`` listed, ``category_id`` known, ``iscrowd`` 0 or 1, and the task's own field checked)."""
+
+    path: Path
+    categories: dict[int, str]
+    images: tuple[dict, ...]
+    annotations: dict[int, list[dict]]
+
+
+def read_coco(
+    path: Path, error: type[Exception], field: str, check: Callable[[object, dict], str | None], sizes: bool = False
+) -> CocoFile:
+    """Read and check a COCO instances file; anything malformed is an ``error`` naming the file and the category,
+    image or annotation. ``field`` is the annotation key the task reads (``bbox``, ``segmentation``) and
+    ``check(value, image)`` says what is wrong with it, or ``None``; ``sizes``: the task needs each image's size
+    from the file (an RLE must match it) rather than from the image itself."""
+    from mnv2.data.textfiles import read_json
+
+    data = read_json(path, error)  # type: ignore[arg-type]
+    where = repr(str(path))
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
+        raise error(f"{where} is not a COCO instances file (expected 'images', 'annotations', 'categories' lists)")
+    categories: dict[int, str] = {}
+    for c in data.get("categories") or []:
+        cid, name = _int(c, "id"), c.get("name") if isinstance(c, dict) else None
+        if cid is None or not isinstance(name, str) or not name:
+            raise error(f"{where}: category {c!r} needs an integer 'id' and a 'name'")
+        if cid in categories:
+            raise error(f"{where}: category id {cid} is listed twice (ids must be unique)")
+        categories[cid] = name
+    if not categories:
+        raise error(f"{where} lists no categories")
+    images: dict[int, dict] = {}
+    for im in data["images"]:
+        iid, name = _int(im, "id"), im.get("file_name") if isinstance(im, dict) else None
+        w, h = _int(im, "width"), _int(im, "height")
+        if iid is None or not isinstance(name, str) or (sizes and not (w and h and w > 0 and h > 0)):
+            need = " and positive 'width', 'height'" if sizes else ""
+            raise error(f"{where}: image {im!r} needs an integer 'id', a 'file_name'{need}")
+        if iid in images:
+            n = sum(_int(other, "id") == iid for other in data["images"])
+            raise error(f"{where}: image id {iid} is listed {n} times (ids must be unique)")
+        images[iid] = im
+    by_image: dict[int, list[dict]] = {}
+    orphans: dict[object, int] = {}
+    for a in data["annotations"]:
+        iid, cid, crowd = _int(a, "image_id"), _int(a, "category_id"), a.get("iscrowd", 0) if isinstance(a, dict) else 0
+        what = f"{where}: annotation {a.get('id') if isinstance(a, dict) else a!r}"
+        if iid not in images:
+            orphans[iid] = orphans.get(iid, 0) + 1
+            continue
+        if cid not in categories:
+            raise error(f"{what} has unknown category_id {cid!r}")
+        if crowd not in (0, 1) or isinstance(crowd, float):  # True/False are 1/0
+            raise error(f"{what} has iscrowd {crowd!r}; COCO's iscrowd is 0 or 1")
+        problem = check(a.get(field), images[iid])
+        if problem is not None:
+            raise error(f"{what}: its {field} is {problem}")
+        by_image.setdefault(iid, []).append(a)
+    if orphans:
+        raise error(f"{where}: {sum(orphans.values())} annotation(s) of image id(s) the file does not list, "
+                    f"e.g. {next(iter(orphans))!r}")  # fmt: skip
+    return CocoFile(path, categories, tuple(images.values()), by_image)
+
+
 @dataclass(frozen=True)
 class CocoImage:
     """An image of an instances file: its ``file_name``, size and instance segmentations ``(category_id, iscrowd,
@@ -124,51 +199,14 @@ class CocoImage:
     instances: tuple[tuple[int, bool, object], ...]
 
 
-def _int(obj: object, key: str) -> int | None:
-    v = obj.get(key) if isinstance(obj, dict) else None
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
 def read_instances(path: Path, error: type[Exception]) -> tuple[dict[int, str], list[CocoImage]]:
-    """``({category_id: name}, images)`` of a COCO instances file with segmentations; anything malformed is an
-    ``error`` naming the file and the image, annotation or category."""
-    from mnv2.data.textfiles import read_json
-
-    data = read_json(path, error)  # type: ignore[arg-type]
-    where = f"{str(path)!r}"
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
-        raise error(f"{where} is not a COCO instances file (expected 'images', 'annotations', 'categories' lists)")
-    categories: dict[int, str] = {}
-    for c in data.get("categories") or []:
-        cid, name = _int(c, "id"), c.get("name") if isinstance(c, dict) else None
-        if cid is None or not isinstance(name, str) or not name:
-            raise error(f"{where}: category {c!r} needs an integer 'id' and a 'name'")
-        categories[cid] = name
-    if not categories:
-        raise error(f"{where} lists no categories")
-    sizes: dict[int, tuple[str, int, int]] = {}
-    for im in data["images"]:
-        iid, w, h = _int(im, "id"), _int(im, "width"), _int(im, "height")
-        name = im.get("file_name") if isinstance(im, dict) else None
-        if iid is None or not isinstance(name, str) or not (w and h and w > 0 and h > 0):
-            raise error(f"{where}: image {im!r} needs an integer 'id', a 'file_name' and positive 'width', 'height'")
-        if iid in sizes:
-            raise error(f"{where}: image id {iid} is listed twice (ids must be unique)")
-        sizes[iid] = (name, w, h)
-    instances: dict[int, list[tuple[int, bool, object]]] = {}
-    for a in data["annotations"]:
-        iid, cid, crowd = _int(a, "image_id"), _int(a, "category_id"), a.get("iscrowd", 0) if isinstance(a, dict) else 0
-        what = f"{where}: annotation {a.get('id') if isinstance(a, dict) else a!r}"
-        if iid not in sizes:
-            raise error(f"{what} is of image id {iid!r}, which the file does not list")
-        if cid not in categories:
-            raise error(f"{what} has unknown category_id {cid!r}")
-        if crowd not in (0, 1) or isinstance(crowd, float):  # True/False are 1/0
-            raise error(f"{what} has iscrowd {crowd!r}; COCO's iscrowd is 0 or 1")
-        _, w, h = sizes[iid]
-        problem = check_segmentation(a.get("segmentation"), h, w)
-        if problem is not None:
-            raise error(f"{what}: its segmentation is {problem}")
-        instances.setdefault(iid, []).append((cid, bool(crowd), a["segmentation"]))
-    images = [CocoImage(i, n, w, h, tuple(instances.get(i, ()))) for i, (n, w, h) in sizes.items()]
-    return categories, images
+    """``({category_id: name}, images)`` of a COCO instances file with segmentations (:func:`read_coco`)."""
+    coco = read_coco(path, error, "segmentation", lambda seg, im: check_segmentation(seg, im["height"], im["width"]),
+                     sizes=True)  # fmt: skip
+    images = []
+    for im in coco.images:
+        shapes = tuple(
+            (a["category_id"], bool(a.get("iscrowd", 0)), a["segmentation"]) for a in coco.annotations.get(im["id"], ())
+        )
+        images.append(CocoImage(im["id"], im["file_name"], im["width"], im["height"], shapes))
+    return coco.categories, images

@@ -47,13 +47,13 @@ from tqdm.auto import tqdm
 
 from mnv2.data.batches import LoaderBatches
 from mnv2.data.builder import DataBundle, TrainVal, build_bundle, checked_train_val, eval_records
-from mnv2.data.coco import coco_image_dir, coco_split_files
+from mnv2.data.coco import coco_image_dir, coco_split_files, read_coco
 from mnv2.data.folder import ScanReport
 from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.data.splits import ALL, TRAIN_NAMES, VAL_NAMES, train_split_name, val_split_name
 from mnv2.data.tensors import normalize, to_uint8_tensor
-from mnv2.data.textfiles import read_json, read_list
+from mnv2.data.textfiles import read_list
 from mnv2.errors import ConfigError
 from mnv2.ops import DEFAULT_OVERLAP, tile_windows
 
@@ -319,64 +319,42 @@ def _voc_image(img_dir: Path, stem: str, filename: str | None, xml: Path) -> Pat
     raise ConfigError(f"no image for {str(xml)!r} in {str(img_dir)!r} (looked for {filename or stem + '.jpg'})")
 
 
-def _coco_field(obj, key: str, kind, path: Path, what: str):
-    if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], kind):
-        raise AnnotationError(f"{str(path)!r}: {what} needs a {key!r} field ({getattr(kind, '__name__', kind)})")
-    return obj[key]
+def _check_bbox(bbox: object, image: dict) -> str | None:
+    if (
+        isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    ):
+        return None
+    return f"{bbox!r}, not 4 finite numbers [x, y, width, height]"
 
 
 def load_coco(
     path: str | Path, image_dir: str | Path | None = None, strict: bool = False,
     report: DetectionReport | None = None, invalid: str = "drop",
 ) -> tuple[list[str], list[DetectionRecord]]:  # fmt: skip
-    """Read a COCO annotation file: ``(class_names, records)``. ``bbox`` is ``[x, y, w, h]`` in pixels; crowd boxes
-    (``iscrowd: 1``) are kept with their flag (evaluation ignores detections on them; training leaves them out)."""
+    """Read a COCO annotation file (:func:`mnv2.data.coco.read_coco`): ``(class_names, records)``. ``bbox`` is
+    ``[x, y, w, h]`` in pixels; crowd boxes (``iscrowd: 1``) are kept with their flag (evaluation ignores detections
+    on them; training leaves them out). Image sizes are read from the images, not trusted from the file."""
     path = Path(path)
     report = report if report is not None else DetectionReport()
-    data = read_json(path, AnnotationError)
-    if not isinstance(data, dict):
-        raise AnnotationError(f"{str(path)!r} is not a COCO annotation file (top level is not an object)")
-    images = _coco_field(data, "images", list, path, "the file")
-    anns = _coco_field(data, "annotations", list, path, "the file")
-    cats = _coco_field(data, "categories", list, path, "the file")
-    cat_names = {}
-    for c in cats:
-        cat_names[_coco_field(c, "id", int, path, "a category")] = str(_coco_field(c, "name", str, path, "a category"))
+    coco = read_coco(path, AnnotationError, "bbox", _check_bbox)
+    cat_names = coco.categories
     class_names = sorted(set(cat_names.values()))
-    if len(class_names) != len(cat_names):
+    if len(class_names) != len(cat_names):  # classes are matched across split files by name
         raise AnnotationError(f"{str(path)!r}: category names are not unique")
     index = {name: i + 1 for i, name in enumerate(class_names)}
-    by_image: dict[int, list[dict]] = {}
-    for a in anns:
-        image_id = _coco_field(a, "image_id", int, path, "an annotation")
-        bbox = _coco_field(a, "bbox", list, path, "an annotation")
-        cat = _coco_field(a, "category_id", int, path, "an annotation")
-        if len(bbox) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
-            raise AnnotationError(f"{str(path)!r}: annotation {a.get('id')} has bbox {bbox!r}, not 4 finite numbers")
-        if cat not in cat_names:
-            raise AnnotationError(f"{str(path)!r}: annotation {a.get('id')} has unknown category_id {cat}")
-        if a.get("iscrowd", 0) not in (0, 1) or isinstance(a.get("iscrowd", 0), float):  # True/False are 1/0
-            raise AnnotationError(f"{str(path)!r}: annotation {a.get('id')} has iscrowd {a['iscrowd']!r}; COCO's "
-                                  "iscrowd is 0 or 1")  # fmt: skip
-        by_image.setdefault(image_id, []).append(a)
-    ids = [_coco_field(im, "id", int, path, "an image") for im in images]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise AnnotationError(f"{str(path)!r}: image id {dup} is listed {ids.count(dup)} times (ids must be unique)")
-    if orphans := sorted(set(by_image) - set(ids)):
-        raise AnnotationError(f"{str(path)!r}: {sum(len(by_image[i]) for i in orphans)} annotation(s) of image id(s) "
-                              f"the file does not list, e.g. {orphans[0]}")  # fmt: skip
     image_dir = Path(image_dir) if image_dir is not None else coco_image_dir(path)
     records = []
-    for im in tqdm(images, desc=f"check {path.name}", leave=False, disable=len(images) < 500):
+    for im in tqdm(coco.images, desc=f"check {path.name}", leave=False, disable=len(coco.images) < 500):
         image_id = im["id"]
-        p = _inside(image_dir, _coco_field(im, "file_name", str, path, "an image"), path, "file_name")
+        p = _inside(image_dir, im["file_name"], path, "file_name")
         if not p.is_file():
             raise ConfigError(f"{str(path)!r}: image {str(p)!r} does not exist")
         size = _image_size(p, strict, report)
         if size is None:
             continue
-        objs = by_image.get(image_id, [])
+        objs = coco.annotations.get(image_id, [])
         boxes = [
             [float(x), float(y), float(x) + float(w), float(y) + float(h)] for x, y, w, h in (a["bbox"] for a in objs)
         ]
