@@ -137,6 +137,24 @@ def test_any_list_of_a_voc_folder_is_a_split_eval_can_read(tmp_path):
     assert sorted(names(splits["val"])) == ["raccoon-109.jpg", "raccoon-12.jpg", "raccoon-126.jpg"]
 
 
+def test_training_names_the_validation_split_it_reads(tmp_path):
+    """Epoch lines and metrics.csv say which split the val numbers are on: a ``valid`` list or folder is ``valid``,
+    as segmentation has always said; a split cut from the train images is ``val``."""
+    from conftest import make_image_folder
+    from mnv2.data.detection import build_detection_data
+    from mnv2.data.loaders import build_data
+    from mnv2.data.transforms import AugmentConfig
+
+    root = voc_with_lists(tmp_path / "voc", {"train": ["raccoon-18", "raccoon-39"], "valid": ["raccoon-109"]})
+    bundle = build_detection_data(str(root), PRE, 2, 2, workers=0)
+    assert bundle.val_name == "valid" and names(bundle.val.dataset.records) == ["raccoon-109.jpg"]
+    (root / "ImageSets" / "Main" / "valid.txt").unlink()
+    assert build_detection_data(str(root), PRE, 2, 2, workers=0).val_name == "val"
+    make_image_folder(tmp_path / "folder" / "train", n=4)
+    make_image_folder(tmp_path / "folder" / "valid", n=2, seed=1)
+    assert build_data(str(tmp_path / "folder"), PRE, AugmentConfig(), 2, 2, workers=0).val_name == "valid"
+
+
 # ----------------------------------------------------------------------------------------------- YOLO
 def voc_to_yolo(records: dict[str, list], class_names: list[str], root: Path, roboflow: bool = False) -> Path:
     """Write detection records as a YOLO dataset: Ultralytics' ``images/<split>`` + ``labels/<split>`` with names

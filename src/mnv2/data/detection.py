@@ -411,15 +411,21 @@ def load_detection_dataset(
     )
 
 
+def read_train_val(data: str | Path, val_split: float = 0.1, seed: int = 0, strict: bool = False) -> TrainVal:
+    """Train and val records of ``data``: its own split, else a seeded ``val_split`` fraction as ``"val"``
+    (:func:`mnv2.data.splits.train_val`), with the validation split's own name."""
+    report = DetectionReport()
+    names, splits = load_detection_dataset(data, strict, report)
+    train, val, val_name = checked_train_val(splits, val_split, seed, data)
+    return TrainVal(names, train, val, val_name, report)
+
+
 def train_val_records(
     data: str | Path, val_split: float = 0.1, seed: int = 0, strict: bool = False
 ) -> tuple[list[str], list[DetectionRecord], list[DetectionRecord], DetectionReport]:
-    """Train and val records of ``data``: its own split, else a seeded ``val_split`` fraction as val
-    (:func:`mnv2.data.splits.train_val`)."""
-    report = DetectionReport()
-    names, splits = load_detection_dataset(data, strict, report)
-    train, val, _ = checked_train_val(splits, val_split, seed, data)
-    return names, train, val, report
+    """``(class_names, train, val, report)`` of :func:`read_train_val`."""
+    read = read_train_val(data, val_split, seed, strict)
+    return read.class_names, read.train, read.val, read.report  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------- transforms
@@ -668,13 +674,13 @@ def build_detection_data(
     train_limit: int | None = None, val_limit: int | None = None, aug: DetectionAugment | None = None,
     tile: int | None = None,
 ) -> DataBundle:  # fmt: skip
-    """A :class:`~mnv2.data.builder.DataBundle` of detection batches (:func:`mnv2.data.builder.build_bundle`; val
-    name ``"val"``). ``tile``: train on a random tile of that many pixels of each full-size image and validate on
-    every image's tiles (issue 24, 4: small objects in large images), as ``predict --tile`` cuts them."""
-    names, train, val, report = train_val_records(data, val_split, seed, strict)
+    """A :class:`~mnv2.data.builder.DataBundle` of detection batches (:func:`mnv2.data.builder.build_bundle`; the
+    val split's own name, :func:`read_train_val`). ``tile``: train on a random tile of that many pixels of each
+    full-size image and validate on every image's tiles (issue 24, 4: small objects in large images), as ``predict
+    --tile`` cuts them."""
     dataset = functools.partial(DetectionDataset, pre=pre, aug=aug, tile=tile)
     return build_bundle(
-        TrainVal(names, train, val, "val", report), dataset, pre, batch_size, eval_batch_size,
+        read_train_val(data, val_split, seed, strict), dataset, pre, batch_size, eval_batch_size,
         batches=DetectionBatches, workers=workers, seed=seed, rank=rank, world=world, pin=pin,
         train_limit=train_limit, val_limit=val_limit,
     )  # fmt: skip
