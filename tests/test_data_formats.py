@@ -360,6 +360,7 @@ def test_coco_rle_paints_the_masks_exactly_and_bad_segmentations_name_the_annota
         (lambda d: d["annotations"][0].update(category_id=9), "has unknown category_id 9"),
         (lambda d: d["categories"].append(dict(d["categories"][0])), "category id 1 is listed twice"),
         (lambda d: d.update(categories=[]), "lists no categories"),
+        (lambda d: d["images"][0].update(file_name="../a.png"), "file_name '../a.png' is not a path inside"),
     ],
 )
 def test_both_tasks_coco_readers_refuse_a_malformed_file_with_the_same_words(tmp_path, mend, needle):

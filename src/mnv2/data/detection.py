@@ -53,7 +53,7 @@ from mnv2.data.images import IMAGE_EXTENSIONS, ImageError, load_image
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.data.splits import ALL, TRAIN_NAMES, VAL_NAMES, train_split_name, val_split_name
 from mnv2.data.tensors import normalize, to_uint8_tensor
-from mnv2.data.textfiles import read_list
+from mnv2.data.textfiles import path_inside, read_list
 from mnv2.errors import ConfigError
 from mnv2.ops import DEFAULT_OVERLAP, tile_windows
 
@@ -154,18 +154,6 @@ def sanitize_boxes(
         boxes[i] = clipped
         keep.append(i)
     return keep
-
-
-def _inside(folder: Path, name: str, source: Path, field_name: str) -> Path:
-    """``folder / name`` when ``name`` is a relative path that stays in ``folder`` (an annotation must not point an
-    evaluation at another image: an absolute path or ``..`` is refused, issue 28, 8)."""
-    p = Path(name)
-    if p.is_absolute() or ".." in p.parts or not name.strip():
-        raise AnnotationError(
-            f"{str(source)!r}: {field_name} {name!r} is not a path inside {str(folder)!r} (absolute "
-            "paths and '..' are refused: an annotation names its image relative to the image folder)"
-        )
-    return folder / p
 
 
 def _number(node: ET.Element, tag: str, path: Path, index: int) -> float:
@@ -311,7 +299,7 @@ def load_voc(
 
 
 def _voc_image(img_dir: Path, stem: str, filename: str | None, xml: Path) -> Path:
-    candidates = [_inside(img_dir, filename, xml, "<filename>")] if filename else []
+    candidates = [path_inside(img_dir, filename, xml, "<filename>", AnnotationError)] if filename else []
     candidates += [img_dir / f"{stem}{ext}" for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)]
     for p in candidates:
         if p.is_file():
@@ -348,7 +336,7 @@ def load_coco(
     records = []
     for im in tqdm(coco.images, desc=f"check {path.name}", leave=False, disable=len(coco.images) < 500):
         image_id = im["id"]
-        p = _inside(image_dir, im["file_name"], path, "file_name")
+        p = path_inside(image_dir, im["file_name"], path, "file_name", AnnotationError)
         if not p.is_file():
             raise ConfigError(f"{str(path)!r}: image {str(p)!r} does not exist")
         size = _image_size(p, strict, report)

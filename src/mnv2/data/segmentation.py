@@ -59,7 +59,7 @@ from mnv2.data.images import IMAGE_EXTENSIONS, SUPPORTED_FORMATS, ImageError, lo
 from mnv2.data.palettes import voc_colormap
 from mnv2.data.preprocessing import Preprocessing
 from mnv2.data.tensors import normalize, to_uint8_tensor
-from mnv2.data.textfiles import read_json, read_list
+from mnv2.data.textfiles import path_inside, read_json, read_list
 from mnv2.errors import ConfigError
 
 IGNORE_INDEX = 255  # the ignore label of every mask this module yields (TF DeepLab's ignore_label, VOC's void)
@@ -423,14 +423,11 @@ def _coco_splits(root: Path) -> tuple[Splits, list[str]]:
         image_dir = coco_image_dir(files[s])
         records, missing = [], []
         for im in images:
-            p = Path(im.file_name)
-            if p.is_absolute() or ".." in p.parts:
-                raise SegmentationDataError(f"{str(files[s])!r}: file_name {im.file_name!r} is not a path inside "
-                                            f"{str(image_dir)!r}")  # fmt: skip
-            if not (image_dir / p).is_file():
-                missing.append(str(image_dir / p))
+            p = path_inside(image_dir, im.file_name, files[s], "file_name", SegmentationDataError)
+            if not p.is_file():
+                missing.append(str(p))
             shapes = tuple((CROWD if crowd else index[cid], seg) for cid, crowd, seg in im.instances)
-            records.append(SegmentationRecord(str(image_dir / p), f"{files[s]}#{im.id}",
+            records.append(SegmentationRecord(str(p), f"{files[s]}#{im.id}",
                                               shapes=CocoShapes(im.height, im.width, shapes)))  # fmt: skip
         splits[s] = records
         if missing:  # kept as the split's error, like a SegNet image without its label map

@@ -1,5 +1,6 @@
-"""Reading a dataset's text files (split lists, COCO JSON, classes.json) with one error surface: a file that is not
-UTF-8, not JSON or nested too deeply to parse is the file's error, named, never a crash (issue 28, 11)."""
+"""Reading a dataset's text files (split lists, COCO JSON, classes.json, the image paths they name) with one error
+surface: a file that is not UTF-8, not JSON or nested too deeply to parse is the file's error, named, never a crash
+(issue 28, 11)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,19 @@ def read_text(path: str | Path, error: type[Mnv2Error]) -> str:
         raise error(f"{str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     except OSError as e:
         raise error(f"cannot read {str(path)!r} ({e.strerror or e})") from e
+
+
+def path_inside(folder: Path, name: str, source: Path, field_name: str, error: type[Mnv2Error]) -> Path:
+    """``folder / name`` when ``name``, an image named by an annotation file (``source``, its ``field_name``), is a
+    relative path that stays in ``folder``: an annotation must not point an evaluation at another file, so an
+    absolute path or ``..`` is ``error`` (issue 28, 8)."""
+    p = Path(name)
+    if p.is_absolute() or ".." in p.parts or not name.strip():
+        raise error(
+            f"{str(source)!r}: {field_name} {name!r} is not a path inside {str(folder)!r} (absolute "
+            "paths and '..' are refused: an annotation names its image relative to the image folder)"
+        )
+    return folder / p
 
 
 def read_list(path: str | Path, error: type[Mnv2Error]) -> list[str]:
