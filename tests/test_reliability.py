@@ -308,6 +308,7 @@ CATALOGUE = [
     ("predict-classifier-tiles", ["predict", "{ckpt}", "{img}", "--tile", "64"], "--tile is for detection"),
     ("predict-job-folder-missing", ["predict", "{ckpt}", "{img}", "--out", "{out}/r.jsonl"], "does not exist"),
     ("train-steps-zero", T("--steps", "0"), "steps must be an integer >= 1"),
+    ("train-min-epochs-negative", T("--min-epochs", "-1"), "min_epochs must be an integer >= 0"),
     ("predict-threads-negative", ["predict", "{ckpt}", "{img}", "--threads", "-1"], "--threads"),
     ("predict-short-names", ["predict", "{short_names}", "{img}"], "names 2 classes"),
     ("predict-nan-weights", ["predict", "{nan}", "{img}"], "NaN or inf"),

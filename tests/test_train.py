@@ -177,8 +177,10 @@ def test_a_step_budget_gives_small_and_large_sets_the_same_optimizer_steps(tmp_p
     assert (small.epochs, small.steps, small.warmup_steps) == (55, None, 0)
     assert small.warmup_epochs == pytest.approx(30 / 11) and "55 epochs of 11 steps" in notes[0]
     assert lr_factor(small, 14, 11) == pytest.approx(0.5) and lr_factor(small, 29, 11) == pytest.approx(1.0)
-    assert resolve_steps(seg, 45)[0].epochs == 14  # CamVid: 367 images
-    assert resolve_steps(seg, 5000)[0].epochs == 1  # a large set: at least one epoch
+    camvid, notes = resolve_steps(seg, 45)  # CamVid: 367 images; the budget alone would be 14 epochs
+    assert camvid.epochs == 24 and "at least 24 epochs: 1080 steps" in notes[0]
+    assert resolve_steps(apply_overrides(seg, {"min_epochs": 0}), 45)[0].epochs == 14
+    assert resolve_steps(apply_overrides(seg, {"min_epochs": 0}), 5000)[0].epochs == 1  # at least one epoch
     assert resolve_steps(load_recipe("detection"), 6)[0].epochs == 40  # raccoon: the 40 epochs it was tuned with
     explicit = apply_overrides(seg, {"epochs": 3})
     assert explicit.steps is None and resolve_steps(explicit, 11)[0].epochs == 3

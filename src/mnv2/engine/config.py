@@ -68,6 +68,8 @@ class TrainConfig:
     steps: int | None = flag(None, "optimizer steps to train for: --epochs is derived from the train set's size (the "
                              "detection and segmentation recipes give a budget, so a small set still gets enough "
                              "steps); written into config.yaml as epochs")  # fmt: skip
+    min_epochs: int = flag(0, "with a step budget (--steps): train at least this many epochs, so a larger set is "
+                           "seen this often whatever the budget (0 = no floor)")  # fmt: skip
     batch_size: int = flag(128, "global batch size (split over processes)")
     optimizer: str = flag("sgd", "optimizer", choices=OPTIMIZERS)
     lr: float = flag(0.1, "learning rate per --lr-batch images (scaled linearly)")
@@ -157,7 +159,7 @@ class TrainConfig:
             "epochs": (1, False), "batch_size": (1, False), "eval_batch_size": (1, False), "lr_batch": (1, False),
             "workers": (0, False), "threads": (1, True), "resolution": (MIN_INPUT_SIZE, False),
             "train_limit": (1, True), "val_limit": (1, True), "seed": (0, False), "steps": (1, True),
-            "warmup_steps": (0, False),
+            "warmup_steps": (0, False), "min_epochs": (0, False),
         }  # fmt: skip
         for name, (low, optional) in ints.items():
             v = getattr(self, name)
@@ -227,15 +229,18 @@ class TrainConfig:
 
 def resolve_steps(config: TrainConfig, steps_per_epoch: int) -> tuple[TrainConfig, list[str]]:
     """Turn the step budget into whole epochs for this train set (issue 24: a recipe tuned on a large set gives a
-    200-image set a few hundred steps in as many epochs; here every set gets the budget's steps), and
+    200-image set a few hundred steps in as many epochs; here every set gets the budget's steps, and at least
+    ``min_epochs`` passes over a larger set), and
     ``warmup_steps`` into ``warmup_epochs``. The result holds epochs only, so ``config.yaml`` and ``--resume``
     reproduce the run whatever the data becomes."""
     spe = max(1, steps_per_epoch)
     notes = []
     if config.steps is not None:
-        epochs = max(1, math.ceil(config.steps / spe))
+        budget = max(1, math.ceil(config.steps / spe))
+        epochs = max(budget, config.min_epochs)
         warm = f", linear warm-up over the first {config.warmup_steps}" if config.warmup_steps else ""
-        notes.append(f"{epochs} epochs of {spe} steps for a budget of {config.steps} optimizer steps{warm} "
+        floor = f" (at least {config.min_epochs} epochs: {epochs * spe} steps)" if epochs > budget else ""
+        notes.append(f"{epochs} epochs of {spe} steps for a budget of {config.steps} optimizer steps{floor}{warm} "
                      "(--epochs N overrides it)")  # fmt: skip
         config = dataclasses.replace(config, epochs=epochs, steps=None)
     if config.warmup_steps:
