@@ -390,8 +390,11 @@ def test_malformed_xml_and_json_raise_errors_naming_the_file(tmp_path):
     with pytest.raises(AnnotationError, match=r"instances_val\.json.*not valid JSON"):
         load_detection_dataset(js)
     short_bbox = {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}
-    js.write_text(json.dumps({"images": [], "categories": [{"id": 1, "name": "dog"}], "annotations": [short_bbox]}))
-    with pytest.raises(AnnotationError, match=r"instances_val\.json.*bbox"):
+    image = {"id": 1, "file_name": "a.png"}  # listed, so the box is the file's only fault
+    js.write_text(
+        json.dumps({"images": [image], "categories": [{"id": 1, "name": "dog"}], "annotations": [short_bbox]})
+    )
+    with pytest.raises(AnnotationError, match=r"instances_val\.json': annotation 7: its bbox is \[1, 2, 3\], not 4"):
         load_detection_dataset(js)
     js.write_text(json.dumps({"images": []}))
     with pytest.raises(AnnotationError, match=r"instances_val\.json.*'annotations'"):
