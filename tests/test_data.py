@@ -130,8 +130,8 @@ def test_folder_errors_are_clear(tmp_path, image_folder):
     (image_folder / "train" / "red" / "trunc.png").write_bytes(png[: len(png) // 2])
     (image_folder / "train" / "red" / "junk.jpg").write_bytes(b"garbage")
     (image_folder / "train" / "red" / "notes.txt").write_text("hi")
-    classes, train, val, report = folder_splits(image_folder)
-    assert classes == ["blue", "green", "red"] and len(train) == 30 and len(val) == 12
+    classes, train, val, val_name, report = folder_splits(image_folder)
+    assert classes == ["blue", "green", "red"] and len(train) == 30 and len(val) == 12 and val_name == "val"
     assert len(report.corrupt) == 2 and len(report.non_image) == 1
     assert "skipped 2 corrupt image(s)" in report.message()
     with pytest.raises(DatasetError, match="--strict"):

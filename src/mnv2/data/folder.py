@@ -90,8 +90,9 @@ def val_folder(root: str | Path) -> Path | None:
 
 def folder_splits(
     root: str | Path, val_split: float = 0.1, seed: int = 0, strict: bool = False
-) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]], ScanReport]:
-    """Train and val samples of ``root``: its ``train``/``val`` subfolders, or a seeded split of one folder."""
+) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]], str, ScanReport]:
+    """``(classes, train, val, val name, report)`` of ``root``: its ``train/`` and validation subfolders (the name is
+    that folder's: ``val``, ``valid``, ...), or a seeded split of one folder (``"val"``)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"data path {str(root)!r} does not exist or is not a directory")
@@ -108,7 +109,7 @@ def folder_splits(
                 f"train and {val_root.name} class folders differ: only in train: {only_t or '-'}; "
                 f"only in {val_root.name}: {only_v or '-'}"
             )
-        return classes, train, val, report
+        return classes, train, val, val_root.name, report
     if not 0 < val_split < 1:
         raise DatasetError(f"val_split must be in (0, 1) to split one folder, got {val_split!r}")
     classes, samples = scan_folder(root, strict, report)
@@ -120,7 +121,7 @@ def folder_splits(
             f"--val-split {val_split} leaves no training image for class(es) {', '.join(no_train[:5])} of "
             f"{str(root)!r}; use a smaller --val-split or more images"
         )
-    return classes, train, val, report
+    return classes, train, val, "val", report
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,7 @@ from mnv2.data import fashion_mnist
 from mnv2.data.batches import LoaderBatches, epoch_seed
 from mnv2.data.builder import DataBundle, TrainVal, build_bundle
 from mnv2.data.fashion_mnist import DatasetError
-from mnv2.data.folder import ImageFolderDataset, ScanReport, folder_splits, val_folder
+from mnv2.data.folder import ImageFolderDataset, ScanReport, folder_splits
 from mnv2.data.images import eval_image
 from mnv2.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from mnv2.data.splits import limit_samples
@@ -120,14 +119,13 @@ def build_data(
             resize_uint8(te_x, size), te_y, eval_batch_size, BatchAugment(preprocessing, None), False, seed, rank, world
         )
         return DataBundle(train, val, list(fashion_mnist.CLASS_NAMES), preprocessing, ScanReport(), "test")
-    classes, tr, va, report = folder_splits(data, val_split, seed, strict)
+    classes, tr, va, val_name, report = folder_splits(data, val_split, seed, strict)
     if len(classes) < 2:
         raise DatasetError(
             f"{str(data)!r} has {len(classes)} class folder ({', '.join(classes)}): a classifier needs at least 2 "
             "classes (one class would always score 100%)"
         )
     # limits draw a seeded sample, so a limit keeps every class (the lists are class-sorted)
-    val_name = val_folder(data).name if (Path(data) / "train").is_dir() else "val"  # type: ignore[union-attr]
     return build_bundle(
         TrainVal(classes, tr, va, val_name, report), folder_dataset(preprocessing, augment), preprocessing, batch_size,
         eval_batch_size, workers=workers, seed=seed, rank=rank, world=world, pin=pin, train_limit=train_limit,
