@@ -125,7 +125,6 @@ class CocoFile:
     ``height`` when read with ``sizes``), and ``annotations`` each image id's annotations in the file's order (their
     ``image_id`` listed, ``category_id`` known, ``iscrowd`` 0 or 1, and the task's own field checked)."""
 
-    path: Path
     categories: dict[int, str]
     images: tuple[dict, ...]
     annotations: dict[int, list[dict]]
@@ -184,29 +183,10 @@ def read_coco(
     if orphans:
         raise error(f"{where}: {sum(orphans.values())} annotation(s) of image id(s) the file does not list, "
                     f"e.g. {next(iter(orphans))!r}")  # fmt: skip
-    return CocoFile(path, categories, tuple(images.values()), by_image)
+    return CocoFile(categories, tuple(images.values()), by_image)
 
 
-@dataclass(frozen=True)
-class CocoImage:
-    """An image of an instances file: its ``file_name``, size and instance segmentations ``(category_id, iscrowd,
-    segmentation)`` in the file's order."""
-
-    id: int
-    file_name: str
-    width: int
-    height: int
-    instances: tuple[tuple[int, bool, object], ...]
-
-
-def read_instances(path: Path, error: type[Exception]) -> tuple[dict[int, str], list[CocoImage]]:
-    """``({category_id: name}, images)`` of a COCO instances file with segmentations (:func:`read_coco`)."""
-    coco = read_coco(path, error, "segmentation", lambda seg, im: check_segmentation(seg, im["height"], im["width"]),
+def read_instances(path: Path, error: type[Exception]) -> CocoFile:
+    """A COCO instances file with segmentations (:func:`read_coco`), each checked against its image's size."""
+    return read_coco(path, error, "segmentation", lambda seg, im: check_segmentation(seg, im["height"], im["width"]),
                      sizes=True)  # fmt: skip
-    images = []
-    for im in coco.images:
-        shapes = tuple(
-            (a["category_id"], bool(a.get("iscrowd", 0)), a["segmentation"]) for a in coco.annotations.get(im["id"], ())
-        )
-        images.append(CocoImage(im["id"], im["file_name"], im["width"], im["height"], shapes))
-    return coco.categories, images

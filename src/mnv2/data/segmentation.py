@@ -408,8 +408,8 @@ def _coco_splits(root: Path) -> tuple[Splits, list[str]]:
     files = {"all": root} if root.is_file() else coco_split_files(root)
     read = {s: read_instances(p, SegmentationDataError) for s, p in files.items()}
     categories: dict[int, str] = {}
-    for s, (cats, _) in read.items():
-        for cid, name in cats.items():
+    for s, coco in read.items():
+        for cid, name in coco.categories.items():
             if categories.setdefault(cid, name) != name:
                 raise SegmentationDataError(f"category id {cid} is {categories[cid]!r} in one file and {name!r} in "
                                             f"{str(files[s])!r}")  # fmt: skip
@@ -419,16 +419,17 @@ def _coco_splits(root: Path) -> tuple[Splits, list[str]]:
     names = [categories[cid] for cid in sorted(categories)]
     background = "unlabelled" if "background" in names else "background"  # a category may take the name
     splits: Splits = {}
-    for s, (_, images) in read.items():
+    for s, coco in read.items():
         image_dir = coco_image_dir(files[s])
         records, missing = [], []
-        for im in images:
-            p = path_inside(image_dir, im.file_name, files[s], "file_name", SegmentationDataError)
+        for im in coco.images:
+            p = path_inside(image_dir, im["file_name"], files[s], "file_name", SegmentationDataError)
             if not p.is_file():
                 missing.append(str(p))
-            shapes = tuple((CROWD if crowd else index[cid], seg) for cid, crowd, seg in im.instances)
-            records.append(SegmentationRecord(str(p), f"{files[s]}#{im.id}",
-                                              shapes=CocoShapes(im.height, im.width, shapes)))  # fmt: skip
+            shapes = tuple((CROWD if a.get("iscrowd", 0) else index[a["category_id"]], a["segmentation"])
+                           for a in coco.annotations.get(im["id"], ()))  # fmt: skip
+            records.append(SegmentationRecord(str(p), f"{files[s]}#{im['id']}",
+                                              shapes=CocoShapes(im["height"], im["width"], shapes)))  # fmt: skip
         splits[s] = records
         if missing:  # kept as the split's error, like a SegNet image without its label map
             splits[s] = SegmentationDataError(f"{str(files[s])!r}: image {missing[0]!r} does not exist"
