@@ -156,6 +156,7 @@ def env(tmp_path_factory):
     crafted("card_names", class_names=json.dumps([1, 2, 3]))
     crafted("card_two_names", class_names=json.dumps(["a", "b"]))
     crafted("card_task", task="pose")
+    crafted("card_tile", tile=json.dumps("big"))
     crafted("card_nested", class_names="[" * 100_000 + "]" * 100_000)
     for name, text in {
         "scale": "augment:\n  scale: [0.5]\n",
@@ -322,6 +323,7 @@ CATALOGUE = [
     ("card-size-not-the-graphs", ["predict", "{card_size_not_graph}", "{img}"], "the graph takes 32x32"),
     ("card-probabilities-of-logits", ["predict", "{card_probabilities}", "{img}"], "output kind is wrong"),
     ("card-unknown-output-kind", ["predict", "{card_output_kind}", "{img}"], "output kind"),
+    ("card-tile-not-pixels", ["predict", "{card_tile}", "{img}"], "training tile must be a whole number of pixels"),
     ("card-class-names-not-strings", ["predict", "{card_names}", "{img}"], "class names"),
     ("card-class-count-not-the-graphs", ["predict", "{card_two_names}", "{img}"], "names 2 classes"),
     ("card-unknown-task", ["predict", "{card_task}", "{img}"], "pose"),

@@ -114,3 +114,35 @@ def test_eval_with_one_tile_per_image_scores_as_the_untiled_eval(model, data, me
     assert one[metric] == pytest.approx(whole[metric], abs=2e-3) and (one["tile"], one["overlap"]) == (512, 0.2)
     assert main([*argv, "--tile", "64", "--overlap", "0.5"]) == 0
     assert json.loads(capsys.readouterr().out)[metric] is not None
+
+
+def test_a_model_trained_on_tiles_is_evaluated_and_run_on_its_tiles(tmp_path, capsys):
+    """A detector trained with ``--tile 320`` records it (its run config, then every export's card): `mnv2 eval` and
+    `mnv2 predict` cut 320-px tiles unless told otherwise, and say so; ``--tile 0`` runs whole images. A large photo
+    seen whole by a tile-trained model is at a scale it never learnt (issue 24)."""
+    import dataclasses
+
+    from mnv2.weights.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+
+    meta = read_checkpoint_meta(DETECTOR)
+    config = {**(meta.config or {}), "options": {**(meta.config or {}).get("options", {}), "tile": 320}}
+    tiled = save_checkpoint(tmp_path / "tiled.safetensors", load_checkpoint(DETECTOR),
+                            dataclasses.replace(meta, config=config))  # fmt: skip
+    argv = ["eval", str(tiled), "--data", str(RACCOONS), "--json", "--confusion", str(tmp_path), "--workers", "0"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["tile"] == 320 and "tiles of 320 px, as the model was trained (--tile 0" in err
+    assert main([*argv, "--tile", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert "tile" not in json.loads(out) and "as the model was trained" not in err
+    photo = str(RACCOONS / "images" / "raccoon-12.jpg")
+    run = ["predict", str(tiled), photo, "--json", "--threads", "1"]
+    assert main(run) == 0
+    by_tiles, err = capsys.readouterr()
+    assert "tiles of 320 px" in err
+    assert main(["predict", str(DETECTOR), photo, "--json", "--threads", "1", "--tile", "320"]) == 0
+    assert json.loads(by_tiles) == json.loads(capsys.readouterr().out)  # the untouched model told --tile 320
+    exported = tmp_path / "tiled.onnx"
+    assert main(["export", str(tiled), "--format", "onnx", "--out", str(exported)]) == 0
+    capsys.readouterr()
+    assert Predictor.open(exported).info["tile"] == 320

@@ -131,6 +131,18 @@ def task_of(path: str):
     return get_task(read_card(path)[0])
 
 
+def chosen_tile(given: int | None, trained: int | None, note: bool = True) -> int | None:
+    """``--tile``: the side given (0: whole images), else the tile the model was trained on (its card's ``tile``),
+    said on stderr: a detector trained on 640-px tiles of large images sees whole ones at a scale it never learnt."""
+    if given == 0:
+        return None
+    if given is None and trained:
+        if note:
+            print(f"mnv2: tiles of {trained} px, as the model was trained (--tile 0: whole images)", file=sys.stderr)
+        return trained
+    return given
+
+
 def needs_extra(advice: str):
     """A verb's function when its extra is not installed: the answer names the extra, whatever the flags."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mnv2.cli.common import dumps, non_negative, positive, set_threads, task_of
+from mnv2.cli.common import chosen_tile, dumps, non_negative, positive, set_threads
 from mnv2.errors import ConfigError
 
 
@@ -26,7 +26,8 @@ def add_parser(sub, verb: str | None) -> None:
         type=int,
         default=None,
         metavar="PIXELS",
-        help="detection/segmentation: evaluate predict's tiled inference (tiles of this side)",
+        help="detection/segmentation: evaluate predict's tiled inference (tiles of this side; default: the tile the "
+        "model was trained on, if any; 0: whole images)",
     )
     p.add_argument("--overlap", type=float, default=0.2, help="with --tile: the tiles' overlap, a fraction of a tile")
     p.add_argument(
@@ -45,16 +46,21 @@ def add_parser(sub, verb: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mnv2.deploy.runtime.card import read_card
     from mnv2.engine.evaluate import evaluate_checkpoint
+    from mnv2.tasks import get_task
 
-    task = task_of(args.checkpoint)
+    name, info = read_card(args.checkpoint)
+    task = get_task(name)
+    args.tile = chosen_tile(args.tile, info.get("tile"))
     set_threads()
     if args.tile is not None:  # through the inference half, as `predict --tile` answers
         from mnv2.deploy.runtime.tiled_eval import evaluate_tiled
         from mnv2.engine.evaluate import finish_evaluation
 
         if args.tta != "none":
-            raise ConfigError("--tile and --tta do not combine: tiles are evaluated as predict answers")
+            raise ConfigError("--tile and --tta do not combine: tiles are evaluated as predict answers (a model "
+                              "trained on tiles takes its tile unless --tile 0)")  # fmt: skip
         metrics, classes, report = evaluate_tiled(
             args.checkpoint, args.data, tile=args.tile, overlap=args.overlap, split=args.split, workers=args.workers,
             strict=args.strict, drop_invalid=args.drop_invalid,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mnv2.cli.common import dumps, non_negative, positive, set_threads
+from mnv2.cli.common import chosen_tile, dumps, non_negative, positive, set_threads
 from mnv2.errors import ConfigError
 
 
@@ -34,7 +34,8 @@ def add_parser(sub, verb: str | None) -> None:
         default=None,
         metavar="PIXELS",
         help="detection/segmentation: cut each image into overlapping tiles of this side (about the "
-        "model's input size) for small objects in large images; default: the whole image at once",
+        "model's input size) for small objects in large images; default: the tile the model was trained on, if "
+        "any, else the whole image at once; 0: the whole image",
     )
     p.add_argument("--overlap", type=float, default=0.2, help="with --tile: the tiles' overlap, a fraction of a tile")
     p.add_argument("--json", action="store_true", help="one JSON list (detection: COCO results-style boxes)")
@@ -65,10 +66,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"a video's results go to DIR/<name>.jsonl: give --out a folder, not {args.out!r}")
     if args.ray is not None and not (args.out and args.out.endswith(JOB_SUFFIX)):
         raise ConfigError("--ray runs a job: give --out FILE.jsonl")
-    if videos and args.tile is not None:
+    if videos and args.tile:
         raise ConfigError("--tile is for still images; video frames run whole")
     # default engine: torch for a checkpoint; for an exported file the fastest of its own engines, torch-free
     p = Predictor.open(args.checkpoint, args.engine, args.precision, args.threads)
+    args.tile = chosen_tile(args.tile, p.info.get("tile"), note=bool(images))
     if p.engine.name == "torch":
         set_threads()
     options = p.check_options({"topk": args.topk, "min_score": args.min_score})

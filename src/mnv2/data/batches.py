@@ -8,14 +8,35 @@ uninterrupted one would have. Under torch.distributed each rank takes every worl
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from mnv2.errors import ConfigError
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
+
+
+def worker_start_method(workers: int) -> str | None:
+    """How DataLoader workers start: from a fork server where there is one, not by forking the training process.
+    Workers are made afresh each epoch (their seeds are the epoch's), and a fork of a process holding gigabytes of
+    activations makes every page the training step then writes a copy-on-write fault while the workers live:
+    measured on a raccoon SSDLite run, 45 % of its CPU time in the kernel (BENCHMARKS.md, "Data loader workers").
+    ``MNV2_WORKER_START`` (fork, spawn, forkserver) overrides it, for measurements."""
+    if workers == 0:
+        return None
+    methods = multiprocessing.get_all_start_methods()
+    chosen = os.environ.get("MNV2_WORKER_START")
+    if chosen:
+        if chosen not in methods:
+            raise ConfigError(f"MNV2_WORKER_START must be one of {', '.join(methods)}; got {chosen!r}")
+        return chosen
+    return "forkserver" if "forkserver" in methods else None
 
 
 class LoaderBatches:
@@ -57,6 +78,7 @@ class LoaderBatches:
             pin_memory=self.pin,
             collate_fn=self.collate_fn,
             persistent_workers=False,
+            multiprocessing_context=worker_start_method(self.workers),
         )
         if self.workers > 0 or not self.own_rng:
             for x, y in loader:

@@ -70,8 +70,8 @@ class DetectionOptions:
     )  # fmt: skip
     anchor_scales: list[float] | None = None  # [lowest, min, max] anchor scales: the fit's, or a recipe's
     tile: int | None = option(None, "detection: train on a random tile of this many pixels of each full-size image and "
-                              "validate on the val images' tiles (small objects in large images; then evaluate and "
-                              "predict with --tile of the same size)")  # fmt: skip
+                              "validate on the val images' tiles (small objects in large images; the checkpoint "
+                              "records it, and mnv2 eval and predict then cut tiles of that size)")  # fmt: skip
 
     # a config written before the options were the task's (its keys at the top level) ran without the anchor fit
     BEFORE: ClassVar[dict] = {"anchor_fit": "none"}
@@ -125,15 +125,22 @@ def head_config(config, num_classes: int) -> SSDLiteConfig:
 
 def train_boxes(records, tile: int | None = None) -> torch.Tensor:
     """Every box of ``records`` as normalised corners ``[N, 4]`` of the input the model sees (what the anchors are
-    matched against): of the whole image, or of a ``tile``-px tile of it (``--tile``)."""
+    matched against): of the whole image, or of a ``tile``-px tile of it (``--tile``). A train tile is drawn anywhere
+    in the image, so a box is placed as in the tile of the grid from the origin that holds its centre, and cut by
+    that tile's border as a drawn tile cuts it (a box far from the origin is not off the frame)."""
     import numpy as np
 
-    def frame(r) -> list[float]:
+    out = []
+    for r in records:
+        if not r.boxes:
+            continue
+        b = np.asarray(r.boxes, np.float64).reshape(-1, 4)
         w, h = (min(r.width, tile), min(r.height, tile)) if tile else (r.width, r.height)
-        return [w, h, w, h]
-
-    boxes = [np.asarray(r.boxes, np.float64).reshape(-1, 4) / frame(r) for r in records if r.boxes]
-    return torch.as_tensor(np.concatenate(boxes) if boxes else np.zeros((0, 4)), dtype=torch.float32)
+        if tile:
+            shift = np.stack([np.floor((b[:, 0] + b[:, 2]) / 2 / w) * w, np.floor((b[:, 1] + b[:, 3]) / 2 / h) * h], 1)
+            b = np.clip(b - np.tile(shift, 2), 0, [w, h, w, h])
+        out.append(b / [w, h, w, h])
+    return torch.as_tensor(np.concatenate(out) if out else np.zeros((0, 4)), dtype=torch.float32)
 
 
 def adapt(config, data) -> tuple[Any, list[str]]:
@@ -141,7 +148,8 @@ def adapt(config, data) -> tuple[Any, list[str]]:
     the train boxes when too few of them have an anchor to be matched to (``--anchor-fit none`` turns it off; a
     recipe's ``anchor_scales`` are kept)."""
     opts = options(config)
-    notes = [f"training on tiles of {opts.tile} px: evaluate and predict with --tile {opts.tile}"] if opts.tile else []
+    notes = [f"training on tiles of {opts.tile} px: mnv2 eval and predict cut tiles of that size by default (--tile 0: "
+             "whole images)"] if opts.tile else []  # fmt: skip
     if opts.anchor_fit != "auto" or opts.anchor_scales is not None:
         return config, notes
     head = head_config(config, len(data.class_names))

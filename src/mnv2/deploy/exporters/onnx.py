@@ -293,6 +293,7 @@ def sample_input(
 def metadata_props(meta: CheckpointMeta, io: dict[str, Any], options: ExportOptions, extra: dict | None = None):
     """The ``mnv2.*`` key/value pairs written into an exported model."""
     from mnv2._version import __version__
+    from mnv2.deploy.runtime.card import training_tile
     from mnv2.tasks import get_inference
 
     pre = meta.preprocessing
@@ -317,6 +318,8 @@ def metadata_props(meta: CheckpointMeta, io: dict[str, Any], options: ExportOpti
         props["head"] = json.dumps(meta.head)
     if meta.metrics:
         props["metrics"] = json.dumps(meta.metrics)
+    if (tile := training_tile(meta.config)) is not None:  # the exported file predicts on tiles as its checkpoint does
+        props["tile"] = json.dumps(tile)
     props.update(extra or {})
     return {METADATA_PREFIX + k: v for k, v in props.items()}
 

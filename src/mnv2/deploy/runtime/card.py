@@ -162,6 +162,7 @@ def exported_card(path: str | Path) -> tuple[str, dict]:
         "output": meta.get("output", "logits"),
         "head": meta.get("head"),
         "input_hw": fixed_input_hw(meta),
+        "tile": meta.get("tile"),
     }
     task = meta.get("task", DEFAULT_TASK)
     check_card(task, info, str(path))
@@ -199,16 +200,28 @@ def check_card(task: Any, info: dict, where: str) -> None:
     if hw is not None and not all(MIN_INPUT_SIZE <= v <= MAX_INPUT_SIZE for v in hw):
         raise ConfigError(f"{where!r}: its card's input size {hw[1]}x{hw[0]} is outside "
                           f"[{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}]")  # fmt: skip
+    tile = info.get("tile")
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_INPUT_SIZE):
+        raise ConfigError(f"{where!r}: its card's training tile must be a whole number of pixels >= {MIN_INPUT_SIZE}, "
+                          f"got {str(tile)[:40]}")  # fmt: skip
+
+
+def training_tile(config: dict | None) -> int | None:
+    """The tile side a model was trained on (``--tile``, a task option in its run config), or None: ``mnv2 eval`` and
+    ``mnv2 predict`` cut images into tiles of that side unless told otherwise (``--tile 0``)."""
+    options = (config or {}).get("options")
+    return options.get("tile") if isinstance(options, dict) else None
 
 
 def checkpoint_info(meta) -> dict:
     """What a task's inference half needs of a checkpoint (its ``CheckpointMeta``): preprocessing, class names (or
-    their count), output kind and head arguments."""
+    their count), output kind and head arguments, and the tile it was trained on."""
     return {
         "preprocessing": meta.preprocessing,
         "class_names": meta.class_names or meta.model_config.num_classes,
         "output": meta.model_config.output_kind,
         "head": meta.head,
+        "tile": training_tile(meta.config),
     }
 
 
