@@ -919,3 +919,20 @@ def test_the_tiles_boxes_lie_in_a_tile_wherever_they_are_in_the_image():
     assert torch.allclose(whole, torch.tensor(record.boxes))
     small = DetectionRecord("small.jpg", 300, 200, boxes=[[10.0, 20, 110, 120]], labels=[1])  # smaller than a tile
     assert torch.allclose(task.train_boxes([small], 640), torch.tensor([[10 / 300, 20 / 200, 110 / 300, 120 / 200]]))
+
+
+def test_a_failed_anchor_fit_says_so_and_keeps_tfs_anchors(tmp_path, monkeypatch):
+    """When no scales on SSDLite's layout match more boxes than TF's (the BCCD mosaics at 320 px: 68.7 % matched,
+    boxes of 23-29 px on a stride-16 grid, issue 24), the config keeps TF's anchors and the run says the fit failed
+    and what to do: it trained without a word before. The fit is replaced by one that finds nothing, as it found
+    nothing on the mosaics."""
+    from mnv2.engine.config import apply_overrides, load_recipe
+
+    config = apply_overrides(load_recipe("detection"), {"data": str(_big_voc(tmp_path / "voc")), "width": 0.35,
+                                                        "workers": 0})  # fmt: skip
+    bundle = task.TASK.build_data(config, task.default_preprocessing(config))
+    monkeypatch.setattr(task, "fit_anchor_scales", lambda boxes, size, head: (head, 0.687, 0.687))
+    adapted, notes = task.adapt(config, bundle)
+    assert adapted == config and len(notes) == 1
+    assert notes[0].startswith("anchor fit: no anchor scales on SSDLite's layout match more than TF's 68.7 % ")
+    assert "--tile" in notes[0] and "--resolution" in notes[0]

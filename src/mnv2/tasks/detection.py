@@ -25,6 +25,7 @@ from mnv2.errors import ConfigError
 from mnv2.models.mobilenetv2 import MIN_INPUT_SIZE, MobileNetV2, MobileNetV2Config, check_resolution
 from mnv2.models.registry import model_info
 from mnv2.models.ssdlite import (
+    ANCHOR_FIT_BELOW,
     SSDLite,
     SSDLiteConfig,
     anchors_for_count,
@@ -156,6 +157,10 @@ def adapt(config, data) -> tuple[Any, list[str]]:
     boxes = train_boxes(data.train.dataset.records, opts.tile)
     fitted, before, after = fit_anchor_scales(boxes, config.resolution, head)
     if fitted == head:
+        if before < ANCHOR_FIT_BELOW:  # tried and failed: say so, or a run on unmatched boxes looks like a fitted one
+            notes.append(f"anchor fit: no anchor scales on SSDLite's layout match more than TF's {100 * before:.1f} "
+                         "% of the train boxes (too small for its stride-16 grid at this input): train at a larger "
+                         "--resolution or on tiles (--tile), as the data report advises")  # fmt: skip
         return config, notes
     scales = [fitted.lowest_scale, fitted.min_scale, fitted.max_scale]
     return dataclasses.replace(config, options={**config.options, "anchor_scales": scales}), [
