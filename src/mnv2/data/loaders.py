@@ -6,6 +6,7 @@ torch.distributed each rank takes every world-th sample of the same permutation.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -133,16 +134,22 @@ def build_data(
     )  # fmt: skip
 
 
+def eval_tensor(image, preprocessing: Preprocessing) -> torch.Tensor:
+    """The eval resize and centre crop of a PIL image, as a CHW tensor."""
+    return torch.from_numpy(eval_image(image, preprocessing))
+
+
 def folder_dataset(
     preprocessing: Preprocessing, augment: AugmentConfig | None = None
 ) -> Callable[..., ImageFolderDataset]:
     """``(samples, train=...)`` → an :class:`ImageFolderDataset`: ``augment``'s train transform, else the eval
-    resize and centre crop."""
+    resize and centre crop. Both transforms pickle: worker processes start from a fork server and are sent the
+    dataset (``mnv2.data.batches.worker_start_method``)."""
 
     def dataset(samples: list[tuple[str, int]], train: bool) -> ImageFolderDataset:
         if train:
             return ImageFolderDataset(samples, ImageTrainTransform(preprocessing, augment))
-        return ImageFolderDataset(samples, lambda im: torch.from_numpy(eval_image(im, preprocessing)))
+        return ImageFolderDataset(samples, functools.partial(eval_tensor, preprocessing=preprocessing))
 
     return dataset
 
