@@ -124,11 +124,13 @@ def clear_status(quiet: bool) -> None:
 
 
 def task_of(path: str):
-    """The task of a checkpoint or an exported file, from its card (files exported before tasks are classifiers)."""
+    """``(task, card info)`` of a checkpoint or an exported file, from its card (files exported before tasks are
+    classifiers)."""
     from mnv2.deploy.runtime.card import read_card
     from mnv2.tasks import get_task
 
-    return get_task(read_card(path)[0])
+    name, info = read_card(path)
+    return get_task(name), info
 
 
 def chosen_tile(given: int | None, trained: int | None, note: bool = True) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mnv2.cli.common import chosen_tile, dumps, non_negative, positive, set_threads
+from mnv2.cli.common import chosen_tile, dumps, non_negative, positive, set_threads, task_of
 from mnv2.errors import ConfigError
 
 
@@ -46,12 +46,9 @@ def add_parser(sub, verb: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnv2.deploy.runtime.card import read_card
     from mnv2.engine.evaluate import evaluate_checkpoint
-    from mnv2.tasks import get_task
 
-    name, info = read_card(args.checkpoint)
-    task = get_task(name)
+    task, info = task_of(args.checkpoint)
     args.tile = chosen_tile(args.tile, info.get("tile"))
     set_threads()
     if args.tile is not None:  # through the inference half, as `predict --tile` answers
